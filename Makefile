@@ -1,0 +1,42 @@
+# hvd-alexnet. The two commands: `make train` (demo run) and `make test`.
+# Every target installs what is missing first (make install: idempotent, quick when done).
+
+VENV            ?= .venv
+PY              := $(VENV)/bin/python
+TF_REQUIREMENTS ?= requirements-cpu.txt
+NP              ?= 2
+DEMO_DIR        ?= data/demo
+RUN_DIR         ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+TRAIN_ARGS      ?=
+PYTEST_ARGS     ?=
+IMAGE           ?= hvd-alexnet
+
+.PHONY: install train demo-data test docker-build docker-test clean
+
+install:
+	@TF_REQUIREMENTS=$(TF_REQUIREMENTS) VENV=$(VENV) bash scripts/install.sh
+
+$(DEMO_DIR)/metadata.json:
+	$(PY) -m hvd_alexnet data demo --output_dir $(DEMO_DIR)
+
+demo-data: install
+	@$(MAKE) --no-print-directory $(DEMO_DIR)/metadata.json
+
+# The demo: AlexNet on the embedded digits data with $(NP) Horovod ranks (Gloo).
+# A new run directory each time; pass RUN_DIR=runs/demo-... to resume one.
+train: demo-data
+	$(VENV)/bin/horovodrun -np $(NP) -H localhost:$(NP) --gloo \
+	    $(PY) -m hvd_alexnet train --flagfile configs/demo.flags \
+	    --data_dir $(DEMO_DIR) --model_dir $(RUN_DIR) $(TRAIN_ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+docker-build:
+	docker build -f docker/Dockerfile -t $(IMAGE) .
+
+docker-test: docker-build
+	docker run --rm $(IMAGE) make test
+
+clean:
+	rm -rf runs .pytest_cache

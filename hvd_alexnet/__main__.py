@@ -1,0 +1,73 @@
+"""`python -m hvd_alexnet COMMAND [--flags]`: train, data build, data demo.
+
+Exit status: 0 done, 2 bad flags or configuration, 3 bad or missing data,
+1 anything else. Errors are one line on stderr that names the problem.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's start-up chatter out of the logs
+
+USAGE = """usage: python -m hvd_alexnet COMMAND [--flag=value ...]
+
+commands:
+  train        train AlexNet; several ranks: horovodrun -np N python -m hvd_alexnet train ...
+  data build   JPEGs in class subfolders -> ImageNet-schema TFRecord shards
+  data demo    the embedded demo dataset (scikit-learn's digits), built with `data build`
+
+`python -m hvd_alexnet COMMAND --help` lists a command's flags.
+"""
+
+EXIT_USAGE, EXIT_DATA = 2, 3
+
+
+def _commands():
+    from hvd_alexnet import config, train
+    from hvd_alexnet.data import cli
+    return {"train": (train.main, config), "data build": (cli.build_main, cli),
+            "data demo": (cli.demo_main, cli)}
+
+
+def _guarded(entry, name):
+    def run(argv):
+        import tensorflow as tf
+
+        from hvd_alexnet.config import UsageError
+        from hvd_alexnet.data.reader import DataError
+        try:
+            return entry(argv)
+        except UsageError as e:
+            print(f"hvd_alexnet {name}: error: {e}", file=sys.stderr, flush=True)
+            return EXIT_USAGE
+        except DataError as e:
+            print(f"hvd_alexnet {name}: data error: {e}", file=sys.stderr, flush=True)
+            return EXIT_DATA
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+            first = e.message.strip().splitlines()[0] if e.message else type(e).__name__
+            print(f"hvd_alexnet {name}: data error while reading: {first}", file=sys.stderr,
+                  flush=True)
+            return EXIT_DATA
+    return run
+
+
+def main(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+    args = argv[1:]
+    name = " ".join(args[:2]) if args[:1] == ["data"] else " ".join(args[:1])
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else EXIT_USAGE
+    commands = _commands()
+    if name not in commands:
+        print(f"hvd_alexnet: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
+        return EXIT_USAGE
+    from absl import app, flags
+    entry, flag_module = commands[name]
+    flags.adopt_module_key_flags(flag_module)  # --help shows this command's flags
+    rest = args[len(name.split()):]
+    app.run(_guarded(entry, name), argv=[f"python -m hvd_alexnet {name}"] + rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The only module that talks to Horovod. Everything else gets a `Dist` object.
+
+Launch: `horovodrun -np N python -m hvd_alexnet train ...` or
+`mpirun -np N python -m hvd_alexnet train ...`; a plain `python -m ...` is one rank.
+"""
+
+import hashlib
+import os
+import time
+
+import tensorflow as tf
+
+HEARTBEAT_SECONDS = 5.0  # far below Horovod's 60 s stall warning
+
+
+class Dist:
+    """This process's place in the job, and the collectives the trainer uses."""
+
+    def __init__(self, hvd, compression):
+        self.hvd = hvd
+        self.rank, self.size = hvd.rank(), hvd.size()
+        self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
+        self.compression = compression
+        self.is_root = self.rank == 0
+
+    # --- gradients and state -------------------------------------------------
+    def gradient_tape(self, tape):
+        """The tape whose gradient() averages over all ranks (ring all-reduce, fused)."""
+        return self.hvd.DistributedGradientTape(tape, compression=self.compression)  # HVD
+
+    def broadcast_variables(self, variables):
+        """Makes every rank's copy equal to rank 0's (start, and after a restore)."""
+        self.hvd.broadcast_variables(variables, root_rank=0)  # HVD
+
+    def broadcast_int(self, value, name):
+        return int(self.hvd.broadcast(tf.constant(value, tf.int64), root_rank=0, name=name))  # HVD
+
+    def mean(self, value, name):
+        return float(self.hvd.allreduce(tf.constant(value, tf.float32), name=name))  # HVD
+
+    def allgather_object(self, obj, name):
+        return self.hvd.allgather_object(obj, name=name)  # HVD
+
+    # --- rank 0 works alone (validation, checkpoint) while the others wait ----
+    # A rank blocked in a collective that rank 0 has not joined trips Horovod's
+    # stall check after 60 s. So the waiting ranks sit in a loop of tiny
+    # broadcasts that rank 0 answers every few seconds while it works.
+    def solo_tick(self, force=False):
+        """Rank 0, during solo work: keeps the waiting ranks' collectives moving."""
+        if self.size > 1 and (force or time.monotonic() - self._last_beat > HEARTBEAT_SECONDS):
+            self.broadcast_int(0, "hvd_alexnet.solo")
+            self._last_beat = time.monotonic()
+
+    def solo_begin(self):
+        self._last_beat = time.monotonic()
+
+    def solo_end(self):
+        if self.is_root and self.size > 1:
+            self.broadcast_int(1, "hvd_alexnet.solo")
+
+    def wait_for_root(self):
+        """Ranks other than 0: wait until rank 0 calls solo_end()."""
+        while self.broadcast_int(0, "hvd_alexnet.solo") == 0:
+            pass
+
+
+def weights_digest(variables):
+    """sha256 of the variables' bytes: equal digests mean bit-identical replicas."""
+    h = hashlib.sha256()
+    for v in variables:
+        h.update(v.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cpu_threads(local_size):
+    """Cores this rank may use: its affinity mask if the launcher bound it to a
+    subset, else the host's cores divided among the ranks on the host."""
+    host = os.cpu_count() or 1
+    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else host
+    return max(1, mine if mine < host else host // max(1, local_size))
+
+
+def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, threads=0):
+    """hvd.init(), then pin a GPU by local rank (memory growth on) or divide the CPU.
+
+    Must run before TensorFlow executes anything: thread counts and visible
+    devices cannot change afterwards. Returns (Dist, threads per rank).
+    """
+    # Flags win over Horovod's environment variables; both are read at init.
+    if fusion_threshold_mb is not None:
+        os.environ["HOROVOD_FUSION_THRESHOLD"] = str(int(fusion_threshold_mb * (1 << 20)))
+    if cycle_time_ms is not None:
+        os.environ["HOROVOD_CYCLE_TIME"] = str(cycle_time_ms)
+    import horovod.tensorflow as hvd  # HVD
+
+    hvd.init()  # HVD
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        gpu = gpus[hvd.local_rank() % len(gpus)]  # HVD: one GPU per process
+        tf.config.set_visible_devices(gpu, "GPU")
+        tf.config.experimental.set_memory_growth(gpu, True)
+    threads = threads or cpu_threads(hvd.local_size())
+    if not gpus:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
+    return Dist(hvd, compression), threads
+
+
+def has_gpu():
+    return bool(tf.config.list_physical_devices("GPU"))

@@ -1,0 +1,76 @@
+"""Metrics in DLLogger's format, written by rank 0 only.
+
+File: JSON stream, one `DLLL {...}` line per record. Stdout: DLLogger's
+StdOutBackend style, `DLL <datetime> - <step> key : value ...`.
+Uses NVIDIA's `dllogger` when it is importable (it is published only as a git
+repository); otherwise this module writes the same format itself.
+"""
+
+import datetime
+import json
+import sys
+import time
+
+try:
+    import dllogger  # optional: pip install git+https://github.com/NVIDIA/dllogger
+except ImportError:
+    dllogger = None
+
+
+def _record(kind, start, **fields):
+    now = datetime.datetime.now()
+    return {"timestamp": str(now.timestamp()), "datetime": str(now),
+            "elapsedtime": str(time.time() - start), "type": kind, **fields}
+
+
+def _fmt(value):
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+class MetricsLog:
+    """log(step, data) / metadata(metric, meta); a no-op on ranks other than 0."""
+
+    def __init__(self, path, enabled=True, stdout=sys.stdout):
+        self.enabled, self.stdout, self.start = enabled, stdout, time.time()
+        self.file = None
+        if not enabled:
+            return
+        if dllogger is not None:
+            dllogger.init(backends=[
+                dllogger.JSONStreamBackend(dllogger.Verbosity.VERBOSE, path, append=True),
+                dllogger.StdOutBackend(dllogger.Verbosity.DEFAULT)])
+        else:
+            self.file = open(path, "a", buffering=1)
+
+    def metadata(self, metric, meta):
+        if not self.enabled:
+            return
+        if dllogger is not None:
+            return dllogger.metadata(metric, meta)
+        self._write(_record("METADATA", self.start, metric=metric, metadata=meta))
+
+    def log(self, step, data):
+        if not self.enabled:
+            return
+        if dllogger is not None:
+            dllogger.log(step=step, data=data)
+            return dllogger.flush()
+        self._write(_record("LOG", self.start, step=step, data=data))
+        if self.stdout:
+            shown = step if isinstance(step, str) else tuple(step)
+            items = " ".join(f"{k} : {_fmt(v)}" for k, v in data.items())
+            print(f"DLL {datetime.datetime.now()} - {shown} {items}", file=self.stdout, flush=True)
+
+    def _write(self, record):
+        self.file.write("DLLL " + json.dumps(record) + "\n")
+
+    def close(self):
+        if self.file:
+            self.file.close()
+            self.file = None
+
+
+def read(path):
+    """Records of a DLLogger JSON stream file, in order."""
+    with open(path) as f:
+        return [json.loads(line[5:]) for line in f if line.startswith("DLLL ")]

@@ -1,0 +1,253 @@
+"""The training loop: step, epoch, validation, checkpoint.
+
+    horovodrun -np 2 -H localhost:2 python -m hvd_alexnet train \
+        --data_dir data/demo --model_dir runs/demo --image_size 128 --epochs 6
+
+Lines that talk to other ranks go through `dist` (distributed.py) and are
+marked `# HVD`. Rank 0 alone validates, logs and checkpoints; the other ranks
+wait for it in a heartbeat loop that Horovod's stall check never sees as stuck.
+"""
+
+import os
+import time
+import types
+
+import tensorflow as tf
+
+from hvd_alexnet import config, distributed, optim
+from hvd_alexnet.data import reader, schema
+from hvd_alexnet.metrics_log import MetricsLog
+from hvd_alexnet.model import build_alexnet, weight_decay_loss
+
+LOG_FILE = "dllogger.json"
+CHECKPOINT_SUBDIR = "checkpoints"
+SYNTHETIC_EPOCH = 1281167  # examples per synthetic "epoch": ImageNet's training set
+
+
+def prepare_data(cfg, dist):
+    """Shard lists, counts and classes, agreed by all ranks before any heavy work.
+
+    Each rank checks its own training shards (framing only: cheap) and rank 0 the
+    validation shards; any rank's problem is gathered and raised on every rank,
+    so all of them exit together with the same message.
+    """
+    d = types.SimpleNamespace(train_files=[], val_files=[], num_train=SYNTHETIC_EPOCH,
+                              num_val=0, num_classes=cfg.num_classes)
+    if cfg.synthetic:
+        return d
+    problem = ""
+    try:
+        files = schema.list_shards(cfg.data_dir, schema.TRAIN)
+        if not files:
+            raise reader.DataError(f"{cfg.data_dir}: no training shards (train-*)")
+        d.train_files = reader.rank_shards(files, dist.rank, dist.size)
+        d.val_files = schema.list_shards(cfg.data_dir, schema.VALIDATION)
+        if cfg.eval and not d.val_files:
+            raise reader.DataError(f"{cfg.data_dir}: no validation shards (validation-*); "
+                                   f"add them or pass --noeval")
+        for path in d.train_files + (d.val_files if dist.is_root else []):
+            reader.check_framing(path)
+        meta = schema.read_metadata(cfg.data_dir) or {}
+        if "num_classes" in meta and not cfg.num_classes_given:
+            d.num_classes = int(meta["num_classes"])
+        d.num_train = reader.count_examples(cfg.data_dir, schema.TRAIN, files)
+        if cfg.eval:
+            d.num_val = reader.count_examples(cfg.data_dir, schema.VALIDATION, d.val_files)
+    except reader.DataError as e:
+        problem = str(e)
+    problems = sorted(set(p for p in dist.allgather_object(problem, "hvd_alexnet.preflight") if p))  # HVD
+    if problems:
+        raise reader.DataError("; ".join(problems))
+    return d
+
+
+def _policy(precision):
+    if precision == "fp32":
+        return "float32"
+    return "mixed_float16" if distributed.has_gpu() else "mixed_bfloat16"
+
+
+class Throughput:
+    """Images/sec over training steps only (no validation, no checkpoint), from the
+    end of the run's first step, which includes tracing and graph building."""
+
+    def __init__(self):
+        self.seconds, self.images, self.started = 0.0, 0, None
+
+    def start(self):
+        self.started = time.perf_counter()
+
+    def stop(self, images):
+        if self.started is not None:
+            self.seconds += time.perf_counter() - self.started
+            self.images += images
+        self.started = None
+
+    @property
+    def rate(self):
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def run(cfg, log=print):
+    """Trains per `cfg` (see config.py); returns rank 0's final metrics (or {})."""
+    t_start = time.time()
+    dist, threads = distributed.init(cfg.fusion_threshold_mb, cfg.cycle_time_ms,  # HVD
+                                     cfg.fp16_allreduce, cfg.threads)
+    say = log if dist.is_root else (lambda *a, **k: None)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.utils.set_random_seed(cfg.seed)
+    data = prepare_data(cfg, dist)
+    global_batch = cfg.batch_size * dist.size
+    spe = reader.steps_per_epoch(data.num_train, global_batch)
+    total = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
+
+    policy = _policy(cfg.precision)
+    tf.keras.mixed_precision.set_global_policy(policy)
+    model = build_alexnet(cfg.image_size, data.num_classes, cfg.dropout)
+    state_bytes = sum(v.shape.num_elements() * 4 for v in model.trainable_variables)
+    if dist.is_root:
+        config.check_disk(cfg.model_dir, int(2.2 * state_bytes))  # weights + momentum
+    schedule = optim.Schedule(steps_per_epoch=spe, peak=cfg.base_lr * dist.size,  # HVD: lr x ranks
+                              warmup_epochs=cfg.warmup_epochs, schedule=cfg.lr_schedule,
+                              epochs=cfg.epochs, decay_epochs=tuple(cfg.lr_decay_epochs),
+                              decay_factor=cfg.lr_decay_factor)
+    loss_scale = policy == "mixed_float16"
+    opt = optim.make_optimizer(schedule, cfg.momentum, loss_scale)
+    opt.build(model.trainable_variables)  # momentum slots exist before the broadcast
+
+    ckpt = tf.train.Checkpoint(model=model, optimizer=opt)
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(cfg.model_dir, CHECKPOINT_SUBDIR),
+                                         max_to_keep=cfg.keep_checkpoints)
+    if dist.is_root and manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        say(f"resumed from {manager.latest_checkpoint} at step {int(opt.iterations)}")
+    dist.broadcast_variables(model.variables + opt.variables)  # HVD: all ranks start identical
+    start_step = int(opt.iterations)
+
+    metrics = MetricsLog(os.path.join(cfg.model_dir, LOG_FILE), enabled=dist.is_root)
+    metrics.log("PARAMETER", {**{k: v for k, v in vars(cfg).items() if k != "num_classes_given"},
+                              "num_classes": data.num_classes, "ranks": dist.size,
+                              "global_batch": global_batch, "steps_per_epoch": spe,
+                              "total_steps": total, "train_examples": data.num_train,
+                              "validation_examples": data.num_val, "policy": policy,
+                              "threads_per_rank": threads, "start_step": start_step})
+    for name, unit in (("loss", None), ("learning_rate", None), ("images_per_sec", "images/s"),
+                       ("top1", None), ("top5", None)):
+        metrics.metadata(name, {"unit": unit} if unit else {})
+    say(f"hvd_alexnet: {dist.size} ranks x batch {cfg.batch_size} = {global_batch}, "
+        f"{spe} steps/epoch, {total} steps, {data.num_train} training images, "
+        f"{data.num_classes} classes, {policy}, {threads} threads/rank")
+
+    @tf.function
+    def train_step(images, labels):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True))
+            loss += cfg.weight_decay * weight_decay_loss(model)
+            scaled = opt.get_scaled_loss(loss) if loss_scale else loss
+        tape = dist.gradient_tape(tape)  # HVD: gradients averaged over ranks
+        grads = tape.gradient(scaled, model.trainable_variables)
+        if loss_scale:
+            grads = opt.get_unscaled_gradients(grads)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    k = min(5, data.num_classes)
+
+    @tf.function
+    def eval_step(images, labels):
+        logits = model(images, training=False)
+        hits = lambda n: tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, n), tf.int64))
+        return hits(1), hits(k)
+
+    def train_batches(epoch, offset):
+        if cfg.synthetic:
+            return reader.synthetic_dataset(cfg.batch_size, cfg.image_size, data.num_classes,
+                                            cfg.seed + dist.rank)
+        return reader.train_dataset(
+            data.train_files, cfg.batch_size, cfg.image_size, data.num_classes, spe,
+            seed=cfg.seed, epoch=epoch, rank=dist.rank, skip_steps=offset,
+            shuffle=cfg.shuffle, augment=cfg.augment, area_range=(cfg.crop_area_min, 1.0),
+            threads=threads, deterministic=cfg.deterministic)
+
+    def validate(epoch):
+        ds = reader.eval_dataset(data.val_files, cfg.eval_batch_size, cfg.image_size,
+                                 data.num_classes, threads=threads)
+        t0, c1, c5, n = time.perf_counter(), 0, 0, 0
+        for images, labels in ds:
+            h1, h5 = eval_step(images, labels)
+            c1, c5, n = c1 + int(h1), c5 + int(h5), n + int(tf.shape(labels)[0])
+            dist.solo_tick()  # HVD: keeps the waiting ranks' collectives alive
+        result = {"top1": c1 / n, "top5": c5 / n, "validation_examples": n,
+                  "validation_seconds": time.perf_counter() - t0}
+        metrics.log([epoch], result)
+        say(f"Accuracy @ 1 = {c1 / n:.4f} Accuracy @ {k} = {c5 / n:.4f} [{n} examples]")
+        return result
+
+    step, epoch, final = start_step, start_step // spe, {}
+    speed = Throughput()
+    while step < total:
+        offset = step % spe
+        n = min(spe - offset, total - step)
+        window_t, window_steps, timed, loss = time.perf_counter(), 0, 0, None
+        if step > start_step:
+            speed.start()  # later epochs: the pipeline's start-up counts too
+        for images, labels in train_batches(epoch, offset).take(n):
+            loss = train_step(images, labels)
+            step += 1
+            window_steps += 1
+            if speed.started is None:  # the run's first step traced the graph: not timed
+                float(loss)
+                speed.start()
+                window_t, window_steps = time.perf_counter(), 0
+            else:
+                timed += 1
+            if step % cfg.log_every == 0 or step == total:
+                loss_value = dist.mean(float(loss), "hvd_alexnet.loss")  # HVD
+                now = time.perf_counter()
+                rate = window_steps * global_batch / max(now - window_t, 1e-9)
+                metrics.log([epoch, step], {"loss": loss_value,
+                                            "learning_rate": float(schedule(step - 1)),
+                                            "images_per_sec": rate})
+                window_t, window_steps = now, 0
+        if loss is not None:
+            float(loss)  # wait for the last step before stopping the clock
+        speed.stop(timed * global_batch)
+        epoch_done = step % spe == 0
+        due = cfg.eval and not cfg.synthetic and (step == total or (
+            epoch_done and cfg.eval_every_epochs and (epoch + 1) % cfg.eval_every_epochs == 0))
+        if dist.is_root:  # rank 0 saves and validates while the others wait
+            dist.solo_begin()
+            manager.save(checkpoint_number=step)
+            dist.solo_tick(force=True)
+            if due:
+                final = validate(epoch)
+            dist.solo_end()  # HVD
+        else:
+            dist.wait_for_root()  # HVD
+        if epoch_done:
+            epoch += 1
+
+    digest = distributed.weights_digest(model.variables)
+    digests = dist.allgather_object(digest, "hvd_alexnet.digest")  # HVD
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks ended with different weights: {digests}")
+    say(f"weights digest {digest}, identical on all {dist.size} ranks")
+    summary = {"train_images_per_sec": speed.rate,
+               "train_images_per_sec_per_rank": speed.rate / dist.size,
+               "time_to_train_sec": time.time() - t_start, "steps": step,
+               "epochs_completed": step / spe, "weights_digest": digest}
+    summary.update({k: v for k, v in final.items() if k in ("top1", "top5")})
+    metrics.log([], summary)
+    say(f"total images/sec: {speed.rate:.2f} ({speed.rate / dist.size:.2f} per rank)")
+    metrics.close()
+    return summary if dist.is_root else {}
+
+
+def main(argv):
+    """Entry point of `python -m hvd_alexnet train`."""
+    if len(argv) > 1:
+        raise config.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    run(config.from_flags())

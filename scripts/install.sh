@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs everything hvd-alexnet needs; idempotent, quick when done already.
+#   bash scripts/install.sh            # CPU host (tensorflow-cpu)
+#   TF_REQUIREMENTS=requirements-gpu.txt HOROVOD_GPU_OPERATIONS=NCCL bash scripts/install.sh
+# Called by `make install`; every other make target depends on it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+TF_REQUIREMENTS=${TF_REQUIREMENTS:-requirements-cpu.txt}
+STAMP="$VENV/.installed"
+
+# 1. System MPI (Horovod's MPI controller and mpi4py build against it).
+missing=()
+for pkg in libopenmpi-dev openmpi-bin; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "install: apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
+    echo "install: missing system packages: ${missing[*]}" >&2
+    echo "install: run: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+# 2. The virtual environment, rebuilt only when a requirements file changed.
+inputs=(requirements.txt "$TF_REQUIREMENTS" requirements-mpi.txt scripts/install.sh)
+want=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
+if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
+  echo "install: $VENV is up to date"
+  exit 0
+fi
+command -v "$PYTHON" >/dev/null || { echo "install: $PYTHON not found (TensorFlow 2.15 needs Python 3.9-3.11)" >&2; exit 1; }
+[[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade "pip<25" "setuptools<70" wheel cmake==3.27.9
+"${PIP[@]}" install -q -r "$TF_REQUIREMENTS" -r requirements.txt
+
+# 3. Horovod from source, against this TensorFlow and the system MPI. (mpi4py's
+#    wheel finds the system Open MPI at run time; building it takes 15 GB of RAM.)
+export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
+export HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
+export MAKEFLAGS="-j$(nproc)"
+export PATH="$PWD/$VENV/bin:$PATH"   # the venv's cmake and python for the build
+"${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod -r requirements-mpi.txt
+
+# 4. Check the build: Horovod must have TensorFlow, MPI and Gloo.
+report=$("$VENV/bin/horovodrun" --check-build)
+echo "$report"
+for want_line in "\[X\] TensorFlow" "\[X\] MPI" "\[X\] Gloo"; do
+  grep -q "$want_line" <<<"$report" || { echo "install: Horovod build lacks ${want_line//\\/}" >&2; exit 1; }
+done
+echo "$want" > "$STAMP"
+echo "install: done"

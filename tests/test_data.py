@@ -1,0 +1,136 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hvd_alexnet.data import builder, preprocess, reader, schema
+
+
+def _write_image(path, h, w, value, fmt="jpeg"):
+    rng = np.random.default_rng(value)
+    image = tf.constant(rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8))
+    data = tf.io.encode_jpeg(image) if fmt == "jpeg" else tf.io.encode_png(image)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tf.io.write_file(path, data)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("build")
+    raw = root / "raw"
+    sizes = {"n02": (90, 60), "n01": (50, 80)}  # sorted: n01 -> label 1, n02 -> label 2
+    for c, (h, w) in sizes.items():
+        for i in range(6):
+            _write_image(str(raw / c / f"{c}_{i}.JPEG"), h, w, i)
+    _write_image(str(raw / "n02" / "odd_one.png"), 90, 60, 99, fmt="png")  # re-encoded
+    (root / "labels.txt").write_text("n01 tench, Tinca tinca\nn02 goldfish\n")
+    out = root / "records"
+    meta = builder.build(str(raw), str(out), train_shards=3, validation_shards=1,
+                         validation_fraction=0.25, labels_file=str(root / "labels.txt"),
+                         workers=2, log=lambda *a: None)
+    return out, meta, sizes
+
+
+def _read_all(files):
+    feats = {k: tf.io.FixedLenFeature([], t) for k, t in [
+        ("image/class/label", tf.int64), ("image/height", tf.int64), ("image/width", tf.int64),
+        ("image/class/synset", tf.string), ("image/class/text", tf.string),
+        ("image/encoded", tf.string), ("image/filename", tf.string)]}
+    return [tf.io.parse_single_example(r, feats) for r in tf.data.TFRecordDataset(files)]
+
+
+def test_build_writes_the_imagenet_schema(built):
+    out, meta, sizes = built
+    train = schema.list_shards(str(out), "train")
+    val = schema.list_shards(str(out), "validation")
+    assert [os.path.basename(f) for f in train] == [f"train-0000{i}-of-00003" for i in range(3)]
+    assert len(val) == 1
+    records = _read_all(train + val)
+    assert len(records) == 13
+    assert meta["splits"]["train"]["num_examples"] + meta["splits"]["validation"]["num_examples"] == 13
+    assert meta["splits"]["validation"]["num_examples"] == 4  # round(6 * .25) + round(7 * .25)
+    assert sum(meta["splits"]["train"]["shard_examples"].values()) == len(_read_all(train))
+    texts = {1: b"tench, Tinca tinca", 2: b"goldfish"}
+    for r in records:
+        label = int(r["image/class/label"])
+        synset = r["image/class/synset"].numpy().decode()
+        assert label == {"n01": 1, "n02": 2}[synset]
+        assert r["image/class/text"].numpy() == texts[label]
+        h, w = sizes[synset]
+        assert (int(r["image/height"]), int(r["image/width"])) == (h, w)
+        assert list(tf.io.extract_jpeg_shape(r["image/encoded"]).numpy()) == [h, w, 3]
+    assert meta["num_classes"] == 2
+    assert [c["synset"] for c in meta["classes"]] == ["n01", "n02"]
+
+
+def test_build_refuses_an_undecodable_file(tmp_path):
+    _write_image(str(tmp_path / "raw" / "a" / "ok.jpeg"), 40, 40, 1)
+    (tmp_path / "raw" / "a" / "broken.jpeg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(reader.DataError, match="broken.jpeg"):
+        builder.build(str(tmp_path / "raw"), str(tmp_path / "out"), 1, 1, workers=1,
+                      log=lambda *a: None)
+
+
+def test_preprocessing_shapes_and_range_eager_and_in_tf_data(built):
+    out, _, _ = built
+    record = next(iter(tf.data.TFRecordDataset(schema.list_shards(str(out), "train"))))
+    jpeg, label, boxes = schema.parse(record)
+    assert boxes.shape == (0, 4)
+    for image in (preprocess.train_image(jpeg, boxes, 67, seed=tf.constant([1, 2], tf.int64)),
+                  preprocess.eval_image(jpeg, 99)):
+        assert image.dtype == tf.float32 and image.shape[2] == 3
+        assert -1.0 <= float(tf.reduce_min(image)) and float(tf.reduce_max(image)) <= 1.0
+        assert float(tf.math.reduce_std(image)) > 0.05  # a real picture, not a blank
+    ds = reader.train_dataset(schema.list_shards(str(out), "train"), 4, 67, 2, steps=2)
+    batches = list(ds)
+    assert len(batches) == 2
+    for images, labels in batches:
+        assert images.shape == (4, 67, 67, 3) and labels.dtype == tf.int32
+        assert set(labels.numpy()) <= {0, 1}  # 1..N on disk become 0..N-1
+        assert float(tf.reduce_min(images)) >= -1 and float(tf.reduce_max(images)) <= 1
+    ev = list(reader.eval_dataset(schema.list_shards(str(out), "validation"), 2, 80, 2))
+    assert sum(int(b[0].shape[0]) for b in ev) == 4 and ev[0][0].shape[1:] == (80, 80, 3)
+
+
+def test_same_seed_same_batches_and_resume_skips_exactly(built):
+    out, _, _ = built
+    files = schema.list_shards(str(out), "train")
+    full = [b[0].numpy() for b in reader.train_dataset(files, 2, 67, 2, steps=4, seed=3, epoch=1)]
+    again = [b[0].numpy() for b in reader.train_dataset(files, 2, 67, 2, steps=4, seed=3, epoch=1)]
+    tail = [b[0].numpy() for b in reader.train_dataset(files, 2, 67, 2, steps=4, seed=3, epoch=1,
+                                                      skip_steps=2)]
+    other = [b[0].numpy() for b in reader.train_dataset(files, 2, 67, 2, steps=4, seed=3, epoch=2)]
+    assert all(np.array_equal(a, b) for a, b in zip(full, again))
+    assert len(tail) == 2 and all(np.array_equal(a, b) for a, b in zip(full[2:], tail))
+    assert not all(np.array_equal(a, b) for a, b in zip(full, other))
+
+
+def _write_records(path, labels):
+    jpeg = tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy()
+    with tf.io.TFRecordWriter(path) as w:
+        for label in labels:
+            w.write(schema.make_example(jpeg, label, "s", "t", 8, 8, "f").SerializeToString())
+
+
+@pytest.mark.parametrize("bad", [0, 11])
+def test_out_of_range_label_names_the_file_and_record(tmp_path, bad):
+    path = str(tmp_path / "train-00000-of-00001")
+    _write_records(path, [1, 2, bad, 3])
+    ds = reader.train_dataset([path], 4, 67, 10, steps=1, shuffle=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="train-00000-of-00001") as e:
+        list(ds)
+    assert "bad label" in e.value.message and "record" in e.value.message
+
+
+def test_framing_check_finds_truncation(tmp_path):
+    path = str(tmp_path / "train-00000-of-00001")
+    _write_records(path, [1, 2, 3])
+    assert reader.check_framing(path) == 3
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:-40])
+    with pytest.raises(reader.DataError, match=r"train-00000-of-00001: truncated in record 2"):
+        reader.check_framing(path)
+    open(path, "wb").write(b"")
+    with pytest.raises(reader.DataError, match="empty"):
+        reader.check_framing(path)

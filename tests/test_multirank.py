@@ -1,0 +1,76 @@
+"""Real ranks, launched by horovodrun (Gloo) and mpirun, on a tiny real dataset."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import SMALL, launch
+from hvd_alexnet import metrics_log
+from hvd_alexnet.model import build_alexnet
+
+# Deterministic, no dropout, no augmentation, no shuffle, constant rate: the
+# only difference between runs is how the batch is split across ranks.
+EXACT = SMALL + ["--max_steps=3", "--epochs=1", "--noaugment", "--noshuffle", "--dropout=0",
+                 "--deterministic", "--lr_schedule=constant", "--warmup_epochs=0",
+                 "--keep_checkpoints=5"]
+
+
+def final_weights(model_dir, classes=10):
+    model = build_alexnet(67, classes)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    return [v.numpy() for v in model.variables]
+
+
+@pytest.fixture(scope="module")
+def one_rank_double_batch(tiny_data, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("one_rank"))
+    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *EXACT,
+                  "--batch_size=8", "--base_lr=0.02"], timeout=180)
+    assert res.returncode == 0, res.stdout[-3000:]
+    return model_dir
+
+
+@pytest.mark.parametrize("launcher", ["gloo", "mpi"])
+def test_two_ranks_average_gradients(launcher, tiny_data, tmp_path, one_rank_double_batch):
+    """2 ranks x batch 4 == 1 rank x batch 8 on the same examples at the same
+    absolute rate (0.01 x 2 ranks): the gradients are averaged, not summed or ignored."""
+    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", *EXACT,
+                  "--batch_size=4", "--base_lr=0.01"], np=2, launcher=launcher, timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "identical on all 2 ranks" in res.stdout  # rank digests all-gathered and compared
+    two = final_weights(str(tmp_path))
+    one = final_weights(one_rank_double_batch)
+    for a, b in zip(two, one):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+
+
+def test_only_rank_zero_logs_and_checkpoints(tiny_data, tmp_path):
+    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", *SMALL,
+                  "--epochs=2", "--max_steps=12"], np=2, launcher="gloo", timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:]
+    records = metrics_log.read(os.path.join(tmp_path, "dllogger.json"))
+    logs = [r for r in records if r["type"] == "LOG"]
+    assert [r["step"] for r in logs].count("PARAMETER") == 1  # a second writer would double it
+    param = logs[0]
+    assert param["step"] == "PARAMETER" and param["data"]["ranks"] == 2
+    assert param["data"]["batch_size"] == 4 and param["data"]["global_batch"] == 8
+    steps = [r for r in logs if isinstance(r["step"], list) and len(r["step"]) == 2]
+    assert [r["step"][1] for r in steps] == list(range(1, 13))  # each step once
+    assert all({"loss", "learning_rate", "images_per_sec"} <= set(r["data"]) for r in steps)
+    vals = [r for r in logs if isinstance(r["step"], list) and len(r["step"]) == 1]
+    assert [v["step"] for v in vals] == [[0], [1]]  # after epoch 0 and at the end
+    assert all(0 <= v["data"]["top1"] <= v["data"]["top5"] <= 1 for v in vals)
+    assert vals[-1]["data"]["validation_examples"] == 80
+    summary = logs[-1]
+    assert summary["step"] == [] and summary["data"]["steps"] == 12
+    assert summary["data"]["train_images_per_sec"] > 0
+    assert summary["data"]["top1"] == vals[-1]["data"]["top1"]
+    for r in records:
+        assert {"timestamp", "datetime", "elapsedtime", "type"} <= set(r)
+    assert "Accuracy @ 1 = " in res.stdout and "[80 examples]" in res.stdout
+    ckpts = sorted(p for p in os.listdir(os.path.join(tmp_path, "checkpoints")) if p.endswith(".index"))
+    assert ckpts == ["ckpt-10.index", "ckpt-12.index"]  # end of epoch 0, end of the run
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "dllogger.json"]

@@ -1,0 +1,37 @@
+"""A run stopped after epoch 1 and restarted ends where an uninterrupted run ends."""
+
+import os
+
+import numpy as np
+
+from conftest import SMALL, launch
+from hvd_alexnet import metrics_log
+from test_multirank import final_weights
+
+# Augmentation and shuffling stay on: they are seeded by (seed, epoch, position),
+# so the restarted run must rebuild exactly the batches the first run would have seen.
+ARGS = SMALL + ["--batch_size=8", "--epochs=2", "--dropout=0", "--deterministic", "--noeval"]
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
+    straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
+    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={straight}", *ARGS])
+    assert res.returncode == 0, res.stdout[-3000:]
+    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={stopped}", *ARGS,
+                  "--max_steps=10"])  # 80 images / batch 8: stops at the end of epoch 0
+    assert res.returncode == 0, res.stdout[-3000:]
+    first = final_weights(stopped)
+    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={stopped}", *ARGS])
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "resumed from" in res.stdout and "at step 10" in res.stdout
+    logs = [r for r in metrics_log.read(os.path.join(stopped, "dllogger.json"))
+            if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2]
+    assert [r["step"] for r in logs] == [[0, s] for s in range(1, 11)] + [[1, s] for s in range(11, 21)]
+    rate = {tuple(r["step"]): r["data"]["learning_rate"] for r in logs}
+    straight_logs = [r for r in metrics_log.read(os.path.join(straight, "dllogger.json"))
+                     if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2]
+    assert rate == {tuple(r["step"]): r["data"]["learning_rate"] for r in straight_logs}
+    resumed, uninterrupted = final_weights(stopped), final_weights(straight)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, resumed))  # it did train on
+    for a, b in zip(resumed, uninterrupted):
+        np.testing.assert_array_equal(a, b)
