@@ -1,7 +1,7 @@
 """`python -m hvd_alexnet COMMAND [--flags]`: train, data build, data demo.
 
 Exit status: 0 done, 2 bad flags or configuration, 3 bad or missing data,
-1 anything else. Errors are one line on stderr that names the problem.
+4 training diverged (NaN loss), 1 anything else. Errors are one line on stderr that names the problem.
 """
 
 import os
@@ -19,7 +19,7 @@ commands:
 `python -m hvd_alexnet COMMAND --help` lists a command's flags.
 """
 
-EXIT_USAGE, EXIT_DATA = 2, 3
+EXIT_USAGE, EXIT_DATA, EXIT_DIVERGED = 2, 3, 4
 
 
 def _commands():
@@ -35,6 +35,7 @@ def _guarded(entry, name):
 
         from hvd_alexnet.config import UsageError
         from hvd_alexnet.data.reader import DataError
+        from hvd_alexnet.train import Diverged
         try:
             return entry(argv)
         except UsageError as e:
@@ -43,6 +44,9 @@ def _guarded(entry, name):
         except DataError as e:
             print(f"hvd_alexnet {name}: data error: {e}", file=sys.stderr, flush=True)
             return EXIT_DATA
+        except Diverged as e:
+            print(f"hvd_alexnet {name}: error: {e}", file=sys.stderr, flush=True)
+            return EXIT_DIVERGED
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
             first = e.message.strip().splitlines()[0] if e.message else type(e).__name__
             print(f"hvd_alexnet {name}: data error while reading: {first}", file=sys.stderr,

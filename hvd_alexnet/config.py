@@ -23,6 +23,7 @@ flags.DEFINE_bool("synthetic", False, "Random in-memory data, no files: the comp
 flags.DEFINE_integer("image_size", 227, f"Input height and width (at least {MIN_IMAGE_SIZE}).")
 flags.DEFINE_integer("num_classes", 1000, "Classes; taken from metadata.json when not given.")
 flags.DEFINE_bool("augment", True, "Distorted crop and flip for training (off: central crop).")
+flags.DEFINE_bool("flip", True, "Random left-right flips in training (off for digits, text).")
 flags.DEFINE_bool("shuffle", True, "Shuffle shards and records within each rank every epoch.")
 flags.DEFINE_float("crop_area_min", 0.05, "Smallest area fraction of the distorted crop.")
 # Optimisation

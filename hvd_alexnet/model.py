@@ -16,8 +16,9 @@ def build_alexnet(image_size=227, num_classes=1000, dropout=0.5, name="alexnet")
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
     L = tf.keras.layers
+    he = "he_normal"  # ReLU layers without batch norm train much sooner from He's init
     conv = lambda filters, k, **kw: L.Conv2D(filters, k, padding=kw.pop("padding", "same"),
-                                             activation="relu", **kw)
+                                             activation="relu", kernel_initializer=he, **kw)
     pool = lambda: L.MaxPool2D(pool_size=3, strides=2, padding="valid")
     layers = [
         conv(64, 11, strides=4, padding="valid", name="conv1"), pool(),
@@ -26,8 +27,8 @@ def build_alexnet(image_size=227, num_classes=1000, dropout=0.5, name="alexnet")
         conv(384, 3, name="conv4"),
         conv(256, 3, name="conv5"), pool(),
         L.Flatten(),
-        L.Dense(4096, activation="relu", name="fc6"), L.Dropout(dropout),
-        L.Dense(4096, activation="relu", name="fc7"), L.Dropout(dropout),
+        L.Dense(4096, activation="relu", kernel_initializer=he, name="fc6"), L.Dropout(dropout),
+        L.Dense(4096, activation="relu", kernel_initializer=he, name="fc7"), L.Dropout(dropout),
         L.Dense(num_classes, name="fc8"),
         L.Activation("linear", dtype="float32", name="logits"),
     ]

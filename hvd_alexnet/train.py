@@ -8,6 +8,7 @@ marked `# HVD`. Rank 0 alone validates, logs and checkpoints; the other ranks
 wait for it in a heartbeat loop that Horovod's stall check never sees as stuck.
 """
 
+import math
 import os
 import time
 import types
@@ -22,6 +23,10 @@ from hvd_alexnet.model import build_alexnet, weight_decay_loss
 LOG_FILE = "dllogger.json"
 CHECKPOINT_SUBDIR = "checkpoints"
 SYNTHETIC_EPOCH = 1281167  # examples per synthetic "epoch": ImageNet's training set
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
 
 
 def prepare_data(cfg, dist):
@@ -169,7 +174,7 @@ def run(cfg, log=print):
         return reader.train_dataset(
             data.train_files, cfg.batch_size, cfg.image_size, data.num_classes, spe,
             seed=cfg.seed, epoch=epoch, rank=dist.rank, skip_steps=offset,
-            shuffle=cfg.shuffle, augment=cfg.augment, area_range=(cfg.crop_area_min, 1.0),
+            shuffle=cfg.shuffle, augment=cfg.augment, flip=cfg.flip, area_range=(cfg.crop_area_min, 1.0),
             threads=threads, deterministic=cfg.deterministic)
 
     def validate(epoch):
@@ -206,6 +211,10 @@ def run(cfg, log=print):
                 timed += 1
             if step % cfg.log_every == 0 or step == total:
                 loss_value = dist.mean(float(loss), "hvd_alexnet.loss")  # HVD
+                if not math.isfinite(loss_value):  # every rank sees the same mean: all stop
+                    raise Diverged(f"the loss is {loss_value} at step {step}: training diverged; "
+                                   f"lower --base_lr or lengthen --warmup_epochs (the last "
+                                   f"checkpoint is in {manager.directory})")
                 now = time.perf_counter()
                 rate = window_steps * global_batch / max(now - window_t, 1e-9)
                 metrics.log([epoch, step], {"loss": loss_value,

@@ -61,3 +61,11 @@ def test_truncated_shard_stops_every_rank(tiny_data, tmp_path, launcher):
     assert res.returncode != 0
     assert "train-00001-of-00002: truncated in record" in res.stdout
     assert not os.path.exists(tmp_path / "m" / "checkpoints")  # nothing trained, nothing saved
+
+
+def test_divergence_stops_every_rank_with_a_clear_error(tiny_data, tmp_path):
+    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", *SMALL,
+                  "--base_lr=1e6", "--warmup_epochs=0", "--epochs=3", "--noeval"],
+                 np=2, launcher="gloo", timeout=180)
+    assert res.returncode != 0
+    assert "training diverged" in res.stdout and "lower --base_lr" in res.stdout
