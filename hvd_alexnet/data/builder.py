@@ -1,0 +1,142 @@
+"""`data build`: a folder of JPEGs in class subfolders -> ImageNet-schema TFRecord shards.
+
+    python -m hvd_alexnet data build --train_dir raw/train --validation_dir raw/val \
+        --output_dir imagenet_tfrecord --train_shards 1024 --validation_shards 128
+
+Labels are 1..N in the sorted order of the class folder names (0 stays the unused
+"background", as in ImageNet). Shards are written in parallel worker processes,
+each to a temporary name renamed into place when complete.
+"""
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import random
+
+from hvd_alexnet.data.reader import DataError
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+
+def _class_images(root):
+    """{class folder name: sorted image paths}."""
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: not a directory")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise DataError(f"{root}: no class subfolders (want e.g. {root}/n01440764/x.JPEG)")
+    return {c: sorted(os.path.join(root, c, f) for f in os.listdir(os.path.join(root, c))
+                      if f.lower().endswith(IMAGE_EXTENSIONS)) for c in classes}
+
+
+def _read_labels_file(path):
+    """Lines of `synset human text` (ImageNet's synset_words.txt / LOC_synset_mapping.txt)."""
+    texts = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.strip().split(None, 1)
+            if parts:
+                texts[parts[0]] = parts[1] if len(parts) > 1 else parts[0]
+    return texts
+
+
+def _split(train, validation_fraction, rng):
+    """Moves a fraction of each class into a validation set."""
+    val = {}
+    for c, paths in train.items():
+        paths = list(paths)
+        rng.shuffle(paths)
+        k = int(round(len(paths) * validation_fraction))
+        val[c], train[c] = sorted(paths[:k]), sorted(paths[k:])
+    return train, val
+
+
+def _jpeg_and_shape(path, tf):
+    """JPEG bytes with 3 channels and their height, width; re-encodes anything else."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        h, w, c = (int(x) for x in tf.io.extract_jpeg_shape(data))
+        if c == 3:
+            return data, h, w
+    except tf.errors.InvalidArgumentError:
+        pass  # PNG, CMYK or otherwise unusual: decode and re-encode below
+    try:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    except tf.errors.InvalidArgumentError as e:
+        raise DataError(f"{path}: not a decodable image ({e.message.splitlines()[0]})") from None
+    return tf.io.encode_jpeg(image, quality=95).numpy(), int(image.shape[0]), int(image.shape[1])
+
+
+def write_shard(items, path):
+    """Writes [(image path, label, synset, text)] to one TFRecord shard; returns its count."""
+    import tensorflow as tf  # in the worker process, so the parent can fork cheaply
+
+    from hvd_alexnet.data import schema
+    tmp = path + ".tmp"
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for image_path, label, synset, text in items:
+            jpeg, h, w = _jpeg_and_shape(image_path, tf)
+            example = schema.make_example(jpeg, label, synset, text, h, w,
+                                          os.path.basename(image_path))
+            writer.write(example.SerializeToString())
+    os.replace(tmp, path)
+    return len(items)
+
+
+def _items(by_class, label_of, texts, rng):
+    items = [(p, label_of[c], c, texts.get(c, c)) for c, paths in by_class.items() for p in paths]
+    rng.shuffle(items)  # shards mix classes, so each rank's subset is representative
+    return items
+
+
+def build(train_dir, output_dir, train_shards=8, validation_shards=2, validation_dir=None,
+          validation_fraction=0.0, labels_file=None, workers=None, seed=0, log=print):
+    """Writes train-*/validation-* shards and metadata.json; returns the metadata."""
+    from hvd_alexnet.data import schema
+    rng = random.Random(seed)
+    train = _class_images(train_dir)
+    if validation_dir:
+        val = _class_images(validation_dir)
+        unknown = sorted(set(val) - set(train))
+        if unknown:
+            raise DataError(f"{validation_dir}: classes not in {train_dir}: {unknown[:5]}")
+    else:
+        train, val = _split(train, validation_fraction, rng)
+    classes = sorted(train)
+    label_of = {c: i + 1 for i, c in enumerate(classes)}
+    texts = _read_labels_file(labels_file) if labels_file else {}
+    splits = {schema.TRAIN: (_items(train, label_of, texts, rng), train_shards),
+              schema.VALIDATION: (_items(val, label_of, texts, rng), validation_shards)}
+    os.makedirs(output_dir, exist_ok=True)
+    jobs = []
+    for split, (items, shards) in splits.items():
+        if not items:
+            continue
+        if shards < 1 or shards > len(items):
+            raise DataError(f"{split}: cannot write {len(items)} images into {shards} shards")
+        for i in range(shards):
+            jobs.append((split, items[i::shards], os.path.join(
+                output_dir, schema.shard_name(split, i, shards))))
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    log(f"data build: {sum(len(j[1]) for j in jobs)} images into {len(jobs)} shards "
+        f"with {workers} workers -> {output_dir}")
+    counts = {}
+    ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = {pool.submit(write_shard, items, path): (split, path)
+                   for split, items, path in jobs}
+        for done, future in enumerate(cf.as_completed(futures), 1):
+            split, path = futures[future]
+            counts[os.path.basename(path)] = future.result()
+            log(f"data build: [{done}/{len(jobs)}] {os.path.basename(path)}")
+    metadata = {
+        "num_classes": len(classes),
+        "classes": [{"label": label_of[c], "synset": c, "text": texts.get(c, c)} for c in classes],
+        "splits": {split: {"num_examples": len(items), "num_shards": shards if items else 0,
+                           "shard_examples": {k: v for k, v in sorted(counts.items())
+                                              if k.startswith(split + "-")}}
+                   for split, (items, shards) in splits.items()},
+    }
+    schema.write_metadata(output_dir, metadata)
+    return metadata

@@ -1,0 +1,161 @@
+"""The input pipeline: shard assignment, training and evaluation datasets.
+
+Horovod-free: `rank` and `size` come in as arguments. Every rank runs the same
+number of steps per epoch (computed from the global example count) and its
+reader repeats its shards, so uneven shards can never leave one rank waiting
+for a step that another never takes.
+"""
+
+import tensorflow as tf
+
+from hvd_alexnet.data import preprocess, schema
+
+AUTOTUNE = tf.data.AUTOTUNE
+READ_BUFFER = 8 << 20  # bytes; large sequential reads suit network filesystems
+PREFETCH_BATCHES = 3
+
+
+class DataError(ValueError):
+    """Missing, too few or corrupt input data; the message names what is wrong."""
+
+
+def rank_shards(files, rank, size):
+    """Rank r reads files[r::size] of the sorted list: disjoint, covering, balanced."""
+    if len(files) < size:
+        raise DataError(f"{len(files)} training shards for {size} ranks: every rank needs at "
+                        f"least one shard; re-shard the data or run fewer ranks")
+    return list(files)[rank::size]
+
+
+def steps_per_epoch(num_examples, global_batch):
+    """Steps every rank runs per epoch: whole global batches of the dataset."""
+    steps = num_examples // global_batch
+    if steps < 1:
+        raise DataError(f"{num_examples} training examples are fewer than one global batch "
+                        f"({global_batch}); lower --batch_size or run fewer ranks")
+    return steps
+
+
+def _records_with_origin(filename):
+    """Records of one shard, each with its file name and index (for error messages)."""
+    records = tf.data.TFRecordDataset(filename, buffer_size=READ_BUFFER)
+    return records.enumerate().map(lambda i, r: (filename, i, r))
+
+
+def _checked_label(label, filename, index, num_classes):
+    ok = tf.logical_and(label >= 1, label <= num_classes)
+    check = tf.debugging.Assert(ok, ["bad label (want 1..num_classes)", label, "num_classes",
+                                     num_classes, "file", filename, "record", index])
+    with tf.control_dependencies([check]):
+        return tf.cast(label - 1, tf.int32)  # 1..N on disk, 0..N-1 for the logits
+
+
+def _options(threads, deterministic):
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    # Measured here: with autotuning on, deleting an epoch's iterator sometimes
+    # blocked for ~7 s (the tuner's thread), a quarter of a demo epoch. Without
+    # it, AUTOTUNE parallelism means "all of this pipeline's threads".
+    options.autotune.enabled = False
+    if threads:
+        options.threading.private_threadpool_size = threads
+        options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epoch=0,
+                  rank=0, skip_steps=0, shuffle=True, augment=True, flip=True,
+                  area_range=(0.05, 1.0),
+                  shuffle_buffer=10000, threads=None, deterministic=True):
+    """`steps` batches of one epoch for one rank, after skipping `skip_steps` (a resume).
+
+    File order and the record shuffle are seeded by (seed, epoch, rank), and the
+    augmentation by (seed, epoch, position in the epoch), so the same arguments
+    give the same batches.
+    """
+    epoch_seed = seed * 1_000_003 + epoch * 1009 + rank
+    n = len(files)
+    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    if shuffle:
+        ds = ds.shuffle(n, seed=epoch_seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(_records_with_origin, cycle_length=min(n, 16), block_length=1,
+                       num_parallel_calls=min(n, 16) if deterministic else AUTOTUNE)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=True)
+    # Repeat after the shuffle: each pass over the rank's shards is a fresh
+    # permutation with no example twice, and a rank whose shards hold fewer than
+    # steps x batch records starts another pass instead of running dry.
+    ds = ds.repeat()
+    ds = ds.take(steps * batch_size).skip(skip_steps * batch_size).enumerate(skip_steps * batch_size)
+
+    def load(position, origin):
+        filename, index, record = origin
+        jpeg, label, boxes = schema.parse(record)
+        image = preprocess.train_image(jpeg, boxes, image_size, seed=tf.stack(
+            [tf.cast(epoch_seed, tf.int64), position]), area_range=area_range, augment=augment,
+            flip=flip)
+        return image, _checked_label(label, filename, index, num_classes)
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(PREFETCH_BATCHES)
+    return ds.with_options(_options(threads, deterministic))
+
+
+def eval_dataset(files, batch_size, image_size, num_classes, threads=None):
+    """Every validation record once, central crop, last batch possibly short."""
+    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    ds = ds.interleave(_records_with_origin, cycle_length=min(len(files), 16),
+                       num_parallel_calls=AUTOTUNE, deterministic=False)
+
+    def load(filename, index, record):
+        jpeg, label, _ = schema.parse(record)
+        return preprocess.eval_image(jpeg, image_size), _checked_label(label, filename, index,
+                                                                       num_classes)
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.batch(batch_size).prefetch(PREFETCH_BATCHES)
+    return ds.with_options(_options(threads, False))
+
+
+def synthetic_dataset(batch_size, image_size, num_classes, seed=0):
+    """One fixed random batch, repeated: the compute-only benchmark (no files, no decode)."""
+    g = tf.random.Generator.from_seed(seed)
+    images = g.uniform([batch_size, image_size, image_size, 3], -1.0, 1.0)
+    labels = g.uniform([batch_size], 0, num_classes, dtype=tf.int32)
+    return tf.data.Dataset.from_tensors((images, labels)).repeat()
+
+
+def count_examples(data_dir, split, files):
+    """Examples in a split: metadata.json, else the standard ImageNet layout, else counted."""
+    meta = schema.read_metadata(data_dir)
+    if meta and split in meta.get("splits", {}):
+        return int(meta["splits"][split]["num_examples"])
+    shards, count = schema.IMAGENET_LAYOUT.get(split, (None, None))
+    if len(files) == shards and files[0].endswith(f"-of-{shards:05d}"):
+        return count
+    return sum(1 for _ in tf.data.TFRecordDataset(list(files)))
+
+
+def check_framing(path):
+    """Walks a TFRecord file's record headers (no payload read) and raises DataError
+    naming the file and record if it is truncated. Cheap: one seek per record."""
+    import os
+    import struct
+    size = tf.io.gfile.stat(path).length if "://" in path else os.path.getsize(path)
+    if size == 0:
+        raise DataError(f"{path}: empty shard")
+    offset, index = 0, 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while offset < size:
+            header = f.read(12)
+            if len(header) < 12:
+                raise DataError(f"{path}: truncated in the header of record {index} "
+                                f"(byte {offset} of {size})")
+            (length,) = struct.unpack("<Q", header[:8])
+            offset += 12 + length + 4
+            if offset > size:
+                raise DataError(f"{path}: truncated in record {index}: it needs {length} bytes "
+                                f"but the file ends {offset - size} bytes short")
+            f.seek(offset)
+            index += 1
+    return index

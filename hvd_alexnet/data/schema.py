@@ -1,0 +1,84 @@
+"""The ImageNet TFRecord schema (see DESIGN.md) and the metadata file beside it."""
+
+import json
+import os
+
+import tensorflow as tf
+
+TRAIN, VALIDATION = "train", "validation"
+METADATA_FILE = "metadata.json"
+# Counts of the standard ImageNet-1k TFRecord layout, used when no metadata.json
+# is present and the shards are exactly the usual 1024 + 128.
+IMAGENET_LAYOUT = {TRAIN: (1024, 1281167), VALIDATION: (128, 50000)}
+
+
+def _bytes(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+
+def _ints(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
+def _floats(values):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+
+def make_example(jpeg, label, synset, text, height, width, filename, boxes=()):
+    """One `tf.train.Example` in the ImageNet layout; boxes are (xmin, ymin, xmax, ymax)."""
+    cols = list(zip(*boxes)) if boxes else [(), (), (), ()]
+    feature = {
+        "image/encoded": _bytes([jpeg]),
+        "image/class/label": _ints([label]),
+        "image/class/synset": _bytes([synset.encode()]),
+        "image/class/text": _bytes([text.encode()]),
+        "image/height": _ints([height]),
+        "image/width": _ints([width]),
+        "image/channels": _ints([3]),
+        "image/format": _bytes([b"JPEG"]),
+        "image/colorspace": _bytes([b"RGB"]),
+        "image/filename": _bytes([filename.encode()]),
+        "image/object/bbox/xmin": _floats(cols[0]),
+        "image/object/bbox/ymin": _floats(cols[1]),
+        "image/object/bbox/xmax": _floats(cols[2]),
+        "image/object/bbox/ymax": _floats(cols[3]),
+        "image/object/bbox/label": _ints([label] * len(boxes)),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    **{f"image/object/bbox/{k}": tf.io.VarLenFeature(tf.float32)
+       for k in ("xmin", "ymin", "xmax", "ymax")},
+}
+
+
+def parse(serialized):
+    """Returns (jpeg bytes, label in 1..N or -1 if absent, boxes [K, 4] as ymin, xmin, ymax, xmax)."""
+    f = tf.io.parse_single_example(serialized, FEATURES)
+    box = [tf.sparse.to_dense(f[f"image/object/bbox/{k}"]) for k in ("ymin", "xmin", "ymax", "xmax")]
+    return f["image/encoded"], f["image/class/label"], tf.stack(box, axis=1)
+
+
+def shard_name(split, index, count):
+    return f"{split}-{index:05d}-of-{count:05d}"
+
+
+def list_shards(data_dir, split):
+    """Sorted shard paths of one split; the order every rank agrees on."""
+    return sorted(tf.io.gfile.glob(os.path.join(data_dir, f"{split}-*")))
+
+
+def read_metadata(data_dir):
+    path = os.path.join(data_dir, METADATA_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def write_metadata(data_dir, metadata):
+    with tf.io.gfile.GFile(os.path.join(data_dir, METADATA_FILE), "w") as f:
+        json.dump(metadata, f, indent=1)
