@@ -69,6 +69,7 @@ def main(argv=None):
     from absl import app, flags
     entry, flag_module = commands[name]
     flags.adopt_module_key_flags(flag_module)  # --help shows this command's flags
+    sys.modules["__main__"].__doc__ = flag_module.__doc__  # ... under its own usage text
     rest = args[len(name.split()):]
     app.run(_guarded(entry, name), argv=[f"python -m hvd_alexnet {name}"] + rest)
 
