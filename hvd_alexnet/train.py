@@ -1,4 +1,4 @@
-"""The training loop: step, epoch, validation, checkpoint.
+r"""The training loop: step, epoch, validation, checkpoint.
 
     horovodrun -np 2 -H localhost:2 python -m hvd_alexnet train \
         --data_dir data/demo --model_dir runs/demo --image_size 128 --epochs 6

@@ -50,7 +50,7 @@ export PATH="$PWD/$VENV/bin:$PATH"   # the venv's cmake and python for the build
 "${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod -r requirements-mpi.txt
 
 # 4. Check the build: Horovod must have TensorFlow, MPI and Gloo.
-report=$("$VENV/bin/horovodrun" --check-build)
+report=$(TF_CPP_MIN_LOG_LEVEL=2 "$VENV/bin/horovodrun" --check-build)
 echo "$report"
 for want_line in "\[X\] TensorFlow" "\[X\] MPI" "\[X\] Gloo"; do
   grep -q "$want_line" <<<"$report" || { echo "install: Horovod build lacks ${want_line//\\/}" >&2; exit 1; }

@@ -57,8 +57,10 @@ def test_two_ranks_average_gradients(launcher, tiny_data, tmp_path, one_rank):
 
 
 def test_only_rank_zero_logs_and_checkpoints(tiny_data, tmp_path):
+    # also exercises bfloat16 mixed precision and float16 gradient compression on 2 ranks
     res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", *SMALL,
-                  "--epochs=2", "--max_steps=12"], np=2, launcher="gloo", timeout=240)
+                  "--epochs=2", "--max_steps=12", "--precision=mixed", "--fp16_allreduce"],
+                 np=2, launcher="gloo", timeout=240)
     assert res.returncode == 0, res.stdout[-3000:]
     records = metrics_log.read(os.path.join(tmp_path, "dllogger.json"))
     logs = [r for r in records if r["type"] == "LOG"]
@@ -66,6 +68,7 @@ def test_only_rank_zero_logs_and_checkpoints(tiny_data, tmp_path):
     param = logs[0]
     assert param["step"] == "PARAMETER" and param["data"]["ranks"] == 2
     assert param["data"]["batch_size"] == 4 and param["data"]["global_batch"] == 8
+    assert param["data"]["policy"] == "mixed_bfloat16" and param["data"]["fp16_allreduce"]
     steps = [r for r in logs if isinstance(r["step"], list) and len(r["step"]) == 2]
     assert [r["step"][1] for r in steps] == list(range(1, 13))  # each step once
     assert all({"loss", "learning_rate", "images_per_sec"} <= set(r["data"]) for r in steps)
@@ -83,3 +86,12 @@ def test_only_rank_zero_logs_and_checkpoints(tiny_data, tmp_path):
     ckpts = sorted(p for p in os.listdir(os.path.join(tmp_path, "checkpoints")) if p.endswith(".index"))
     assert ckpts == ["ckpt-10.index", "ckpt-12.index"]  # end of epoch 0, end of the run
     assert sorted(os.listdir(tmp_path)) == ["checkpoints", "dllogger.json"]
+
+
+def test_synthetic_mode_needs_no_files(tmp_path):
+    res = launch(["train", "--synthetic", f"--model_dir={tmp_path}", *SMALL, "--max_steps=4",
+                  "--num_classes=7"], timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:]
+    logs = [r for r in metrics_log.read(os.path.join(tmp_path, "dllogger.json")) if r["type"] == "LOG"]
+    assert logs[0]["data"]["synthetic"] and logs[-1]["step"] == [] and logs[-1]["data"]["steps"] == 4
+    assert "top1" not in logs[-1]["data"]  # nothing to validate on

@@ -1,4 +1,4 @@
-"""`data build`: a folder of JPEGs in class subfolders -> ImageNet-schema TFRecord shards.
+r"""`data build`: a folder of JPEGs in class subfolders -> ImageNet-schema TFRecord shards.
 
     python -m hvd_alexnet data build --train_dir raw/train --validation_dir raw/val \
         --output_dir imagenet_tfrecord --train_shards 1024 --validation_shards 128

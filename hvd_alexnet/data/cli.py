@@ -1,4 +1,4 @@
-"""Flags and entry points of `python -m hvd_alexnet data build|demo`.
+r"""Flags and entry points of `python -m hvd_alexnet data build|demo`.
 
     python -m hvd_alexnet data build --train_dir raw/train --validation_dir raw/val \
         --output_dir imagenet_tfrecord --train_shards 1024 --validation_shards 128
