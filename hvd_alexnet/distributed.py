@@ -10,7 +10,16 @@ import time
 
 import tensorflow as tf
 
-HEARTBEAT_SECONDS = 5.0  # far below Horovod's 60 s stall warning
+
+
+def heartbeat_seconds():
+    """How often rank 0 answers the waiting ranks during solo work: well inside
+    Horovod's stall warning ($HOROVOD_STALL_CHECK_TIME_SECONDS, 60 by default).
+    $HVD_ALEXNET_HEARTBEAT_SECONDS overrides it (the tests use it to show the
+    warning that the heartbeat prevents)."""
+    if os.environ.get("HVD_ALEXNET_HEARTBEAT_SECONDS"):
+        return float(os.environ["HVD_ALEXNET_HEARTBEAT_SECONDS"])
+    return min(5.0, float(os.environ.get("HOROVOD_STALL_CHECK_TIME_SECONDS", 60)) / 4)
 
 
 class Dist:
@@ -47,12 +56,12 @@ class Dist:
     # broadcasts that rank 0 answers every few seconds while it works.
     def solo_tick(self, force=False):
         """Rank 0, during solo work: keeps the waiting ranks' collectives moving."""
-        if self.size > 1 and (force or time.monotonic() - self._last_beat > HEARTBEAT_SECONDS):
+        if self.size > 1 and (force or time.monotonic() - self._last_beat > self._beat):
             self.broadcast_int(0, "hvd_alexnet.solo")
             self._last_beat = time.monotonic()
 
     def solo_begin(self):
-        self._last_beat = time.monotonic()
+        self._last_beat, self._beat = time.monotonic(), heartbeat_seconds()
 
     def solo_end(self):
         if self.is_root and self.size > 1:

@@ -22,8 +22,9 @@ def launch(args, np=1, launcher=None, timeout=240, env=None):
         cmd = [os.path.join(BIN, "horovodrun"), "-np", str(np), "-H", f"localhost:{np}",
                "--gloo", *py]
     elif launcher == "mpi":
+        forwarded = [a for name in ["PATH", "PYTHONPATH", *(env or {})] for a in ("-x", name)]
         cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(np),
-               "-bind-to", "none", "-x", "PATH", "-x", "PYTHONPATH", *py]
+               "-bind-to", "none", *forwarded, *py]
     else:
         assert np == 1
         cmd = py

@@ -95,3 +95,21 @@ def test_synthetic_mode_needs_no_files(tmp_path):
     logs = [r for r in metrics_log.read(os.path.join(tmp_path, "dllogger.json")) if r["type"] == "LOG"]
     assert logs[0]["data"]["synthetic"] and logs[-1]["step"] == [] and logs[-1]["data"]["steps"] == 4
     assert "top1" not in logs[-1]["data"]  # nothing to validate on
+
+
+@pytest.mark.parametrize("heartbeat", [True, False])
+def test_waiting_ranks_do_not_trip_the_stall_check(tiny_data, tmp_path, heartbeat):
+    """Rank 0 validates alone for ~3 s against a 1 s stall threshold. With the
+    heartbeat rank 1's wait is never reported; without it (the control, to show
+    the check is live) Horovod warns. The stall check reports under mpirun only."""
+    env = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "1"}
+    if not heartbeat:
+        env["HVD_ALEXNET_HEARTBEAT_SECONDS"] = "1000"
+    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", *SMALL,
+                  "--image_size=227", "--eval_batch_size=1", "--max_steps=2"],
+                 np=2, launcher="mpi", env=env, timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:]
+    seconds = [r["data"]["validation_seconds"] for r in metrics_log.read(
+        os.path.join(tmp_path, "dllogger.json")) if r.get("step") == [0]]
+    assert seconds[0] > 2  # long enough to be reported twice over
+    assert ("waiting for remainder of ranks" in res.stdout) is not heartbeat
