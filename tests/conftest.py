@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -14,9 +15,8 @@ SMALL = ["--image_size=67", "--batch_size=4", "--eval_batch_size=16", "--log_eve
          "--threads=1"]
 
 
-def launch(args, np=1, launcher=None, timeout=240, env=None):
-    """Runs `python -m hvd_alexnet ARGS` as `np` ranks; kills the whole process
-    group and fails the test if it is still running after `timeout` seconds."""
+def command(args, np=1, launcher=None, env=None):
+    """The command line and environment that run `python -m hvd_alexnet ARGS` as `np` ranks."""
     py = [sys.executable, "-m", "hvd_alexnet", *args]
     if launcher == "gloo":
         cmd = [os.path.join(BIN, "horovodrun"), "-np", str(np), "-H", f"localhost:{np}",
@@ -28,16 +28,40 @@ def launch(args, np=1, launcher=None, timeout=240, env=None):
     else:
         assert np == 1
         cmd = py
-    full_env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return cmd, {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+
+
+def start(args, np=1, launcher=None, env=None):
+    """Starts the job in its own process group, its output going to a file
+    (a pipe nobody reads while the job runs could fill up and block it)."""
+    cmd, full_env = command(args, np, launcher, env)
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    proc.cmd, proc.log = cmd, log
+    return proc
+
+
+def output(proc):
+    proc.log.seek(0)
+    return proc.log.read()
+
+
+def finish(proc, timeout):
+    """Waits for the job; kills its process group and fails the test after `timeout` s."""
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} still running after {timeout}s (hang?)\n{out[-4000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, None)
+        proc.wait()
+        pytest.fail(f"{' '.join(proc.cmd)} still running after {timeout}s (hang?)\n"
+                    f"{output(proc)[-4000:]}")
+    return subprocess.CompletedProcess(proc.cmd, proc.returncode, output(proc), None)
+
+
+def launch(args, np=1, launcher=None, timeout=240, env=None):
+    """Runs the job to the end within `timeout` seconds."""
+    return finish(start(args, np, launcher, env), timeout)
 
 
 def build_dataset(out_dir, train_shards, validation_shards, image_size=72, per_class=None):
