@@ -1,7 +1,8 @@
 """`python -m hvd_alexnet COMMAND [--flags]`: train, data build, data demo.
 
 Exit status: 0 done, 2 bad flags or configuration, 3 bad or missing data,
-4 training diverged (NaN loss), 1 anything else. Errors are one line on stderr that names the problem.
+4 training diverged (NaN loss), 75 stopped by SIGTERM/SIGINT after a checkpoint
+(run the same command again to resume), 1 anything else. Errors are one line on stderr that names the problem.
 """
 
 import os
@@ -20,6 +21,7 @@ commands:
 """
 
 EXIT_USAGE, EXIT_DATA, EXIT_DIVERGED = 2, 3, 4
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped cleanly on a signal, run again to resume
 
 
 def _commands():
@@ -35,7 +37,7 @@ def _guarded(entry, name):
 
         from hvd_alexnet.config import UsageError
         from hvd_alexnet.data.reader import DataError
-        from hvd_alexnet.train import Diverged
+        from hvd_alexnet.train import Diverged, Preempted
         try:
             return entry(argv)
         except UsageError as e:
@@ -44,6 +46,9 @@ def _guarded(entry, name):
         except DataError as e:
             print(f"hvd_alexnet {name}: data error: {e}", file=sys.stderr, flush=True)
             return EXIT_DATA
+        except Preempted as e:
+            print(f"hvd_alexnet {name}: {e}", file=sys.stderr, flush=True)
+            return EXIT_PREEMPTED
         except Diverged as e:
             print(f"hvd_alexnet {name}: error: {e}", file=sys.stderr, flush=True)
             return EXIT_DIVERGED

@@ -47,6 +47,13 @@ class Dist:
     def mean(self, value, name):
         return float(self.hvd.allreduce(tf.constant(value, tf.float32), name=name))  # HVD
 
+    def any_rank(self, flag):
+        """True on every rank if `flag` is true on any (inside tf.function: it is
+        fused with the step's gradient all-reduce, so it costs nothing extra)."""
+        votes = self.hvd.allreduce(tf.cast(flag, tf.float32), op=self.hvd.Sum,  # HVD
+                                   name="hvd_alexnet.stop")
+        return votes > 0
+
     def allgather_object(self, obj, name):
         return self.hvd.allgather_object(obj, name=name)  # HVD
 

@@ -10,6 +10,8 @@ wait for it in a heartbeat loop that Horovod's stall check never sees as stuck.
 
 import math
 import os
+import signal
+import sys
 import time
 import types
 
@@ -27,6 +29,28 @@ SYNTHETIC_EPOCH = 1281167  # examples per synthetic "epoch": ImageNet's training
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM or SIGINT: stopped at a step boundary after rank 0's checkpoint."""
+
+
+class StopRequest:
+    """SIGTERM / SIGINT (what Slurm, Kubernetes and Ctrl-C send) ask for a clean
+    stop at the next step; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:  # the second signal: no more waiting
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.requested = True
+        print(f"hvd_alexnet: {signal.Signals(signum).name}: stopping after this step "
+              f"(checkpoint first); send it again to stop at once", file=sys.stderr, flush=True)
 
 
 def prepare_data(cfg, dist):
@@ -145,7 +169,7 @@ def run(cfg, log=print):
         f"{data.num_classes} classes, {policy}, {threads} threads/rank")
 
     @tf.function
-    def train_step(images, labels):
+    def train_step(images, labels, stop):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
@@ -157,7 +181,7 @@ def run(cfg, log=print):
         if loss_scale:
             grads = opt.get_unscaled_gradients(grads)
         opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+        return loss, dist.any_rank(stop)  # HVD: a stop asked of any rank stops all
 
     k = min(5, data.num_classes)
 
@@ -192,7 +216,7 @@ def run(cfg, log=print):
         return result
 
     step, epoch, final = start_step, start_step // spe, {}
-    speed = Throughput()
+    speed, stop, stopping = Throughput(), StopRequest(), False
     while step < total:
         offset = step % spe
         n = min(spe - offset, total - step)
@@ -200,7 +224,7 @@ def run(cfg, log=print):
         if step > start_step:
             speed.start()  # later epochs: the pipeline's start-up counts too
         for images, labels in train_batches(epoch, offset).take(n):
-            loss = train_step(images, labels)
+            loss, stopping = train_step(images, labels, tf.constant(stop.requested))
             step += 1
             window_steps += 1
             if speed.started is None:  # the run's first step traced the graph: not timed
@@ -221,11 +245,14 @@ def run(cfg, log=print):
                                             "learning_rate": float(schedule(step - 1)),
                                             "images_per_sec": rate})
                 window_t, window_steps = now, 0
+            if bool(stopping):
+                break
         if loss is not None:
             float(loss)  # wait for the last step before stopping the clock
         speed.stop(timed * global_batch)
+        stopping = bool(stopping)
         epoch_done = step % spe == 0
-        due = cfg.eval and not cfg.synthetic and (step == total or (
+        due = cfg.eval and not cfg.synthetic and not stopping and (step == total or (
             epoch_done and cfg.eval_every_epochs and (epoch + 1) % cfg.eval_every_epochs == 0))
         if dist.is_root:  # rank 0 saves and validates while the others wait
             dist.solo_begin()
@@ -236,6 +263,10 @@ def run(cfg, log=print):
             dist.solo_end()  # HVD
         else:
             dist.wait_for_root()  # HVD
+        if stopping:
+            metrics.log([epoch, step], {"preempted": True})
+            raise Preempted(f"stopped at step {step} on request; the checkpoint of this step is "
+                            f"in {manager.directory}: run the same command again to resume")
         if epoch_done:
             epoch += 1
 

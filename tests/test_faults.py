@@ -66,3 +66,57 @@ def test_a_dead_rank_ends_the_whole_job(tiny_data, tmp_path, launcher):
     assert named in res.stdout, res.stdout[-3000:]
     time.sleep(1)
     assert rank_pids(model_dir) == {}  # no process of the job is left
+
+
+def checkpoints(model_dir):
+    d = os.path.join(model_dir, "checkpoints")
+    return sorted(int(f[5:-6]) for f in os.listdir(d) if f.startswith("ckpt-") and f.endswith(".index"))
+
+
+EXACT = SMALL + ["--epochs=3", "--noeval", "--deterministic", "--dropout=0"]
+
+
+def test_preempted_job_checkpoints_and_resumes_to_the_same_weights(tiny_data, tmp_path):
+    """SIGTERM to horovodrun: each rank stops at the next step, rank 0 checkpoints,
+    exit status 75; the restarted job ends with an uninterrupted run's weights."""
+    from test_multirank import final_weights
+    import numpy as np
+    straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
+    args = ["train", f"--data_dir={tiny_data}", *EXACT]
+    proc = start([*args, f"--model_dir={stopped}"], np=2, launcher="gloo")
+    try:
+        wait_for_step(stopped, 13, proc)
+        os.kill(proc.pid, signal.SIGTERM)  # the launcher, as a scheduler would
+        res = finish(proc, timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert res.returncode != 0 and "Exit code: 75" in res.stdout, res.stdout[-3000:]
+    assert "stopped at step" in res.stdout
+    last = checkpoints(stopped)[-1]
+    assert 13 <= last < 30  # a mid-run checkpoint of the step it stopped at
+    res = finish(start([*args, f"--model_dir={stopped}"], np=2, launcher="gloo"), 240)
+    assert res.returncode == 0 and f"at step {last}" in res.stdout, res.stdout[-3000:]
+    res = finish(start([*args, f"--model_dir={straight}"], np=2, launcher="gloo"), 240)
+    assert res.returncode == 0, res.stdout[-3000:]
+    for a, b in zip(final_weights(stopped), final_weights(straight)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigint_to_the_ranks_under_mpirun(tiny_data, tmp_path):
+    model_dir = str(tmp_path)
+    proc = start(["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *LONG],
+                 np=2, launcher="mpi")
+    try:
+        wait_for_step(model_dir, 3, proc)
+        for pid in rank_pids(model_dir).values():
+            os.kill(pid, signal.SIGINT)
+        res = finish(proc, timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert res.returncode != 0 and "Exit code:    75" in res.stdout, res.stdout[-3000:]
+    records = metrics_log.read(os.path.join(model_dir, "dllogger.json"))
+    stop_step = [r["step"][1] for r in records if r.get("data", {}).get("preempted")]
+    assert len(stop_step) == 1 and checkpoints(model_dir)[-1] == stop_step[0]
+    assert rank_pids(model_dir) == {}
