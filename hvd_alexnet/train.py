@@ -145,14 +145,24 @@ def run(cfg, log=print):
     opt = optim.make_optimizer(schedule, cfg.momentum, loss_scale)
     opt.build(model.trainable_variables)  # momentum slots exist before the broadcast
 
-    ckpt = tf.train.Checkpoint(model=model, optimizer=opt)
+    # Training progress in examples, not steps, so that a run can resume on
+    # another number of ranks (another global batch) at the same point.
+    seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples_seen")
+    ckpt = tf.train.Checkpoint(model=model, optimizer=opt, examples_seen=seen)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(cfg.model_dir, CHECKPOINT_SUBDIR),
                                          max_to_keep=cfg.keep_checkpoints)
     if dist.is_root and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        say(f"resumed from {manager.latest_checkpoint} at step {int(opt.iterations)}")
+        step0 = int(seen) // global_batch
+        if step0 != int(opt.iterations):  # another global batch than the checkpoint's
+            say(f"checkpoint taken at step {int(opt.iterations)} with a global batch of "
+                f"{int(seen) // max(int(opt.iterations), 1)}; on {dist.size} ranks "
+                f"(global batch {global_batch}) that is step {step0}, epoch {step0 // spe}")
+            opt.iterations.assign(step0)  # the schedule follows: rate of this epoch, x ranks
+        say(f"resumed from {manager.latest_checkpoint} at step {step0}")
     dist.broadcast_variables(model.variables + opt.variables)  # HVD: all ranks start identical
     start_step = int(opt.iterations)
+    seen_at_start = start_step * global_batch
 
     metrics = MetricsLog(os.path.join(cfg.model_dir, LOG_FILE), enabled=dist.is_root)
     metrics.log("PARAMETER", {**{k: v for k, v in vars(cfg).items() if k != "num_classes_given"},
@@ -256,6 +266,7 @@ def run(cfg, log=print):
             epoch_done and cfg.eval_every_epochs and (epoch + 1) % cfg.eval_every_epochs == 0))
         if dist.is_root:  # rank 0 saves and validates while the others wait
             dist.solo_begin()
+            seen.assign(seen_at_start + (step - start_step) * global_batch)
             manager.save(checkpoint_number=step)
             dist.solo_tick(force=True)
             if due:

@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 
 from conftest import SMALL, launch
 from hvd_alexnet import metrics_log
@@ -35,3 +36,25 @@ def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(first, resumed))  # it did train on
     for a, b in zip(resumed, uninterrupted):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
+def test_resume_on_another_number_of_ranks(tiny_data, tmp_path, first, then):
+    """One epoch on `first` ranks, the next on `then`: it continues at epoch 1's
+    first step for the new global batch, with the rate scaled for the new size."""
+    args = ["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", *SMALL, "--epochs=2",
+            "--noeval", "--lr_schedule=constant", "--warmup_epochs=0", "--base_lr=0.001"]
+    run = lambda np, extra=(): launch([*args, *extra], np=np, launcher="gloo" if np > 1 else None)
+    spe_first, spe_then = 80 // (4 * first), 80 // (4 * then)
+    res = run(first, [f"--max_steps={spe_first}"])
+    assert res.returncode == 0, res.stdout[-3000:]
+    res = run(then)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert f"that is step {spe_then}, epoch 1" in res.stdout
+    steps = [r for r in metrics_log.read(os.path.join(tmp_path, "dllogger.json"))
+             if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2]
+    before, after = steps[:spe_first], steps[spe_first:]
+    assert [r["step"] for r in before] == [[0, s] for s in range(1, spe_first + 1)]
+    assert [r["step"] for r in after] == [[1, s] for s in range(spe_then + 1, 2 * spe_then + 1)]
+    assert {round(r["data"]["learning_rate"], 9) for r in before} == {0.001 * first}
+    assert {round(r["data"]["learning_rate"], 9) for r in after} == {0.001 * then}
