@@ -25,6 +25,9 @@ flags.DEFINE_integer("num_classes", 1000, "Classes; taken from metadata.json whe
 flags.DEFINE_bool("augment", True, "Distorted crop and flip for training (off: central crop).")
 flags.DEFINE_bool("flip", True, "Random left-right flips in training (off for digits, text).")
 flags.DEFINE_bool("shuffle", True, "Shuffle shards and records within each rank every epoch.")
+flags.DEFINE_bool("skip_corrupt", False,
+                  "Skip (and count) records that do not decode or have a bad label, "
+                  "instead of stopping with an error naming the record.")
 flags.DEFINE_float("crop_area_min", 0.05, "Smallest area fraction of the distorted crop.")
 # Optimisation
 flags.DEFINE_integer("batch_size", 32, "Images per rank per step (global batch = this x ranks).")

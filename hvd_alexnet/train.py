@@ -208,12 +208,13 @@ def run(cfg, log=print):
         return reader.train_dataset(
             data.train_files, cfg.batch_size, cfg.image_size, data.num_classes, spe,
             seed=cfg.seed, epoch=epoch, rank=dist.rank, skip_steps=offset,
-            shuffle=cfg.shuffle, augment=cfg.augment, flip=cfg.flip, area_range=(cfg.crop_area_min, 1.0),
-            threads=threads, deterministic=cfg.deterministic)
+            shuffle=cfg.shuffle, augment=cfg.augment, flip=cfg.flip,
+            area_range=(cfg.crop_area_min, 1.0), threads=threads,
+            deterministic=cfg.deterministic, skip_corrupt=cfg.skip_corrupt)
 
     def validate(epoch):
         ds = reader.eval_dataset(data.val_files, cfg.eval_batch_size, cfg.image_size,
-                                 data.num_classes, threads=threads)
+                                 data.num_classes, threads, skip_corrupt=cfg.skip_corrupt)
         t0, c1, c5, n = time.perf_counter(), 0, 0, 0
         for images, labels in ds:
             h1, h5 = eval_step(images, labels)
@@ -226,44 +227,64 @@ def run(cfg, log=print):
         return result
 
     step, epoch, final = start_step, start_step // spe, {}
-    speed, stop, stopping = Throughput(), StopRequest(), False
+    speed, stop, stopping, skipped, skipped_all = Throughput(), StopRequest(), False, 0, 0
     while step < total:
         offset = step % spe
         n = min(spe - offset, total - step)
         window_t, window_steps, timed, loss = time.perf_counter(), 0, 0, None
         if step > start_step:
             speed.start()  # later epochs: the pipeline's start-up counts too
-        for images, labels in train_batches(epoch, offset).take(n):
-            loss, stopping = train_step(images, labels, tf.constant(stop.requested))
-            step += 1
-            window_steps += 1
-            if speed.started is None:  # the run's first step traced the graph: not timed
-                float(loss)
-                speed.start()
-                window_t, window_steps = time.perf_counter(), 0
-            else:
-                timed += 1
-            if step % cfg.log_every == 0 or step == total:
-                loss_value = dist.mean(float(loss), "hvd_alexnet.loss")  # HVD
-                if not math.isfinite(loss_value):  # every rank sees the same mean: all stop
-                    raise Diverged(f"the loss is {loss_value} at step {step}: training diverged; "
-                                   f"lower --base_lr or lengthen --warmup_epochs (the last "
-                                   f"checkpoint is in {manager.directory})")
-                now = time.perf_counter()
-                rate = window_steps * global_batch / max(now - window_t, 1e-9)
-                metrics.log([epoch, step], {"loss": loss_value,
-                                            "learning_rate": float(schedule(step - 1)),
-                                            "images_per_sec": rate})
-                window_t, window_steps = now, 0
-            if bool(stopping):
-                break
+        step_before = step
+        try:
+            for images, labels, positions in train_batches(epoch, offset).take(n):
+                loss, stopping = train_step(images, labels, tf.constant(stop.requested))
+                step += 1
+                window_steps += 1
+                if speed.started is None:  # the run's first step traced the graph: not timed
+                    float(loss)
+                    speed.start()
+                    window_t, window_steps = time.perf_counter(), 0
+                else:
+                    timed += 1
+                if step % cfg.log_every == 0 or step == total:
+                    loss_value = dist.mean(float(loss), "hvd_alexnet.loss")  # HVD
+                    if not math.isfinite(loss_value):  # every rank sees the same mean: all stop
+                        raise Diverged(f"the loss is {loss_value} at step {step}: training "
+                                       f"diverged; lower --base_lr or lengthen --warmup_epochs "
+                                       f"(the last checkpoint is in {manager.directory})")
+                    now = time.perf_counter()
+                    rate = window_steps * global_batch / max(now - window_t, 1e-9)
+                    metrics.log([epoch, step], {"loss": loss_value,
+                                                "learning_rate": float(schedule(step - 1)),
+                                                "images_per_sec": rate})
+                    window_t, window_steps = now, 0
+                if bool(stopping):
+                    break
+        except tf.errors.InvalidArgumentError as e:
+            if "bad label" in e.message:  # the assertion names the file and record already
+                raise
+            print(f"hvd_alexnet: rank {dist.rank}: a training record did not decode; scanning "
+                  f"this rank's shards for it ...", file=sys.stderr, flush=True)
+            found = reader.find_undecodable(data.train_files, data.num_classes)
+            where = f"{found[0]}: record {found[1]}: {found[2]}" if found else e.message
+            raise reader.DataError(f"rank {dist.rank}: {where}; fix or remove it, or pass "
+                                   f"--skip_corrupt to skip such records") from None
+        stopping = bool(stopping)
+        if step - step_before < n and not stopping:  # would leave the other ranks waiting
+            raise reader.DataError(f"rank {dist.rank}: the reader ended after "
+                                   f"{step - step_before} of {n} steps")
+        if cfg.skip_corrupt and step > step_before:  # positions are in order: gaps are skips
+            read = int(tf.reduce_max(positions)) + 1 - offset * cfg.batch_size
+            skipped += read - (step - step_before) * cfg.batch_size
         if loss is not None:
             float(loss)  # wait for the last step before stopping the clock
         speed.stop(timed * global_batch)
-        stopping = bool(stopping)
         epoch_done = step % spe == 0
         due = cfg.eval and not cfg.synthetic and not stopping and (step == total or (
             epoch_done and cfg.eval_every_epochs and (epoch + 1) % cfg.eval_every_epochs == 0))
+        if cfg.skip_corrupt:
+            skipped_all = round(dist.mean(skipped, "hvd_alexnet.skipped") * dist.size)  # HVD
+            metrics.log([epoch, step], {"skipped_corrupt_records": skipped_all})
         if dist.is_root:  # rank 0 saves and validates while the others wait
             dist.solo_begin()
             seen.assign(seen_at_start + (step - start_step) * global_batch)
@@ -291,6 +312,8 @@ def run(cfg, log=print):
                "time_to_train_sec": time.time() - t_start, "steps": step,
                "epochs_completed": step / spe, "weights_digest": digest}
     summary.update({k: v for k, v in final.items() if k in ("top1", "top5")})
+    if cfg.skip_corrupt:
+        summary["skipped_corrupt_records"] = skipped_all
     metrics.log([], summary)
     say(f"total images/sec: {speed.rate:.2f} ({speed.rate / dist.size:.2f} per rank)")
     metrics.close()

@@ -85,7 +85,7 @@ def test_preprocessing_shapes_and_range_eager_and_in_tf_data(built):
     ds = reader.train_dataset(schema.list_shards(str(out), "train"), 4, 67, 2, steps=2)
     batches = list(ds)
     assert len(batches) == 2
-    for images, labels in batches:
+    for images, labels, _ in batches:
         assert images.shape == (4, 67, 67, 3) and labels.dtype == tf.int32
         assert set(labels.numpy()) <= {0, 1}  # 1..N on disk become 0..N-1
         assert float(tf.reduce_min(images)) >= -1 and float(tf.reduce_max(images)) <= 1

@@ -69,3 +69,39 @@ def test_divergence_stops_every_rank_with_a_clear_error(tiny_data, tmp_path):
                  np=2, launcher="gloo", timeout=180)
     assert res.returncode != 0
     assert "training diverged" in res.stdout and "lower --base_lr" in res.stdout
+
+
+def _corrupt_copy(tiny_data, data):
+    """The tiny set with, in train shard 1, record 2's JPEG garbled and record 5's label 99."""
+    import tensorflow as tf
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("raw"))
+    shard = str(data / "train-00001-of-00002")
+    examples = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(shard)]
+    feats = examples[2].features.feature
+    feats["image/encoded"].bytes_list.value[0] = b"\xff\xd8\xff\xe0" + b"not a jpeg" * 50
+    examples[5].features.feature["image/class/label"].int64_list.value[0] = 99
+    with tf.io.TFRecordWriter(shard) as w:
+        for e in examples:
+            w.write(e.SerializeToString())
+    return shard
+
+
+def test_undecodable_jpeg_names_the_file_and_record(tiny_data, tmp_path):
+    shard = _corrupt_copy(tiny_data, tmp_path / "data")
+    res = launch(["train", f"--data_dir={tmp_path}/data", f"--model_dir={tmp_path}/m", *SMALL,
+                  "--noshuffle", "--epochs=1", "--noeval"], np=2, launcher="gloo", timeout=180)
+    assert res.returncode != 0
+    assert f"rank 1: {shard}: record 2: JPEG does not decode" in res.stdout, res.stdout[-3000:]
+    assert "--skip_corrupt" in res.stdout
+
+
+def test_skip_corrupt_skips_counts_and_keeps_ranks_in_step(tiny_data, tmp_path):
+    _corrupt_copy(tiny_data, tmp_path / "data")
+    from hvd_alexnet import metrics_log
+    res = launch(["train", f"--data_dir={tmp_path}/data", f"--model_dir={tmp_path}/m", *SMALL,
+                  "--epochs=1", "--skip_corrupt"], np=2, launcher="gloo", timeout=180)
+    assert res.returncode == 0, res.stdout[-3000:]
+    logs = [r for r in metrics_log.read(str(tmp_path / "m" / "dllogger.json")) if r["type"] == "LOG"]
+    # one epoch reads each of rank 1's 40 records once: the 2 bad ones are skipped
+    assert logs[-1]["step"] == [] and logs[-1]["data"]["skipped_corrupt_records"] == 2
+    assert logs[-1]["data"]["steps"] == 10 and "identical on all 2 ranks" in res.stdout

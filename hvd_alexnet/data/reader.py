@@ -65,14 +65,17 @@ def _options(threads, deterministic):
 
 def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epoch=0,
                   rank=0, skip_steps=0, shuffle=True, augment=True, flip=True,
-                  area_range=(0.05, 1.0),
-                  shuffle_buffer=10000, threads=None, deterministic=True):
-    """`steps` batches of one epoch for one rank, after skipping `skip_steps` (a resume).
+                  area_range=(0.05, 1.0), shuffle_buffer=10000, threads=None,
+                  deterministic=True, skip_corrupt=False):
+    """`steps` batches of (images, labels, positions) of one epoch for one rank,
+    after skipping `skip_steps` (a resume).
 
     File order and the record shuffle are seeded by (seed, epoch, rank), and the
     augmentation by (seed, epoch, position in the epoch), so the same arguments
-    give the same batches.
+    give the same batches. With `skip_corrupt`, records that do not decode or
+    have a bad label are dropped; the positions (in order) show how many.
     """
+    deterministic = deterministic or skip_corrupt  # in-order positions count the skips
     epoch_seed = seed * 1_000_003 + epoch * 1009 + rank
     n = len(files)
     ds = tf.data.Dataset.from_tensor_slices(list(files))
@@ -86,7 +89,10 @@ def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epo
     # permutation with no example twice, and a rank whose shards hold fewer than
     # steps x batch records starts another pass instead of running dry.
     ds = ds.repeat()
-    ds = ds.take(steps * batch_size).skip(skip_steps * batch_size).enumerate(skip_steps * batch_size)
+    todo = (steps - skip_steps) * batch_size
+    ds = ds.skip(skip_steps * batch_size).enumerate(skip_steps * batch_size)
+    if not skip_corrupt:
+        ds = ds.take(todo)  # exact, and before any decoding
 
     def load(position, origin):
         filename, index, record = origin
@@ -94,14 +100,16 @@ def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epo
         image = preprocess.train_image(jpeg, boxes, image_size, seed=tf.stack(
             [tf.cast(epoch_seed, tf.int64), position]), area_range=area_range, augment=augment,
             flip=flip)
-        return image, _checked_label(label, filename, index, num_classes)
+        return image, _checked_label(label, filename, index, num_classes), position
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE)
+    if skip_corrupt:
+        ds = ds.ignore_errors().take(todo)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(PREFETCH_BATCHES)
     return ds.with_options(_options(threads, deterministic))
 
 
-def eval_dataset(files, batch_size, image_size, num_classes, threads=None):
+def eval_dataset(files, batch_size, image_size, num_classes, threads=None, skip_corrupt=False):
     """Every validation record once, central crop, last batch possibly short."""
     ds = tf.data.Dataset.from_tensor_slices(list(files))
     ds = ds.interleave(_records_with_origin, cycle_length=min(len(files), 16),
@@ -113,6 +121,8 @@ def eval_dataset(files, batch_size, image_size, num_classes, threads=None):
                                                                        num_classes)
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
+    if skip_corrupt:
+        ds = ds.ignore_errors()
     ds = ds.batch(batch_size).prefetch(PREFETCH_BATCHES)
     return ds.with_options(_options(threads, False))
 
@@ -122,7 +132,24 @@ def synthetic_dataset(batch_size, image_size, num_classes, seed=0):
     g = tf.random.Generator.from_seed(seed)
     images = g.uniform([batch_size, image_size, image_size, 3], -1.0, 1.0)
     labels = g.uniform([batch_size], 0, num_classes, dtype=tf.int32)
-    return tf.data.Dataset.from_tensors((images, labels)).repeat()
+    positions = tf.zeros([batch_size], tf.int64)  # the shape of train_dataset's batches
+    return tf.data.Dataset.from_tensors((images, labels, positions)).repeat()
+
+
+def find_undecodable(files, num_classes):
+    """(file, record, reason) of the first record whose JPEG does not decode or whose
+    label is out of range, scanning in order; None if all are fine. Slow: it is the
+    diagnosis after a decode error, which tf.data reports without a file name."""
+    for path in files:
+        for index, record in enumerate(tf.data.TFRecordDataset(path)):
+            jpeg, label, _ = schema.parse(record)
+            if not 1 <= int(label) <= num_classes:
+                return path, index, f"label {int(label)} not in 1..{num_classes}"
+            try:
+                tf.io.decode_jpeg(jpeg, channels=3)
+            except tf.errors.InvalidArgumentError as e:
+                return path, index, f"JPEG does not decode ({e.message.splitlines()[0]})"
+    return None
 
 
 def count_examples(data_dir, split, files):
