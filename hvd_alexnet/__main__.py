@@ -57,6 +57,13 @@ def _guarded(entry, name):
             print(f"hvd_alexnet {name}: data error while reading: {first}", file=sys.stderr,
                   flush=True)
             return EXIT_DATA
+        except tf.errors.OpError as e:  # most often a collective whose peer is gone
+            lines = [l.strip() for l in (e.message or "").splitlines()
+                     if l.strip() and not l.strip().startswith(("[[", "Detected at", "File "))]
+            first = lines[-1] if lines else type(e).__name__  # the cause is last
+            print(f"hvd_alexnet {name}: {type(e).__name__}: {first} (if another rank died, "
+                  f"the launcher's message names it)", file=sys.stderr, flush=True)
+            return 1
     return run
 
 
