@@ -38,20 +38,14 @@ def _guarded(entry, name):
         from hvd_alexnet.config import UsageError
         from hvd_alexnet.data.reader import DataError
         from hvd_alexnet.train import Diverged, Preempted
+        outcomes = [(UsageError, "error: ", EXIT_USAGE), (DataError, "data error: ", EXIT_DATA),
+                    (Preempted, "", EXIT_PREEMPTED), (Diverged, "error: ", EXIT_DIVERGED)]
         try:
             return entry(argv)
-        except UsageError as e:
-            print(f"hvd_alexnet {name}: error: {e}", file=sys.stderr, flush=True)
-            return EXIT_USAGE
-        except DataError as e:
-            print(f"hvd_alexnet {name}: data error: {e}", file=sys.stderr, flush=True)
-            return EXIT_DATA
-        except Preempted as e:
-            print(f"hvd_alexnet {name}: {e}", file=sys.stderr, flush=True)
-            return EXIT_PREEMPTED
-        except Diverged as e:
-            print(f"hvd_alexnet {name}: error: {e}", file=sys.stderr, flush=True)
-            return EXIT_DIVERGED
+        except (UsageError, DataError, Preempted, Diverged) as e:
+            prefix, code = next((p, c) for kind, p, c in outcomes if isinstance(e, kind))
+            print(f"hvd_alexnet {name}: {prefix}{e}", file=sys.stderr, flush=True)
+            return code
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
             first = e.message.strip().splitlines()[0] if e.message else type(e).__name__
             print(f"hvd_alexnet {name}: data error while reading: {first}", file=sys.stderr,
