@@ -46,7 +46,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
 export HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 export MAKEFLAGS="-j$(nproc)"
-export PATH="$PWD/$VENV/bin:$PATH"   # the venv's cmake and python for the build
+export PATH="$(cd "$VENV" && pwd)/bin:$PATH"   # the venv's cmake and python for the build
 "${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod -r requirements-mpi.txt
 
 # 4. Check the build: Horovod must have TensorFlow, MPI and Gloo.
