@@ -49,6 +49,9 @@ flags.DEFINE_float("fusion_threshold_mb", None,
 flags.DEFINE_float("cycle_time_ms", None,
                    "Horovod cycle time in ms (default: $HOROVOD_CYCLE_TIME or 1).")
 flags.DEFINE_bool("fp16_allreduce", False, "Compress gradients to float16 for the all-reduce.")
+flags.DEFINE_float("stall_timeout_sec", 1800,
+                   "A rank without progress for this long (stuck reading, or in a collective "
+                   "whose peer hangs) ends the job; 0: never. Keep it above a validation pass.")
 flags.DEFINE_integer("threads", 0, "CPU threads per rank (0: the host's cores / ranks on the host).")
 # Validation, logging, checkpoints
 flags.DEFINE_string("model_dir", None, "Where checkpoints and the DLLogger log go (required).")
@@ -93,7 +96,8 @@ def validate(cfg):
     for name in ("batch_size", "eval_batch_size", "epochs", "log_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name} {getattr(cfg, name)}: must be at least 1")
-    for name in ("max_steps", "eval_every_epochs", "threads", "warmup_epochs", "weight_decay"):
+    for name in ("max_steps", "eval_every_epochs", "threads", "warmup_epochs", "weight_decay",
+                 "stall_timeout_sec"):
         if getattr(cfg, name) < 0:
             problems.append(f"--{name} {getattr(cfg, name)}: must not be negative")
     if cfg.num_classes < 2:

@@ -26,7 +26,7 @@ class Dist:
     """This process's place in the job, and the collectives the trainer uses."""
 
     def __init__(self, hvd, compression):
-        self.hvd = hvd
+        self.hvd, self.watchdog = hvd, None
         self.rank, self.size = hvd.rank(), hvd.size()
         self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
         self.compression = compression
@@ -66,6 +66,8 @@ class Dist:
         if self.size > 1 and (force or time.monotonic() - self._last_beat > self._beat):
             self.broadcast_int(0, "hvd_alexnet.solo")
             self._last_beat = time.monotonic()
+        if self.watchdog:
+            self.watchdog.beat("validating or checkpointing on rank 0")
 
     def solo_begin(self):
         self._last_beat, self._beat = time.monotonic(), heartbeat_seconds()
@@ -77,7 +79,8 @@ class Dist:
     def wait_for_root(self):
         """Ranks other than 0: wait until rank 0 calls solo_end()."""
         while self.broadcast_int(0, "hvd_alexnet.solo") == 0:
-            pass
+            if self.watchdog:
+                self.watchdog.beat("waiting for rank 0 to validate and checkpoint")
 
 
 def weights_digest(variables):

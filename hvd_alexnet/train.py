@@ -21,6 +21,7 @@ from hvd_alexnet import config, distributed, optim
 from hvd_alexnet.data import reader, schema
 from hvd_alexnet.metrics_log import MetricsLog
 from hvd_alexnet.model import build_alexnet, weight_decay_loss
+from hvd_alexnet.watchdog import Watchdog
 
 LOG_FILE = "dllogger.json"
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -115,6 +116,14 @@ class Throughput:
     @property
     def rate(self):
         return self.images / self.seconds if self.seconds else 0.0
+
+
+def _test_stall(rank):
+    """$HVD_ALEXNET_TEST_STALL=RANK:STEP makes that rank hang after that step (tests only)."""
+    spec = os.environ.get("HVD_ALEXNET_TEST_STALL", "")
+    if spec and int(spec.split(":")[0]) == rank:
+        return int(spec.split(":")[1])
+    return -1
 
 
 def run(cfg, log=print):
@@ -228,6 +237,9 @@ def run(cfg, log=print):
 
     step, epoch, final = start_step, start_step // spe, {}
     speed, stop, stopping, skipped, skipped_all = Throughput(), StopRequest(), False, 0, 0
+    dist.watchdog = watchdog = Watchdog(dist.rank, cfg.stall_timeout_sec)
+    watchdog.start()
+    test_stall = _test_stall(dist.rank)
     while step < total:
         offset = step % spe
         n = min(spe - offset, total - step)
@@ -236,9 +248,14 @@ def run(cfg, log=print):
             speed.start()  # later epochs: the pipeline's start-up counts too
         step_before = step
         try:
+            watchdog.beat("reading the first batch of the epoch")
             for images, labels, positions in train_batches(epoch, offset).take(n):
+                watchdog.beat("in a training step (computing, or in the gradient all-reduce)")
                 loss, stopping = train_step(images, labels, tf.constant(stop.requested))
                 step += 1
+                watchdog.beat("reading the next batch")
+                if step == test_stall:  # test-only: hang as a stuck input would
+                    time.sleep(1e6)
                 window_steps += 1
                 if speed.started is None:  # the run's first step traced the graph: not timed
                     float(loss)
@@ -302,6 +319,7 @@ def run(cfg, log=print):
         if epoch_done:
             epoch += 1
 
+    watchdog.stop()
     digest = distributed.weights_digest(model.variables)
     digests = dist.allgather_object(digest, "hvd_alexnet.digest")  # HVD
     if len(set(digests)) != 1:

@@ -124,3 +124,16 @@ def test_sigint_to_the_ranks_under_mpirun(tiny_data, tmp_path):
     stop_step = [r["step"][1] for r in records if r.get("data", {}).get("preempted")]
     assert len(stop_step) == 1 and checkpoints(model_dir)[-1] == stop_step[0]
     assert rank_pids(model_dir) == {}
+
+
+def test_a_stalled_rank_ends_the_job_after_the_deadline(tiny_data, tmp_path):
+    """Rank 1 hangs after step 3 (test switch): rank 0 waits in the all-reduce.
+    With a 10 s deadline the job ends, naming the rank and what it was doing."""
+    proc = start(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", *LONG,
+                  "--stall_timeout_sec=10"], np=2, launcher="gloo",
+                 env={"HVD_ALEXNET_TEST_STALL": "1:3"})
+    res = finish(proc, timeout=150)
+    assert res.returncode != 0
+    assert "rank 1: no progress for" in res.stdout and "reading the next batch" in res.stdout, \
+        res.stdout[-3000:]
+    assert rank_pids(str(tmp_path)) == {}

@@ -1,0 +1,41 @@
+"""A per-rank deadline on progress: a rank that is stuck (in its input, in a
+collective whose peer hangs) ends the job with a message instead of hanging.
+
+Horovod's own stall check only warns, and under `horovodrun --gloo` it reports
+nothing at all; a hung rank holds every other rank in its next all-reduce.
+"""
+
+import os
+import sys
+import threading
+import time
+
+EXIT_STALLED = 5
+
+
+class Watchdog(threading.Thread):
+    """beat(activity) at every step of progress; `timeout` seconds without one
+    print what this rank was doing and exit the process (the launcher then ends
+    the other ranks, as for a dead rank)."""
+
+    def __init__(self, rank, timeout):
+        super().__init__(name="hvd_alexnet-watchdog", daemon=True)
+        self.rank, self.timeout = rank, timeout
+        self.activity, self.last = "starting", time.monotonic()
+        self.running = True
+
+    def beat(self, activity):
+        self.activity, self.last = activity, time.monotonic()
+
+    def stop(self):
+        self.running = False
+
+    def run(self):
+        while self.running:
+            idle = time.monotonic() - self.last
+            if self.timeout and idle > self.timeout:
+                print(f"hvd_alexnet: rank {self.rank}: no progress for {idle:.0f} s while "
+                      f"{self.activity} (--stall_timeout_sec={self.timeout:g}); stopping the "
+                      f"job", file=sys.stderr, flush=True)
+                os._exit(EXIT_STALLED)
+            time.sleep(min(1.0, max(self.timeout / 10, 0.1)) if self.timeout else 1.0)
