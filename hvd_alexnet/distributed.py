@@ -11,7 +11,6 @@ import time
 import tensorflow as tf
 
 
-
 def heartbeat_seconds():
     """How often rank 0 answers the waiting ranks during solo work: well inside
     Horovod's stall warning ($HOROVOD_STALL_CHECK_TIME_SECONDS, 60 by default).
@@ -46,6 +45,10 @@ class Dist:
 
     def mean(self, value, name):
         return float(self.hvd.allreduce(tf.constant(value, tf.float32), name=name))  # HVD
+
+    def sum(self, value, name):
+        return int(self.hvd.allreduce(tf.constant(value, tf.int64), op=self.hvd.Sum,  # HVD
+                                      name=name))
 
     def any_rank(self, flag):
         """True on every rank if `flag` is true on any (inside tf.function: it is

@@ -80,9 +80,9 @@ def prepare_data(cfg, dist):
         meta = schema.read_metadata(cfg.data_dir) or {}
         if "num_classes" in meta and not cfg.num_classes_given:
             d.num_classes = int(meta["num_classes"])
-        d.num_train = reader.count_examples(cfg.data_dir, schema.TRAIN, files)
+        d.num_train = reader.count_examples(meta, schema.TRAIN, files)
         if cfg.eval:
-            d.num_val = reader.count_examples(cfg.data_dir, schema.VALIDATION, d.val_files)
+            d.num_val = reader.count_examples(meta, schema.VALIDATION, d.val_files)
     except reader.DataError as e:
         problem = str(e)
     problems = sorted(set(p for p in dist.allgather_object(problem, "hvd_alexnet.preflight") if p))  # HVD
@@ -300,7 +300,7 @@ def run(cfg, log=print):
         due = cfg.eval and not cfg.synthetic and not stopping and (step == total or (
             epoch_done and cfg.eval_every_epochs and (epoch + 1) % cfg.eval_every_epochs == 0))
         if cfg.skip_corrupt:
-            skipped_all = round(dist.mean(skipped, "hvd_alexnet.skipped") * dist.size)  # HVD
+            skipped_all = dist.sum(skipped, "hvd_alexnet.skipped")  # HVD
             metrics.log([epoch, step], {"skipped_corrupt_records": skipped_all})
         if dist.is_root:  # rank 0 saves and validates while the others wait
             dist.solo_begin()

@@ -31,11 +31,14 @@ class Watchdog(threading.Thread):
         self.running = False
 
     def run(self):
+        if not self.timeout:  # --stall_timeout_sec=0: no deadline
+            return
+        period = min(1.0, max(self.timeout / 10, 0.1))
         while self.running:
             idle = time.monotonic() - self.last
-            if self.timeout and idle > self.timeout:
+            if idle > self.timeout:
                 print(f"hvd_alexnet: rank {self.rank}: no progress for {idle:.0f} s while "
                       f"{self.activity} (--stall_timeout_sec={self.timeout:g}); stopping the "
                       f"job", file=sys.stderr, flush=True)
                 os._exit(EXIT_STALLED)
-            time.sleep(min(1.0, max(self.timeout / 10, 0.1)) if self.timeout else 1.0)
+            time.sleep(period)

@@ -6,6 +6,8 @@ reader repeats its shards, so uneven shards can never leave one rank waiting
 for a step that another never takes.
 """
 
+import struct
+
 import tensorflow as tf
 
 from hvd_alexnet.data import preprocess, schema
@@ -152,10 +154,10 @@ def find_undecodable(files, num_classes):
     return None
 
 
-def count_examples(data_dir, split, files):
-    """Examples in a split: metadata.json, else the standard ImageNet layout, else counted."""
-    meta = schema.read_metadata(data_dir)
-    if meta and split in meta.get("splits", {}):
+def count_examples(meta, split, files):
+    """Examples in a split: from metadata.json's contents (`meta`, may be empty), else
+    the standard ImageNet layout, else counted."""
+    if split in meta.get("splits", {}):
         return int(meta["splits"][split]["num_examples"])
     shards, count = schema.IMAGENET_LAYOUT.get(split, (None, None))
     if len(files) == shards and files[0].endswith(f"-of-{shards:05d}"):
@@ -166,9 +168,7 @@ def count_examples(data_dir, split, files):
 def check_framing(path):
     """Walks a TFRecord file's record headers (no payload read) and raises DataError
     naming the file and record if it is truncated. Cheap: one seek per record."""
-    import os
-    import struct
-    size = tf.io.gfile.stat(path).length if "://" in path else os.path.getsize(path)
+    size = tf.io.gfile.stat(path).length
     if size == 0:
         raise DataError(f"{path}: empty shard")
     offset, index = 0, 0
