@@ -9,6 +9,8 @@ import tempfile
 
 import pytest
 
+from hvd_alexnet import metrics_log
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)  # the venv's bin: horovodrun lives here
 SMALL = ["--image_size=67", "--batch_size=4", "--eval_batch_size=16", "--log_every=1",
@@ -62,6 +64,30 @@ def finish(proc, timeout):
 def launch(args, np=1, launcher=None, timeout=240, env=None):
     """Runs the job to the end within `timeout` seconds."""
     return finish(start(args, np, launcher, env), timeout)
+
+
+def step_records(model_dir, length=2):
+    """Rank 0's DLLogger records whose step is a list of `length` items:
+    [epoch, step] for training steps (2), [epoch] for validations (1)."""
+    return [r for r in metrics_log.read(os.path.join(model_dir, "dllogger.json"))
+            if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == length]
+
+
+def checkpoints(model_dir):
+    """Step numbers of the checkpoints kept in model_dir, ascending."""
+    d = os.path.join(model_dir, "checkpoints")
+    return sorted(int(f[5:-6]) for f in os.listdir(d) if f.startswith("ckpt-") and f.endswith(".index"))
+
+
+def final_weights(model_dir, classes=10):
+    """The model variables of the newest checkpoint (a 67x67 model), as arrays."""
+    import tensorflow as tf
+
+    from hvd_alexnet.model import build_alexnet
+    model = build_alexnet(67, classes)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    return [v.numpy() for v in model.variables]
 
 
 def build_dataset(out_dir, train_shards, validation_shards, image_size=72, per_class=None):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import SMALL, finish, output, start
+from conftest import SMALL, checkpoints, final_weights, finish, output, start, step_records
 from hvd_alexnet import metrics_log
 
 
@@ -35,9 +35,7 @@ def wait_for_step(model_dir, step, proc, timeout=120):
     path, deadline = os.path.join(model_dir, "dllogger.json"), time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, output(proc)[-3000:]
-        if os.path.exists(path) and any(
-                isinstance(r.get("step"), list) and len(r["step"]) == 2 and r["step"][1] >= step
-                for r in metrics_log.read(path)):
+        if os.path.exists(path) and any(r["step"][1] >= step for r in step_records(model_dir)):
             return
         time.sleep(0.5)
     pytest.fail(f"step {step} not reached in {timeout}s\n{output(proc)[-3000:]}")
@@ -69,18 +67,12 @@ def test_a_dead_rank_ends_the_whole_job(tiny_data, tmp_path, launcher):
     assert rank_pids(model_dir) == {}  # no process of the job is left
 
 
-def checkpoints(model_dir):
-    d = os.path.join(model_dir, "checkpoints")
-    return sorted(int(f[5:-6]) for f in os.listdir(d) if f.startswith("ckpt-") and f.endswith(".index"))
-
-
 EXACT = SMALL + ["--epochs=3", "--noeval", "--deterministic", "--dropout=0"]
 
 
 def test_preempted_job_checkpoints_and_resumes_to_the_same_weights(tiny_data, tmp_path):
     """SIGTERM to horovodrun: each rank stops at the next step, rank 0 checkpoints,
     exit status 75; the restarted job ends with an uninterrupted run's weights."""
-    from test_multirank import final_weights
     import numpy as np
     straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
     args = ["train", f"--data_dir={tiny_data}", *EXACT]

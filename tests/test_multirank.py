@@ -6,24 +6,15 @@ import re
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from conftest import SMALL, launch
+from conftest import SMALL, checkpoints, final_weights, launch, step_records
 from hvd_alexnet import metrics_log
-from hvd_alexnet.model import build_alexnet
 
 # Deterministic, no dropout, no augmentation, no shuffle, constant rate: the
 # only difference between runs is how the batch is split across ranks.
 EXACT = SMALL + ["--max_steps=3", "--epochs=1", "--noaugment", "--noshuffle", "--dropout=0",
                  "--deterministic", "--lr_schedule=constant", "--warmup_epochs=0",
                  "--keep_checkpoints=5"]
-
-
-def final_weights(model_dir, classes=10):
-    model = build_alexnet(67, classes)
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-    return [v.numpy() for v in model.variables]
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +62,10 @@ def test_only_rank_zero_logs_and_checkpoints(tiny_data, tmp_path):
     assert param["step"] == "PARAMETER" and param["data"]["ranks"] == 2
     assert param["data"]["batch_size"] == 4 and param["data"]["global_batch"] == 8
     assert param["data"]["policy"] == "mixed_bfloat16" and param["data"]["fp16_allreduce"]
-    steps = [r for r in logs if isinstance(r["step"], list) and len(r["step"]) == 2]
+    steps = step_records(tmp_path)
     assert [r["step"][1] for r in steps] == list(range(1, 13))  # each step once
     assert all({"loss", "learning_rate", "images_per_sec"} <= set(r["data"]) for r in steps)
-    vals = [r for r in logs if isinstance(r["step"], list) and len(r["step"]) == 1]
+    vals = step_records(tmp_path, 1)
     assert [v["step"] for v in vals] == [[0], [1]]  # after epoch 0 and at the end
     assert all(0 <= v["data"]["top1"] <= v["data"]["top5"] <= 1 for v in vals)
     assert vals[-1]["data"]["validation_examples"] == 80
@@ -85,8 +76,7 @@ def test_only_rank_zero_logs_and_checkpoints(tiny_data, tmp_path):
     for r in records:
         assert {"timestamp", "datetime", "elapsedtime", "type"} <= set(r)
     assert "Accuracy @ 1 = " in res.stdout and "[80 examples]" in res.stdout
-    ckpts = sorted(p for p in os.listdir(os.path.join(tmp_path, "checkpoints")) if p.endswith(".index"))
-    assert ckpts == ["ckpt-10.index", "ckpt-12.index"]  # end of epoch 0, end of the run
+    assert checkpoints(tmp_path) == [10, 12]  # end of epoch 0, end of the run
     assert sorted(os.listdir(tmp_path)) == ["checkpoints", "dllogger.json"]
 
 

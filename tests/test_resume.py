@@ -1,13 +1,9 @@
 """A run stopped after epoch 1 and restarted ends where an uninterrupted run ends."""
 
-import os
-
 import numpy as np
 import pytest
 
-from conftest import SMALL, launch
-from hvd_alexnet import metrics_log
-from test_multirank import final_weights
+from conftest import SMALL, final_weights, launch, step_records
 
 # Augmentation and shuffling stay on: they are seeded by (seed, epoch, position),
 # so the restarted run must rebuild exactly the batches the first run would have seen.
@@ -25,12 +21,10 @@ def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
     res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={stopped}", *ARGS])
     assert res.returncode == 0, res.stdout[-3000:]
     assert "resumed from" in res.stdout and "at step 10" in res.stdout
-    logs = [r for r in metrics_log.read(os.path.join(stopped, "dllogger.json"))
-            if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2]
+    logs = step_records(stopped)
     assert [r["step"] for r in logs] == [[0, s] for s in range(1, 11)] + [[1, s] for s in range(11, 21)]
     rate = {tuple(r["step"]): r["data"]["learning_rate"] for r in logs}
-    straight_logs = [r for r in metrics_log.read(os.path.join(straight, "dllogger.json"))
-                     if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2]
+    straight_logs = step_records(straight)
     assert rate == {tuple(r["step"]): r["data"]["learning_rate"] for r in straight_logs}
     resumed, uninterrupted = final_weights(stopped), final_weights(straight)
     assert any(not np.array_equal(a, b) for a, b in zip(first, resumed))  # it did train on
@@ -51,8 +45,7 @@ def test_resume_on_another_number_of_ranks(tiny_data, tmp_path, first, then):
     res = run(then)
     assert res.returncode == 0, res.stdout[-3000:]
     assert f"that is step {spe_then}, epoch 1" in res.stdout
-    steps = [r for r in metrics_log.read(os.path.join(tmp_path, "dllogger.json"))
-             if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2]
+    steps = step_records(tmp_path)
     before, after = steps[:spe_first], steps[spe_first:]
     assert [r["step"] for r in before] == [[0, s] for s in range(1, spe_first + 1)]
     assert [r["step"] for r in after] == [[1, s] for s in range(spe_then + 1, 2 * spe_then + 1)]
