@@ -57,15 +57,15 @@ class StopRequest:
 def prepare_data(cfg, dist):
     """Shard lists, counts and classes, agreed by all ranks before any heavy work.
 
-    Each rank checks its own training shards (framing only: cheap) and rank 0 the
-    validation shards; any rank's problem is gathered and raised on every rank,
-    so all of them exit together with the same message.
+    Each rank checks its own training shards (framing only: cheap, and it counts
+    the records) and rank 0 the validation shards; any rank's problem is gathered
+    and raised on every rank, so all of them exit together with the same message.
     """
-    d = types.SimpleNamespace(train_files=[], val_files=[], num_train=SYNTHETIC_EPOCH,
-                              num_val=0, num_classes=cfg.num_classes)
+    d = types.SimpleNamespace(train_files=[], val_files=[], rank_examples=[],
+                              num_train=SYNTHETIC_EPOCH, num_val=0, num_classes=cfg.num_classes)
     if cfg.synthetic:
         return d
-    problem = ""
+    problem, mine = "", 0
     try:
         files = schema.list_shards(cfg.data_dir, schema.TRAIN)
         if not files:
@@ -75,19 +75,20 @@ def prepare_data(cfg, dist):
         if cfg.eval and not d.val_files:
             raise reader.DataError(f"{cfg.data_dir}: no validation shards (validation-*); "
                                    f"add them or pass --noeval")
-        for path in d.train_files + (d.val_files if dist.is_root else []):
-            reader.check_framing(path)
+        mine = sum(reader.check_framing(path) for path in d.train_files)
+        if dist.is_root and cfg.eval:
+            d.num_val = sum(reader.check_framing(path) for path in d.val_files)
         meta = schema.read_metadata(cfg.data_dir) or {}
         if "num_classes" in meta and not cfg.num_classes_given:
             d.num_classes = int(meta["num_classes"])
-        d.num_train = reader.count_examples(meta, schema.TRAIN, files)
-        if cfg.eval:
-            d.num_val = reader.count_examples(meta, schema.VALIDATION, d.val_files)
     except reader.DataError as e:
         problem = str(e)
-    problems = sorted(set(p for p in dist.allgather_object(problem, "hvd_alexnet.preflight") if p))  # HVD
+    gathered = dist.allgather_object((problem, mine), "hvd_alexnet.preflight")  # HVD
+    problems = sorted(set(p for p, _ in gathered if p))
     if problems:
         raise reader.DataError("; ".join(problems))
+    d.rank_examples = [n for _, n in gathered]
+    d.num_train = sum(d.rank_examples)
     return d
 
 
@@ -137,7 +138,10 @@ def run(cfg, log=print):
     tf.keras.utils.set_random_seed(cfg.seed)
     data = prepare_data(cfg, dist)
     global_batch = cfg.batch_size * dist.size
-    spe = reader.steps_per_epoch(data.num_train, global_batch)
+    if cfg.synthetic:
+        spe = reader.steps_per_epoch([data.num_train], global_batch)
+    else:
+        spe = reader.steps_per_epoch(data.rank_examples, cfg.batch_size)
     total = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
 
     policy = _policy(cfg.precision)
@@ -178,6 +182,7 @@ def run(cfg, log=print):
                               "num_classes": data.num_classes, "ranks": dist.size,
                               "global_batch": global_batch, "steps_per_epoch": spe,
                               "total_steps": total, "train_examples": data.num_train,
+                              "rank_examples": data.rank_examples,
                               "validation_examples": data.num_val, "policy": policy,
                               "threads_per_rank": threads, "start_step": start_step})
     for name, unit in (("loss", None), ("learning_rate", None), ("images_per_sec", "images/s"),
@@ -186,6 +191,10 @@ def run(cfg, log=print):
     say(f"hvd_alexnet: {dist.size} ranks x batch {cfg.batch_size} = {global_batch}, "
         f"{spe} steps/epoch, {total} steps, {data.num_train} training images, "
         f"{data.num_classes} classes, {policy}, {threads} threads/rank")
+    if spe * global_batch < 0.95 * data.num_train and not cfg.synthetic:
+        say(f"note: the ranks' shards are uneven ({min(data.rank_examples)} to "
+            f"{max(data.rank_examples)} examples), so an epoch is {spe} steps of the smallest "
+            f"share: {spe * global_batch} of {data.num_train} images, a fresh subset each epoch")
 
     @tf.function
     def train_step(images, labels, stop):

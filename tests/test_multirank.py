@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import SMALL, checkpoints, final_weights, launch, step_records
+from conftest import SMALL, build_dataset, checkpoints, final_weights, launch, step_records
 from hvd_alexnet import metrics_log
 
 # Deterministic, no dropout, no augmentation, no shuffle, constant rate: the
@@ -78,6 +78,24 @@ def test_only_rank_zero_logs_and_checkpoints(tiny_data, tmp_path):
     assert "Accuracy @ 1 = " in res.stdout and "[80 examples]" in res.stdout
     assert checkpoints(tmp_path) == [10, 12]  # end of epoch 0, end of the run
     assert sorted(os.listdir(tmp_path)) == ["checkpoints", "dllogger.json"]
+
+
+def test_uneven_shards_two_ranks_same_steps_no_hang(tmp_path):
+    """3 training shards on 2 ranks: rank 0 holds twice rank 1's examples. Both
+    take the smaller share's steps each epoch, and the job ends normally."""
+    data = build_dataset(str(tmp_path / "data"), 3, 1, per_class=8)
+    run = str(tmp_path / "run")
+    res = launch(["train", f"--data_dir={data}", f"--model_dir={run}", *SMALL, "--epochs=2",
+                  "--noeval"], np=2, launcher="gloo", timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:]
+    param = metrics_log.read(os.path.join(run, "dllogger.json"))[0]["data"]
+    shares = param["rank_examples"]
+    assert sum(shares) == 80 and shares[0] > 1.5 * shares[1]
+    spe = shares[1] // 4
+    assert param["steps_per_epoch"] == spe
+    assert [r["step"] for r in step_records(run)] == (
+        [[0, s] for s in range(1, spe + 1)] + [[1, s] for s in range(spe + 1, 2 * spe + 1)])
+    assert "shards are uneven" in res.stdout
 
 
 def test_synthetic_mode_needs_no_files(tmp_path):

@@ -20,30 +20,39 @@ def test_fewer_shards_than_ranks_is_an_error():
         reader.rank_shards(["a", "b", "c"], 0, 4)
 
 
-@pytest.mark.parametrize("examples,batch,steps", [(1000, 256, 3), (1281167, 256, 5004),
-                                                  (64, 64, 1)])
-def test_steps_from_the_global_count(examples, batch, steps):
-    assert reader.steps_per_epoch(examples, batch) == steps
+@pytest.mark.parametrize("rank_examples,batch,steps", [
+    ([1000], 256, 3), ([160146] * 8, 32, 5004), ([64], 64, 1),
+    ([13, 32], 4, 3),  # uneven: the smaller share decides
+    ([31, 5, 9], 2, 2)])
+def test_steps_from_the_smallest_rank_share(rank_examples, batch, steps):
+    assert reader.steps_per_epoch(rank_examples, batch) == steps
 
 
-def test_too_few_examples_for_one_global_batch():
-    with pytest.raises(reader.DataError, match="fewer than one global batch"):
-        reader.steps_per_epoch(10, 16)
+def test_too_few_examples_for_one_batch_names_the_rank():
+    with pytest.raises(reader.DataError, match="rank 1's shards hold 3 training examples, "
+                                               "fewer than one batch"):
+        reader.steps_per_epoch([40, 3], 4)
 
 
-def test_every_rank_yields_the_same_steps_from_uneven_shards(tmp_path):
-    """Shards of 1, 2, 9, 30 and 3 records over 2 and 3 ranks: each rank's reader
-    yields exactly `steps` batches (it repeats its shards rather than running dry)."""
+def test_uneven_shards_same_steps_on_every_rank_and_no_example_twice_in_an_epoch(tmp_path):
+    """Shards of 1, 2, 9, 30 and 3 records over 2 and 3 ranks (file counts that do
+    not divide): every rank's reader yields exactly `steps` batches, and within an
+    epoch a rank never reads an example twice (each record's label is its id)."""
     jpeg = tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy()
-    files = []
+    files, ident = [], 0
     for i, n in enumerate([1, 2, 9, 30, 3]):
         files.append(str(tmp_path / schema.shard_name("train", i, 5)))
         with tf.io.TFRecordWriter(files[-1]) as w:
             for _ in range(n):
-                w.write(schema.make_example(jpeg, 1, "s", "t", 8, 8, "f").SerializeToString())
+                ident += 1
+                w.write(schema.make_example(jpeg, ident, "s", "t", 8, 8, "f").SerializeToString())
     for size in (2, 3):
-        steps = reader.steps_per_epoch(45, 4 * size)
-        for rank in range(size):
-            mine = reader.rank_shards(sorted(files), rank, size)
-            ds = reader.train_dataset(mine, 4, 67, 2, steps=steps, rank=rank)
-            assert sum(1 for _ in ds) == steps, (size, rank)
+        shares = [reader.rank_shards(files, rank, size) for rank in range(size)]
+        steps = reader.steps_per_epoch([sum(map(reader.check_framing, s)) for s in shares], 2)
+        for rank, mine in enumerate(shares):
+            for epoch in (0, 1):
+                ds = reader.train_dataset(mine, 2, 67, ident, steps=steps, rank=rank,
+                                          epoch=epoch)
+                labels = [int(x) for _, batch, _ in ds for x in batch]
+                assert len(labels) == 2 * steps, (size, rank, epoch)
+                assert len(set(labels)) == len(labels), (size, rank, epoch, labels)

@@ -1,9 +1,9 @@
 """The input pipeline: shard assignment, training and evaluation datasets.
 
 Horovod-free: `rank` and `size` come in as arguments. Every rank runs the same
-number of steps per epoch (computed from the global example count) and its
-reader repeats its shards, so uneven shards can never leave one rank waiting
-for a step that another never takes.
+number of steps per epoch (the whole batches of the smallest rank's share) and
+its reader repeats its shards behind that, so uneven shards can never leave one
+rank waiting for a step that another never takes.
 """
 
 import struct
@@ -29,12 +29,17 @@ def rank_shards(files, rank, size):
     return list(files)[rank::size]
 
 
-def steps_per_epoch(num_examples, global_batch):
-    """Steps every rank runs per epoch: whole global batches of the dataset."""
-    steps = num_examples // global_batch
+def steps_per_epoch(rank_examples, batch_size):
+    """Steps every rank runs per epoch: the whole batches held by the rank with the
+    fewest examples (`rank_examples[r]`: examples in rank r's shards). So every
+    rank takes the same steps and none reads an example twice in an epoch; a
+    larger rank reads a fresh random subset of its examples each epoch."""
+    fewest = min(rank_examples)
+    steps = fewest // batch_size
     if steps < 1:
-        raise DataError(f"{num_examples} training examples are fewer than one global batch "
-                        f"({global_batch}); lower --batch_size or run fewer ranks")
+        raise DataError(f"rank {rank_examples.index(fewest)}'s shards hold {fewest} training "
+                        f"examples, fewer than one batch ({batch_size}); lower --batch_size, "
+                        f"run fewer ranks or re-shard the data more evenly")
     return steps
 
 
@@ -88,8 +93,9 @@ def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epo
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=True)
     # Repeat after the shuffle: each pass over the rank's shards is a fresh
-    # permutation with no example twice, and a rank whose shards hold fewer than
-    # steps x batch records starts another pass instead of running dry.
+    # permutation with no example twice. With steps from steps_per_epoch() an
+    # epoch fits in one pass; the repeat is the guard that a rank never runs dry
+    # (records skipped with skip_corrupt, shards that shrank since the count).
     ds = ds.repeat()
     todo = (steps - skip_steps) * batch_size
     ds = ds.skip(skip_steps * batch_size).enumerate(skip_steps * batch_size)
@@ -154,20 +160,10 @@ def find_undecodable(files, num_classes):
     return None
 
 
-def count_examples(meta, split, files):
-    """Examples in a split: from metadata.json's contents (`meta`, may be empty), else
-    the standard ImageNet layout, else counted."""
-    if split in meta.get("splits", {}):
-        return int(meta["splits"][split]["num_examples"])
-    shards, count = schema.IMAGENET_LAYOUT.get(split, (None, None))
-    if len(files) == shards and files[0].endswith(f"-of-{shards:05d}"):
-        return count
-    return sum(1 for _ in tf.data.TFRecordDataset(list(files)))
-
-
 def check_framing(path):
-    """Walks a TFRecord file's record headers (no payload read) and raises DataError
-    naming the file and record if it is truncated. Cheap: one seek per record."""
+    """Walks a TFRecord file's record headers (no payload read), returns its record
+    count, and raises DataError naming the file and record if it is truncated.
+    Cheap: one seek per record."""
     size = tf.io.gfile.stat(path).length
     if size == 0:
         raise DataError(f"{path}: empty shard")

@@ -7,10 +7,6 @@ import tensorflow as tf
 
 TRAIN, VALIDATION = "train", "validation"
 METADATA_FILE = "metadata.json"
-# Counts of the standard ImageNet-1k TFRecord layout, used when no metadata.json
-# is present and the shards are exactly the usual 1024 + 128.
-IMAGENET_LAYOUT = {TRAIN: (1024, 1281167), VALIDATION: (128, 50000)}
-
 
 def _bytes(values):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
