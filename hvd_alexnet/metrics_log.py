@@ -41,6 +41,8 @@ class MetricsLog:
                 dllogger.StdOutBackend(dllogger.Verbosity.DEFAULT)])
         else:
             self.file = open(path, "a", buffering=1)
+            if self.file.tell() and not _ends_with_newline(path):
+                self.file.write("\n")  # a job killed mid-line: start this run's lines clean
 
     def metadata(self, metric, meta):
         if not self.enabled:
@@ -70,7 +72,21 @@ class MetricsLog:
             self.file = None
 
 
+def _ends_with_newline(path):
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
+
+
 def read(path):
-    """Records of a DLLogger JSON stream file, in order."""
+    """Records of a DLLogger JSON stream file, in order; a line cut short by a
+    killed job is skipped."""
+    records = []
     with open(path) as f:
-        return [json.loads(line[5:]) for line in f if line.startswith("DLLL ")]
+        for line in f:
+            if line.startswith("DLLL "):
+                try:
+                    records.append(json.loads(line[5:]))
+                except json.JSONDecodeError:
+                    continue
+    return records

@@ -119,6 +119,14 @@ class Throughput:
         return self.images / self.seconds if self.seconds else 0.0
 
 
+def _remove_torn_saves(directory, say):
+    """A save that crashed leaves TensorFlow's `ckpt-N_temp/` behind, while the
+    `checkpoint` index still names the previous, complete checkpoint: delete it."""
+    for torn in sorted(tf.io.gfile.glob(os.path.join(directory, "ckpt-*_temp"))):
+        say(f"removing {torn}: an incomplete save (the job died while writing it)")
+        tf.io.gfile.rmtree(torn)
+
+
 def _test_stall(rank):
     """$HVD_ALEXNET_TEST_STALL=RANK:STEP makes that rank hang after that step (tests only)."""
     spec = os.environ.get("HVD_ALEXNET_TEST_STALL", "")
@@ -164,6 +172,8 @@ def run(cfg, log=print):
     ckpt = tf.train.Checkpoint(model=model, optimizer=opt, examples_seen=seen)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(cfg.model_dir, CHECKPOINT_SUBDIR),
                                          max_to_keep=cfg.keep_checkpoints)
+    if dist.is_root:
+        _remove_torn_saves(manager.directory, say)
     if dist.is_root and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         step0 = int(seen) // global_batch

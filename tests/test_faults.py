@@ -129,3 +129,35 @@ def test_a_stalled_rank_ends_the_job_after_the_deadline(tiny_data, tmp_path):
     assert "rank 1: no progress for" in res.stdout and "reading the next batch" in res.stdout, \
         res.stdout[-3000:]
     assert rank_pids(str(tmp_path)) == {}
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tiny_data, tmp_path):
+    """SIGKILL to the (only) rank while TensorFlow writes checkpoint 40: checkpoint
+    20 stays the one recorded, it restores, and the restart resumes from it."""
+    model_dir = str(tmp_path)
+    ckpt_dir = os.path.join(model_dir, "checkpoints")
+    # 131x131: a 27M-parameter model, ~0.2 GB per save, a window the poll below hits.
+    args = ["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *SMALL,
+            "--image_size=131", "--epochs=3", "--noeval"]
+    proc = start(args)
+    try:
+        deadline = time.time() + 180
+        while not os.path.isdir(os.path.join(ckpt_dir, "ckpt-40_temp")):
+            assert proc.poll() is None and time.time() < deadline, output(proc)[-3000:]
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    import tensorflow as tf
+    assert os.path.isdir(os.path.join(ckpt_dir, "ckpt-40_temp"))  # killed mid-save
+    assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-20")
+    res = finish(start(args), timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "ckpt-40_temp: an incomplete save" in res.stdout, res.stdout[-3000:]
+    assert "resumed from" in res.stdout and "ckpt-20 at step 20" in res.stdout, res.stdout[-3000:]
+    assert checkpoints(model_dir) == [20, 40, 60]
+    assert not any(f.endswith("_temp") for f in os.listdir(ckpt_dir))
+    steps = [r["step"][1] for r in step_records(model_dir)]
+    assert steps[-40:] == list(range(21, 61))  # the restart logged steps 21..60 once each
