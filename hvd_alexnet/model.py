@@ -5,13 +5,33 @@ import tensorflow as tf
 MIN_IMAGE_SIZE = 67  # smaller inputs shrink to nothing before the last pool
 
 
-def build_alexnet(image_size=227, num_classes=1000, dropout=0.5, name="alexnet"):
+class SeededDropout(tf.keras.layers.Layer):
+    """Dropout whose masks are a function of `seed_fn()` (an int64 pair, such as
+    (seed and rank, step)) and of `salt`: a run resumed from a checkpoint draws
+    the masks an uninterrupted run would have drawn. Keras' Dropout continues a
+    random stream that restarts with the process."""
+
+    def __init__(self, rate, seed_fn, salt, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.seed_fn, self.salt = rate, seed_fn, salt
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0:
+            return x
+        seed = self.seed_fn() + tf.constant([0, self.salt << 40], tf.int64)
+        keep = tf.random.stateless_uniform(tf.shape(x), seed=seed) >= self.rate
+        return x * tf.cast(keep, x.dtype) * tf.cast(1 / (1 - self.rate), x.dtype)
+
+
+def build_alexnet(image_size=227, num_classes=1000, dropout=0.5, name="alexnet",
+                  dropout_seed=None):
     """Returns an uncompiled Keras model mapping [N, S, S, 3] images to logits.
 
     Layers follow tf_cnn_benchmarks' AlexNet: conv 64 11x11/4 VALID, pool 3/2,
     conv 192 5x5, pool, conv 384, 384, 256 3x3, pool, FC 4096, 4096, classes.
     The logits are float32 even under a mixed-precision policy, so the loss
-    and the softmax stay accurate.
+    and the softmax stay accurate. With `dropout_seed` (a function returning an
+    int64 pair, read at each training call) the dropout masks are seeded by it.
     """
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
@@ -20,6 +40,8 @@ def build_alexnet(image_size=227, num_classes=1000, dropout=0.5, name="alexnet")
     conv = lambda filters, k, **kw: L.Conv2D(filters, k, padding=kw.pop("padding", "same"),
                                              activation="relu", kernel_initializer=he, **kw)
     pool = lambda: L.MaxPool2D(pool_size=3, strides=2, padding="valid")
+    drop = lambda salt: (L.Dropout(dropout) if dropout_seed is None else
+                         SeededDropout(dropout, dropout_seed, salt, name=f"dropout{salt}"))
     layers = [
         conv(64, 11, strides=4, padding="valid", name="conv1"), pool(),
         conv(192, 5, name="conv2"), pool(),
@@ -27,8 +49,8 @@ def build_alexnet(image_size=227, num_classes=1000, dropout=0.5, name="alexnet")
         conv(384, 3, name="conv4"),
         conv(256, 3, name="conv5"), pool(),
         L.Flatten(),
-        L.Dense(4096, activation="relu", kernel_initializer=he, name="fc6"), L.Dropout(dropout),
-        L.Dense(4096, activation="relu", kernel_initializer=he, name="fc7"), L.Dropout(dropout),
+        L.Dense(4096, activation="relu", kernel_initializer=he, name="fc6"), drop(6),
+        L.Dense(4096, activation="relu", kernel_initializer=he, name="fc7"), drop(7),
         L.Dense(num_classes, name="fc8"),
         L.Activation("linear", dtype="float32", name="logits"),
     ]

@@ -154,7 +154,10 @@ def run(cfg, log=print):
 
     policy = _policy(cfg.precision)
     tf.keras.mixed_precision.set_global_policy(policy)
-    model = build_alexnet(cfg.image_size, data.num_classes, cfg.dropout)
+    # Dropout masks seeded by (seed, rank, step): the same after a resume.
+    step_now = lambda: tf.cast(opt.iterations, tf.int64)
+    model = build_alexnet(cfg.image_size, data.num_classes, cfg.dropout, dropout_seed=lambda: (
+        tf.stack([tf.constant(cfg.seed * 1_000_003 + dist.rank, tf.int64), step_now()])))
     state_bytes = sum(v.shape.num_elements() * 4 for v in model.trainable_variables)
     if dist.is_root:
         config.check_disk(cfg.model_dir, int(2.2 * state_bytes))  # weights + momentum

@@ -43,3 +43,20 @@ def test_mixed_bfloat16_keeps_float32_logits():
         assert model(tf.zeros([1, 67, 67, 3])).dtype == tf.float32
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def test_seeded_dropout_masks_follow_the_seed_not_the_process():
+    step = tf.Variable(0, dtype=tf.int64)
+    model = build_alexnet(67, 4, dropout=0.5, dropout_seed=lambda: tf.stack(
+        [tf.constant(7, tf.int64), step]))
+    layer = model.get_layer("dropout6")
+    x = tf.ones([8, 4096])
+    a, b = layer(x, training=True), layer(x, training=True)
+    assert tf.reduce_all(a == b)  # same (seed, step): same mask, whatever ran before
+    step.assign(1)
+    c = layer(x, training=True)
+    assert not tf.reduce_all(a == c)
+    assert not tf.reduce_all(c == model.get_layer("dropout7")(x, training=True))  # per layer
+    kept = tf.reduce_mean(tf.cast(c > 0, tf.float32))
+    assert 0.45 < float(kept) < 0.55 and set(tf.unique(tf.reshape(c, [-1]))[0].numpy()) == {0, 2}
+    assert tf.reduce_all(layer(x, training=False) == x)

@@ -5,9 +5,10 @@ import pytest
 
 from conftest import SMALL, final_weights, launch, step_records
 
-# Augmentation and shuffling stay on: they are seeded by (seed, epoch, position),
-# so the restarted run must rebuild exactly the batches the first run would have seen.
-ARGS = SMALL + ["--batch_size=8", "--epochs=2", "--dropout=0", "--deterministic", "--noeval"]
+# Augmentation, shuffling and dropout stay on: the data is seeded by (seed, epoch,
+# position) and dropout by (seed, rank, step), so the restarted run must rebuild
+# exactly the batches and masks the first run would have seen.
+ARGS = SMALL + ["--batch_size=8", "--epochs=2", "--deterministic", "--noeval"]  # dropout 0.5
 
 
 def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
