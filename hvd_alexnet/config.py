@@ -60,6 +60,9 @@ flags.DEFINE_bool("eval", True, "Validate at all.")
 flags.DEFINE_integer("eval_batch_size", 64, "Images per validation batch (rank 0).")
 flags.DEFINE_integer("log_every", 10, "Log loss, learning rate and images/sec every N steps.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in model_dir.")
+flags.DEFINE_integer("checkpoint_every_steps", 0,
+                     "Also checkpoint every N steps (0: at the end of each epoch only); what a "
+                     "crash can cost. SIGTERM / SIGINT always checkpoint first.")
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
 flags.DEFINE_bool("deterministic", False,
                   "Deterministic ops and data order (slower; for reproducing runs exactly).")
@@ -97,7 +100,7 @@ def validate(cfg):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name} {getattr(cfg, name)}: must be at least 1")
     for name in ("max_steps", "eval_every_epochs", "threads", "warmup_epochs", "weight_decay",
-                 "stall_timeout_sec"):
+                 "stall_timeout_sec", "checkpoint_every_steps"):
         if getattr(cfg, name) < 0:
             problems.append(f"--{name} {getattr(cfg, name)}: must not be negative")
     if cfg.num_classes < 2:

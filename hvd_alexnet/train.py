@@ -264,7 +264,9 @@ def run(cfg, log=print):
     test_stall = _test_stall(dist.rank)
     while step < total:
         offset = step % spe
-        n = min(spe - offset, total - step)
+        n = min(spe - offset, total - step)  # to the end of the epoch or of the run
+        if cfg.checkpoint_every_steps:  # or to the next periodic checkpoint
+            n = min(n, cfg.checkpoint_every_steps - step % cfg.checkpoint_every_steps)
         window_t, window_steps, timed, loss = time.perf_counter(), 0, 0, None
         if step > start_step:
             speed.start()  # later epochs: the pipeline's start-up counts too

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import SMALL, final_weights, launch, step_records
+from conftest import SMALL, checkpoints, final_weights, launch, step_records
 
 # Augmentation, shuffling and dropout stay on: the data is seeded by (seed, epoch,
 # position) and dropout by (seed, rank, step), so the restarted run must rebuild
@@ -52,3 +52,11 @@ def test_resume_on_another_number_of_ranks(tiny_data, tmp_path, first, then):
     assert [r["step"] for r in after] == [[1, s] for s in range(spe_then + 1, 2 * spe_then + 1)]
     assert {round(r["data"]["learning_rate"], 9) for r in before} == {0.001 * first}
     assert {round(r["data"]["learning_rate"], 9) for r in after} == {0.001 * then}
+
+
+def test_periodic_checkpoints_within_an_epoch(tiny_data, tmp_path):
+    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", *SMALL,
+                  "--epochs=1", "--noeval", "--checkpoint_every_steps=7", "--keep_checkpoints=9"])
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert checkpoints(tmp_path) == [7, 14, 20]  # 80 images / batch 4: 20 steps
+    assert [r["step"] for r in step_records(tmp_path)] == [[0, s] for s in range(1, 21)]
