@@ -9,9 +9,10 @@ DEMO_DIR        ?= data/demo
 RUN_DIR         ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 TRAIN_ARGS      ?=
 PYTEST_ARGS     ?=
+CHAOS_ARGS      ?=
 IMAGE           ?= hvd-alexnet
 
-.PHONY: install train demo-data test docker-build docker-test clean
+.PHONY: install train demo-data test chaos docker-build docker-test clean
 
 install:
 	@TF_REQUIREMENTS=$(TF_REQUIREMENTS) VENV=$(VENV) bash scripts/install.sh
@@ -31,6 +32,11 @@ train: demo-data
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Not part of `make test`: random rank kills and preemptions in a 2-rank demo
+# run, restarted from its checkpoints, compared with an uninterrupted run (~10 min).
+chaos: demo-data
+	$(PY) -m hvd_alexnet.chaos --data_dir $(DEMO_DIR) $(CHAOS_ARGS)
 
 docker-build:
 	docker build -f docker/Dockerfile -t $(IMAGE) .

@@ -9,25 +9,7 @@ import pytest
 
 from conftest import SMALL, checkpoints, final_weights, finish, output, start, step_records
 from hvd_alexnet import metrics_log
-
-
-def rank_pids(model_dir):
-    """{rank: pid} of the Python ranks training into model_dir (from /proc)."""
-    pids = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-        except OSError:
-            continue
-        if b"python" in os.path.basename(argv[0]) and b"hvd_alexnet" in argv and \
-                any(model_dir.encode() in a for a in argv):
-            rank = env.get(b"HOROVOD_RANK", env.get(b"OMPI_COMM_WORLD_RANK"))
-            if rank is not None:
-                pids[int(rank)] = int(pid)
-    return pids
+from hvd_alexnet.chaos import rank_pids
 
 
 def wait_for_step(model_dir, step, proc, timeout=120):

@@ -1,0 +1,168 @@
+"""The chaos run (`make chaos`): faults injected at random into a 2-rank job.
+
+    python -m hvd_alexnet.chaos --data_dir data/demo --work_dir runs/chaos [--faults 6]
+
+Trains the demo configuration (deterministic, checkpoints every 10 steps) twice
+under `horovodrun --gloo`: once without interruption, once while ranks are
+killed (SIGKILL, also in the middle of a checkpoint save) and the job is
+preempted (SIGTERM to the ranks or to horovodrun) at random moments, restarting
+each time from the model directory. Prints the faults, restarts, steps lost
+and repeated, and whether the final weights equal the uninterrupted run's.
+"""
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from hvd_alexnet import metrics_log
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAULTS = ("kill rank 0", "kill rank 1", "kill rank 0 while it saves", "SIGTERM to the ranks",
+          "SIGTERM to horovodrun")
+ATTEMPT_TIMEOUT = 900  # seconds; an attempt that runs longer counts as a hang
+
+
+def rank_pids(model_dir):
+    """{rank: pid} of the Python ranks training into model_dir (from /proc)."""
+    pids = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if b"python" in os.path.basename(argv[0]) and b"hvd_alexnet" in argv and \
+                any(model_dir.encode() in a for a in argv):
+            rank = env.get(b"HOROVOD_RANK", env.get(b"OMPI_COMM_WORLD_RANK"))
+            if rank is not None:
+                pids[int(rank)] = int(pid)
+    return pids
+
+
+def _steps(model_dir):
+    """Training steps rank 0 has logged in model_dir so far (every attempt's)."""
+    path = os.path.join(model_dir, "dllogger.json")
+    if not os.path.exists(path):
+        return []
+    return [r["step"][1] for r in metrics_log.read(path)
+            if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2]
+
+
+def _start(model_dir, args):
+    py = [sys.executable, "-m", "hvd_alexnet", "train", *args, f"--model_dir={model_dir}"]
+    cmd = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", "2",
+           "-H", "localhost:2", "--gloo", *py]
+    log = open(os.path.join(model_dir + ".log"), "a")
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _finish(proc, timeout=ATTEMPT_TIMEOUT):
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise SystemExit(f"chaos: an attempt ran longer than {timeout}s: a hang")
+
+
+def _inject(proc, model_dir, fault, after_steps):
+    """Waits until `after_steps` more steps are logged, then injects `fault`.
+    Returns False if the job ended first."""
+    target = len(_steps(model_dir)) + after_steps
+    while len(_steps(model_dir)) < target:
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    pids = rank_pids(model_dir)
+    if fault == "kill rank 0 while it saves":
+        ckpts = os.path.join(model_dir, "checkpoints")
+        deadline = time.time() + 120
+        while not any(f.endswith("_temp") for f in os.listdir(ckpts)):
+            if proc.poll() is not None or time.time() > deadline:
+                return proc.poll() is None
+            time.sleep(0.002)
+        os.kill(pids[0], signal.SIGKILL)
+    elif fault.startswith("kill rank"):
+        os.kill(pids[int(fault[-1])], signal.SIGKILL)
+    elif fault == "SIGTERM to the ranks":
+        for pid in pids.values():
+            os.kill(pid, signal.SIGTERM)
+    else:
+        os.kill(proc.pid, signal.SIGTERM)
+    return True
+
+
+def run(data_dir, work_dir, faults, seed, extra):
+    rng = random.Random(seed)
+    args = ["--flagfile=configs/demo.flags", f"--data_dir={data_dir}", "--deterministic",
+            "--noeval", "--log_every=1", "--checkpoint_every_steps=10", *extra]
+    straight, chaotic = os.path.join(work_dir, "straight"), os.path.join(work_dir, "chaos")
+    for d in (straight, chaotic):
+        if os.path.exists(d):
+            raise SystemExit(f"chaos: {d} exists; use a new --work_dir")
+        os.makedirs(d)
+    print(f"chaos: uninterrupted run in {straight} ...", flush=True)
+    if _finish(_start(straight, args)) != 0:
+        raise SystemExit(f"chaos: the uninterrupted run failed; see {straight}.log")
+    injected, restarts, codes = [], 0, []
+    while True:
+        proc = _start(chaotic, args)
+        if len(injected) < faults:
+            fault = rng.choice(FAULTS)
+            if _inject(proc, chaotic, fault, rng.randint(3, 40)):
+                injected.append(fault)
+                print(f"chaos: fault {len(injected)}: {fault} (step {max(_steps(chaotic))})",
+                      flush=True)
+        code = _finish(proc)
+        codes.append(code)
+        time.sleep(1)
+        left = rank_pids(chaotic)
+        if left:
+            raise SystemExit(f"chaos: ranks {sorted(left)} still running after the job ended")
+        if code == 0:  # done (a fault due after the end of the run is not injected)
+            break
+        restarts += 1
+    return report(straight, chaotic, injected, restarts, codes)
+
+
+def report(straight, chaotic, injected, restarts, codes):
+    summary = lambda d: [r for r in metrics_log.read(os.path.join(d, "dllogger.json"))
+                         if r["type"] == "LOG" and r["step"] == []][-1]["data"]
+    want, got = summary(straight), summary(chaotic)
+    steps = _steps(chaotic)
+    lines = [
+        f"faults injected:   {len(injected)} ({', '.join(injected)})",
+        f"restarts:          {restarts} (exit statuses {codes})",
+        f"steps:             {got['steps']} of {want['steps']} "
+        f"(lost: {want['steps'] - got['steps']})",
+        f"steps repeated:    {len(steps) - len(set(steps))} (run again after a fault)",
+        f"final weights:     {got['weights_digest']} vs uninterrupted "
+        f"{want['weights_digest']}: {'MATCH' if got['weights_digest'] == want['weights_digest'] else 'DIFFER'}",
+    ]
+    print("\n".join(["chaos: result"] + lines), flush=True)
+    return got["weights_digest"] == want["weights_digest"] and got["steps"] == want["steps"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", default="data/demo")
+    p.add_argument("--work_dir", default=f"runs/chaos-{time.strftime('%Y%m%d-%H%M%S')}")
+    p.add_argument("--faults", type=int, default=6, help="faults to inject (default 6)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the fault schedule")
+    p.add_argument("extra", nargs="*", help="more train flags, after --")
+    a = p.parse_args()
+    seed = a.seed if a.seed is not None else random.randrange(1 << 30)
+    print(f"chaos: seed {seed}, {a.faults} faults, work dir {a.work_dir}", flush=True)
+    return 0 if run(a.data_dir, os.path.abspath(a.work_dir), a.faults, seed, a.extra) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
