@@ -6,13 +6,15 @@ PY              := $(VENV)/bin/python
 TF_REQUIREMENTS ?= requirements-cpu.txt
 NP              ?= 2
 DEMO_DIR        ?= data/demo
+BENCH_DIR       ?= data/bench
+BENCH_ARGS      ?=
 RUN_DIR         ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 TRAIN_ARGS      ?=
 PYTEST_ARGS     ?=
 CHAOS_ARGS      ?=
 IMAGE           ?= hvd-alexnet
 
-.PHONY: install train demo-data test chaos docker-build docker-test clean
+.PHONY: install train demo-data bench-data bench test chaos docker-build docker-test clean
 
 install:
 	@TF_REQUIREMENTS=$(TF_REQUIREMENTS) VENV=$(VENV) bash scripts/install.sh
@@ -32,6 +34,16 @@ train: demo-data
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+$(BENCH_DIR)/metadata.json:
+	$(PY) -m hvd_alexnet data photos --output_dir $(BENCH_DIR)
+
+bench-data: install
+	@$(MAKE) --no-print-directory $(BENCH_DIR)/metadata.json
+
+# Every throughput figure (about 20 minutes on 2 cores), written to docs/benchmarks.{md,json}.
+bench: bench-data
+	$(PY) -m hvd_alexnet bench --data_dir $(BENCH_DIR) $(BENCH_ARGS)
 
 # Not part of `make test`: random rank kills and preemptions in a 2-rank demo
 # run, restarted from its checkpoints, compared with an uninterrupted run (~10 min).

@@ -16,6 +16,10 @@ commands:
   train        train AlexNet; several ranks: horovodrun -np N python -m hvd_alexnet train ...
   data build   JPEGs in class subfolders -> ImageNet-schema TFRecord shards
   data demo    the embedded demo dataset (scikit-learn's digits), built with `data build`
+  plan         predicted images/s and scaling on 1-512 accelerators (ring all-reduce model)
+  bench        every throughput figure of the benchmark, into docs/benchmarks.{md,json}
+  data photos  the benchmark dataset: ~500x375 JPEGs cut from photographs bundled in
+               scikit-learn and scikit-image, built with `data build`
 
 `python -m hvd_alexnet COMMAND --help` lists a command's flags.
 """
@@ -28,7 +32,7 @@ def _commands():
     from hvd_alexnet import config, train
     from hvd_alexnet.data import cli
     return {"train": (train.main, config), "data build": (cli.build_main, cli),
-            "data demo": (cli.demo_main, cli)}
+            "data demo": (cli.demo_main, cli), "data photos": (cli.photos_main, cli)}
 
 
 def _guarded(entry, name):
@@ -68,6 +72,9 @@ def main(argv=None):
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if args else EXIT_USAGE
+    if args[0] in ("bench", "plan"):  # argparse, not absl
+        import importlib
+        return importlib.import_module(f"hvd_alexnet.{args[0]}").main(args[1:])
     commands = _commands()
     if name not in commands:
         print(f"hvd_alexnet: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)

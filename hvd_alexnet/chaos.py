@@ -86,7 +86,7 @@ def _inject(proc, model_dir, fault, after_steps):
         deadline = time.time() + 120
         while not any(f.endswith("_temp") for f in os.listdir(ckpts)):
             if proc.poll() is not None or time.time() > deadline:
-                return proc.poll() is None
+                return False  # no save seen: nothing injected
             time.sleep(0.002)
         os.kill(pids[0], signal.SIGKILL)
     elif fault.startswith("kill rank"):
@@ -112,10 +112,12 @@ def run(data_dir, work_dir, faults, seed, extra):
     if _finish(_start(straight, args)) != 0:
         raise SystemExit(f"chaos: the uninterrupted run failed; see {straight}.log")
     injected, restarts, codes = [], 0, []
+    # Every kind of fault once (in random order) before any kind twice.
+    schedule = [f for _ in range(faults // len(FAULTS) + 1) for f in rng.sample(FAULTS, len(FAULTS))]
     while True:
         proc = _start(chaotic, args)
         if len(injected) < faults:
-            fault = rng.choice(FAULTS)
+            fault = schedule[len(injected)]
             if _inject(proc, chaotic, fault, rng.randint(3, 40)):
                 injected.append(fault)
                 print(f"chaos: fault {len(injected)}: {fault} (step {max(_steps(chaotic))})",

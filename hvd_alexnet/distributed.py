@@ -36,6 +36,13 @@ class Dist:
         """The tape whose gradient() averages over all ranks (ring all-reduce, fused)."""
         return self.hvd.DistributedGradientTape(tape, compression=self.compression)  # HVD
 
+    def average(self, tensors):
+        """What gradient_tape() does to the gradients: one averaging all-reduce per
+        tensor, fused into buffers by Horovod's background thread (the benchmark
+        times this alone)."""
+        return [self.hvd.allreduce(t, op=self.hvd.Average, compression=self.compression)  # HVD
+                for t in tensors]
+
     def broadcast_variables(self, variables):
         """Makes every rank's copy equal to rank 0's (start, and after a restore)."""
         self.hvd.broadcast_variables(variables, root_rank=0)  # HVD

@@ -10,6 +10,7 @@ wait for it in a heartbeat loop that Horovod's stall check never sees as stuck.
 
 import math
 import os
+import resource
 import signal
 import sys
 import time
@@ -345,14 +346,17 @@ def run(cfg, log=print):
 
     watchdog.stop()
     digest = distributed.weights_digest(model.variables)
-    digests = dist.allgather_object(digest, "hvd_alexnet.digest")  # HVD
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    gathered = dist.allgather_object((digest, peak_mb), "hvd_alexnet.digest")  # HVD
+    digests = [d for d, _ in gathered]
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks ended with different weights: {digests}")
     say(f"weights digest {digest}, identical on all {dist.size} ranks")
     summary = {"train_images_per_sec": speed.rate,
                "train_images_per_sec_per_rank": speed.rate / dist.size,
                "time_to_train_sec": time.time() - t_start, "steps": step,
-               "epochs_completed": step / spe, "weights_digest": digest}
+               "epochs_completed": step / spe, "weights_digest": digest,
+               "peak_rss_mb_per_rank": [round(m, 1) for _, m in gathered]}
     summary.update({k: v for k, v in final.items() if k in ("top1", "top5")})
     if cfg.skip_corrupt:
         summary["skipped_corrupt_records"] = skipped_all

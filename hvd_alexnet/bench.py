@@ -1,0 +1,220 @@
+"""`python -m hvd_alexnet bench` (`make bench`): every throughput figure in one run.
+
+Each row is a fresh process (or a 2-rank job) timed over repeated windows after
+a warm-up; the table gives the median and the spread (min-max) of the windows.
+Results go to docs/benchmarks.json and docs/benchmarks.md with the machine's
+description and the command. Tests never assert on these figures.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from hvd_alexnet import metrics_log
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+class Row:
+    """One measurement: `kind` is "train" (the trainer's own DLLogger windows) or
+    "probe" (hvd_alexnet.probes); `ranks` processes; `args` extra flags."""
+
+    def __init__(self, key, label, kind, ranks=1, args=(), launcher="gloo", batch=32):
+        self.key, self.label, self.kind, self.ranks = key, label, kind, ranks
+        self.args, self.launcher, self.batch = list(args), launcher, batch
+
+
+def rows(data_dir):
+    real = [f"--data_dir={data_dir}"]
+    return [
+        Row("bare", "bare step (no Horovod, no input pipeline)", "probe", args=["bare"]),
+        Row("synthetic_1", "trainer, synthetic, 1 rank", "train", args=["--synthetic"]),
+        Row("real_1", "trainer, real data, 1 rank", "train", args=real),
+        Row("pipeline", "input pipeline alone (decode, augment, batch)", "probe",
+            args=["pipeline", *real]),
+        Row("real_2", "trainer, real data, 2 ranks (aggregate)", "train", 2, real),
+        Row("allreduce_hvd_mpi", "all-reduce of the gradients, Horovod, mpirun", "probe", 2,
+            ["allreduce"], launcher="mpi"),
+        Row("allreduce_mpi4py", "all-reduce of one buffer, plain mpi4py, mpirun", "probe", 2,
+            ["mpi_allreduce"], launcher="mpi"),
+        Row("allreduce_hvd_gloo", "all-reduce of the gradients, Horovod, horovodrun --gloo",
+            "probe", 2, ["allreduce"]),
+        Row("fusion_off", "2 ranks synthetic, fusion off", "train", 2,
+            ["--synthetic", "--fusion_threshold_mb=0"]),
+        Row("fusion_default", "2 ranks synthetic, fusion 64 MB (Horovod's default)", "train", 2,
+            ["--synthetic", "--fusion_threshold_mb=64"]),
+        Row("fusion_large", "2 ranks synthetic, fusion 256 MB", "train", 2,
+            ["--synthetic", "--fusion_threshold_mb=256"]),
+        Row("fp16_allreduce", "2 ranks synthetic, fusion 64 MB, fp16 gradients", "train", 2,
+            ["--synthetic", "--fusion_threshold_mb=64", "--fp16_allreduce"]),
+        Row("fp32_b64", "1 rank synthetic, fp32, batch 64", "train", args=["--synthetic"],
+            batch=64),
+        Row("bf16_b64", "1 rank synthetic, bf16, batch 64", "train",
+            args=["--synthetic", "--precision=mixed"], batch=64),
+        Row("fp32_b128", "1 rank synthetic, fp32, batch 128", "train", args=["--synthetic"],
+            batch=128),
+    ]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+
+
+def _launch(cmd, ranks, launcher, timeout):
+    if ranks > 1 and launcher == "mpi":
+        cmd = ["mpirun", "--allow-run-as-root", "-np", str(ranks), "-bind-to", "none",
+               "-x", "PATH", "-x", "PYTHONPATH", "-x", "TF_CPP_MIN_LOG_LEVEL", *cmd]
+    elif ranks > 1 or launcher == "gloo":
+        cmd = [os.path.join(BIN, "horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}",
+               "--gloo", *cmd]
+    # Its own process group, so that a timeout ends the launcher and every rank.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    finally:
+        if proc.poll() is None:  # interrupted (Ctrl-C): take the job down with us
+            os.killpg(proc.pid, signal.SIGKILL)
+    res = subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}):\n{out[-3000:]}")
+    return res.stdout
+
+
+def measure(row, a):
+    """{"windows": [...], "unit": ..., and extras} for one row."""
+    py = [sys.executable, "-m"]
+    per_window = max(1, a.window_images // (row.batch * row.ranks))
+    if row.kind == "probe":
+        cmd = [*py, "hvd_alexnet.probes", *row.args, f"--image={a.image_size}",
+               f"--batch={row.batch}", f"--warmup={a.warmup}", f"--windows={a.windows}",
+               f"--per_window={per_window}"]
+        out = _launch(cmd, row.ranks, row.launcher if row.ranks > 1 else None, a.timeout)
+        line = [l for l in out.splitlines() if "PROBE {" in l][-1]
+        return json.loads(line[line.index("{"):])
+    with tempfile.TemporaryDirectory() as model_dir:
+        steps = (a.warmup + a.windows) * per_window + 1  # +1: the traced first step
+        cmd = [*py, "hvd_alexnet", "train", f"--model_dir={model_dir}", *row.args,
+               f"--image_size={a.image_size}", f"--batch_size={row.batch}",
+               f"--max_steps={steps}", f"--log_every={per_window}", "--noeval",
+               "--keep_checkpoints=1", "--num_classes=1000"]  # the same model for every row
+        _launch(cmd, row.ranks, row.launcher, a.timeout)
+        records = metrics_log.read(os.path.join(model_dir, "dllogger.json"))
+    windows = [r["data"]["images_per_sec"] for r in records
+               if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2]
+    summary = records[-1]["data"]
+    return {"unit": "images/s", "windows": windows[-a.windows:],
+            "peak_rss_mb_per_rank": summary["peak_rss_mb_per_rank"]}
+
+
+def targets(r):
+    """(target, measured ratio, threshold) of issue 3, from the rows measured."""
+    m = lambda k: r[k]["median"] if k in r else None
+    checks = [
+        ("trainer overhead: synthetic 1 rank / bare step", m("synthetic_1"), m("bare"), 0.97),
+        ("input: real data 1 rank / synthetic 1 rank", m("real_1"), m("synthetic_1"), 0.93),
+        ("input: pipeline alone / real data 1 rank", m("pipeline"), m("real_1"), 5.0),
+        ("2 ranks on this host: aggregate / 1 rank", m("real_2"), m("real_1"), 0.90),
+        ("all-reduce: Horovod / mpi4py (same bytes, mpirun)", m("allreduce_hvd_mpi"),
+         m("allreduce_mpi4py"), 0.8),
+        ("mixed precision: bf16 / fp32 at batch 64", m("bf16_b64"), m("fp32_b64"), 1.7),
+    ]
+    return [(name, a / b if a and b else None, want) for name, a, b, want in checks]
+
+
+def machine():
+    cpu = "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    with open("/proc/meminfo") as f:
+        mem_gib = int(f.readline().split()[1]) / (1 << 20)
+    import tensorflow as tf
+    import horovod
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1),
+            "python": platform.python_version(), "tensorflow": tf.__version__,
+            "horovod": horovod.__version__, "os": platform.platform()}
+
+
+def write(results, a, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "benchmarks.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    lines = [f"# Benchmarks\n", f"Measured {results['date']} with `{results['command']}`.\n",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()) + ".\n",
+             f"Image {a.image_size}x{a.image_size}, batch 32 per rank unless stated; each "
+             f"figure is the median of {a.windows} timed windows of about {a.window_images} "
+             f"images after {a.warmup} untimed warm-up window(s), with the spread (min-max).\n",
+             "| row | median | spread | unit | peak RSS per rank (MB) |", "|---|---|---|---|---|"]
+    for key, r in results["rows"].items():
+        if "error" in r:
+            lines.append(f"| {r['label']} | failed | | | |")
+            continue
+        rss = ", ".join(f"{m:.0f}" for m in r.get("peak_rss_mb_per_rank", []))
+        lines.append(f"| {r['label']} | {r['median']:.2f} | {min(r['windows']):.2f}-"
+                     f"{max(r['windows']):.2f} | {r['unit']} | {rss} |")
+    lines += ["", "## Targets (issue 3), ratios of medians from this run", "",
+              "| target | ratio | wanted | met |", "|---|---|---|---|"]
+    for name, ratio, want in results["targets"]:
+        shown = f"{ratio:.3f}" if ratio is not None else "not measured"
+        met = "" if ratio is None else "yes" if ratio >= want else "**no**"
+        lines.append(f"| {name} | {shown} | >= {want} | {met} |")
+    from hvd_alexnet import plan
+    lines += ["", "## Beyond this machine: a model, not a measurement", "",
+              "`python -m hvd_alexnet plan` (ring all-reduce; see `--help` for the hardware "
+              "figures):", "", plan.report(plan.parser().parse_args([]))]
+    with open(os.path.join(out_dir, "benchmarks.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m hvd_alexnet bench", description=__doc__)
+    p.add_argument("--data_dir", default="data/bench", help="benchmark TFRecords (data photos)")
+    p.add_argument("--out_dir", default="docs", help="where benchmarks.json/.md go")
+    p.add_argument("--image_size", type=int, default=227)
+    p.add_argument("--warmup", type=int, default=1, help="untimed windows first")
+    p.add_argument("--windows", type=int, default=5, help="timed windows per row")
+    p.add_argument("--window_images", type=int, default=160, help="images per window")
+    p.add_argument("--only", default="", help="comma-separated row keys (default: all)")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per row")
+    a = p.parse_args(argv)
+    chosen = [r for r in rows(os.path.abspath(a.data_dir))
+              if not a.only or r.key in a.only.split(",")]
+    results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+               "command": "python -m hvd_alexnet bench " + " ".join(argv or sys.argv[1:]),
+               "machine": machine(), "rows": {}}
+    for row in chosen:
+        print(f"bench: {row.label} ...", end=" ", flush=True)
+        try:
+            r = measure(row, a)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"FAILED\n{e}", flush=True)
+            results["rows"][row.key] = {"label": row.label, "error": str(e)[-2000:]}
+            continue
+        r.update(label=row.label, median=statistics.median(r["windows"]))
+        results["rows"][row.key] = r
+        print(f"{r['median']:.2f} {r['unit']} ({min(r['windows']):.2f}-{max(r['windows']):.2f})",
+              flush=True)
+    results["targets"] = targets(results["rows"])
+    write(results, a, a.out_dir)
+    for name, ratio, want in results["targets"]:
+        print(f"target {name}: {'n/a' if ratio is None else f'{ratio:.3f}'} (want >= {want})")
+    failed = [k for k, r in results["rows"].items() if "error" in r]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

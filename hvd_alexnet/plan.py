@@ -1,0 +1,141 @@
+"""`python -m hvd_alexnet plan`: images/s and scaling beyond this machine, on paper.
+
+From the model itself (FLOPs per image, gradient bytes) and stated hardware
+figures, predicts the step time on N accelerators with a ring all-reduce:
+
+    compute  = batch x 3 x forward FLOPs / (peak x utilisation)   (backward = 2 x forward)
+    all-reduce = 2 (N-1)/N x gradient bytes / bandwidth + 2 (N-1) x latency
+    step     = forward + max(backward, all-reduce)   (Horovod overlaps the all-reduce
+                                                       with the backward pass)
+
+The bandwidth is the slowest link of the ring: within a host up to
+--per_host accelerators, between hosts beyond. Every figure is a model, not a
+measurement; the hardware defaults are a V100-class GPU with NVLink-less PCIe
+and 100 Gb/s Ethernet, and are printed with the table.
+"""
+
+import argparse
+import math
+import sys
+
+REFERENCE = {"accelerators": 8, "images_per_sec": 1833.9, "batch": 32}
+
+
+def model_costs(image_size=227, num_classes=1000):
+    """(forward FLOPs per image, parameters) of AlexNet, counted layer by layer."""
+    import tensorflow as tf
+
+    from hvd_alexnet.model import build_alexnet
+    model = build_alexnet(image_size, num_classes)
+    macs = 0
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.Conv2D):
+            macs += math.prod(layer.output.shape[1:3]) * layer.kernel.shape.num_elements()
+        elif isinstance(layer, tf.keras.layers.Dense):
+            macs += layer.kernel.shape.num_elements()
+    return 2 * macs, model.count_params()
+
+
+def ring_seconds(n, nbytes, bandwidth, latency):
+    """Ring all-reduce: 2(n-1) steps, each moving nbytes/n over every link."""
+    if n <= 1:
+        return 0.0
+    return 2 * (n - 1) / n * nbytes / bandwidth + 2 * (n - 1) * latency
+
+
+def step(n, batch, fwd_flops, nbytes, flops_per_sec, bandwidth, latency):
+    """(forward s, backward s, all-reduce s, step s) of one training step."""
+    fwd = batch * fwd_flops / flops_per_sec
+    bwd = 2 * fwd
+    comm = ring_seconds(n, nbytes, bandwidth, latency)
+    return fwd, bwd, comm, fwd + max(bwd, comm)
+
+
+def hiding_batch(comm, fwd_flops, flops_per_sec):
+    """The smallest per-accelerator batch whose backward pass covers the all-reduce."""
+    return max(1, math.ceil(comm * flops_per_sec / (2 * fwd_flops)))
+
+
+def table(a, fwd_flops, params):
+    flops_per_sec = a.peak_tflops * 1e12 * a.utilisation
+    out = []
+    for n in a.accelerators:
+        bw, lat = ((a.intra_gbps, a.intra_latency_us) if n <= a.per_host
+                   else (a.inter_gbps, a.inter_latency_us))
+        for grad_bytes in (4, 2):
+            nbytes = params * grad_bytes
+            fwd, bwd, comm, t = step(n, a.batch, fwd_flops, nbytes, flops_per_sec, bw * 1e9,
+                                     lat * 1e-6)
+            out.append({"accelerators": n, "gradients": "fp32" if grad_bytes == 4 else "fp16",
+                        "compute_ms": (fwd + bwd) * 1e3, "allreduce_ms": comm * 1e3,
+                        "images_per_sec": n * a.batch / t, "efficiency": (fwd + bwd) / t,
+                        "limit": "all-reduce" if comm > bwd else "compute",
+                        "hiding_batch": hiding_batch(comm, fwd_flops, flops_per_sec)})
+    return out
+
+
+def implied_bandwidth(fwd_flops, params, a):
+    """The link bandwidth at which this model gives the reference result, assuming
+    the reference was all-reduce bound (else None: compute alone is slower)."""
+    n, batch = REFERENCE["accelerators"], REFERENCE["batch"]
+    t = n * batch / REFERENCE["images_per_sec"]
+    fwd = batch * fwd_flops / (a.peak_tflops * 1e12 * a.utilisation)
+    comm = t - fwd - 2 * (n - 1) * a.intra_latency_us * 1e-6
+    if comm <= 2 * fwd:
+        return None
+    return 2 * (n - 1) / n * params * 4 / comm
+
+
+def report(a):
+    """The model's table for the arguments `a` (see parser()), as Markdown text."""
+    fwd_flops, params = model_costs(a.image_size, a.num_classes)
+    lines = [
+        f"AlexNet {a.image_size}x{a.image_size}, {a.num_classes} classes: {fwd_flops / 1e9:.2f} "
+        f"GFLOP forward, {3 * fwd_flops / 1e9:.2f} GFLOP per trained image, {params:,} "
+        f"parameters = {params * 4 / 1e6:.0f} MB of fp32 gradients.",
+        f"Hardware (stated, not measured): {a.peak_tflops} TFLOPS x {a.utilisation}, "
+        f"{a.per_host} per host, {a.intra_gbps} GB/s + {a.intra_latency_us} us within a host, "
+        f"{a.inter_gbps} GB/s + {a.inter_latency_us} us between hosts; batch {a.batch} per "
+        f"accelerator.", "",
+        "| accelerators | gradients | compute ms | all-reduce ms | images/s | efficiency | "
+        "limited by | batch that hides the all-reduce |",
+        "|---|---|---|---|---|---|---|---|"]
+    for r in table(a, fwd_flops, params):
+        lines.append(f"| {r['accelerators']} | {r['gradients']} | {r['compute_ms']:.1f} | "
+                     f"{r['allreduce_ms']:.1f} | {r['images_per_sec']:,.0f} | "
+                     f"{r['efficiency']:.2f} | {r['limit']} | {r['hiding_batch']} |")
+    bw, ref = implied_bandwidth(fwd_flops, params, a), REFERENCE
+    why = (f"At the compute figure above, this model gives that result with a {bw / 1e9:.1f} "
+           f"GB/s ring: the all-reduce term limits it, or a term outside this model does (the "
+           f"input pipeline: JPEG decoding on the host's CPUs)." if bw else
+           "Compute alone is slower than that at these figures: the compute term limits it.")
+    lines += ["", f"Reference: {ref['images_per_sec']:,} images/s on {ref['accelerators']} "
+                  f"accelerators (batch {ref['batch']}), "
+                  f"{ref['images_per_sec'] / ref['accelerators']:.0f} per accelerator. {why}"]
+    return "\n".join(lines)
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m hvd_alexnet plan", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image_size", type=int, default=227)
+    p.add_argument("--num_classes", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=32, help="per accelerator")
+    p.add_argument("--accelerators", type=int, nargs="+", default=[1, 8, 64, 512])
+    p.add_argument("--peak_tflops", type=float, default=15.7, help="fp32 peak (V100: 15.7)")
+    p.add_argument("--utilisation", type=float, default=0.5, help="of the peak, sustained")
+    p.add_argument("--per_host", type=int, default=8, help="accelerators per host")
+    p.add_argument("--intra_gbps", type=float, default=10.0, help="GB/s within a host")
+    p.add_argument("--intra_latency_us", type=float, default=10.0)
+    p.add_argument("--inter_gbps", type=float, default=12.5, help="GB/s between hosts")
+    p.add_argument("--inter_latency_us", type=float, default=25.0)
+    return p
+
+
+def main(argv=None):
+    print(report(parser().parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Measurements the benchmark runs outside the trainer, one per process:
+
+    python -m hvd_alexnet.probes bare --batch 32 --image 227 --precision fp32
+    python -m hvd_alexnet.probes pipeline --data_dir data/bench --batch 32 --image 227
+    mpirun -np 2 python -m hvd_alexnet.probes allreduce --image 227    # Horovod, fused
+    mpirun -np 2 python -m hvd_alexnet.probes mpi_allreduce --image 227  # plain mpi4py
+
+Each prints one JSON line: {"probe", "unit", "windows": [rate per timed window], ...},
+windows timed after `--warmup` untimed ones.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+NUM_CLASSES = 1000
+
+
+def _windows(step, warmup, windows, per_window):
+    """Runs `step()` (which must block until done) in timed windows; returns
+    seconds per window."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(windows):
+        t = time.perf_counter()
+        for _ in range(per_window):
+            step()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def bare(a):
+    """The reference: a tf.function training step of the same model, batch and
+    precision on in-memory data; no Horovod, no input pipeline."""
+    import tensorflow as tf
+
+    from hvd_alexnet import optim
+    from hvd_alexnet.distributed import cpu_threads
+    from hvd_alexnet.model import build_alexnet, weight_decay_loss
+    threads = cpu_threads(1)  # what a 1-rank trainer takes on this host
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    if a.precision == "mixed":
+        tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    model = build_alexnet(a.image, NUM_CLASSES)
+    opt = optim.make_optimizer(0.01, 0.9)
+    g = tf.random.Generator.from_seed(0)
+    images = g.uniform([a.batch, a.image, a.image, 3], -1.0, 1.0)
+    labels = g.uniform([a.batch], 0, NUM_CLASSES, dtype=tf.int32)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True)) + 1e-4 * weight_decay_loss(model)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    secs = _windows(lambda: float(step()), a.warmup, a.windows, a.per_window)
+    return {"unit": "images/s", "windows": [a.per_window * a.batch / s for s in secs]}
+
+
+def pipeline(a):
+    """Decode + augment + batch of the training reader alone, no model."""
+    from hvd_alexnet.data import reader, schema
+    from hvd_alexnet.distributed import cpu_threads
+    files = schema.list_shards(a.data_dir, schema.TRAIN)
+    count = sum(reader.check_framing(f) for f in files)
+    steps = reader.steps_per_epoch([count], a.batch)
+    ds = reader.train_dataset(files, a.batch, a.image, NUM_CLASSES, steps, threads=cpu_threads(1),
+                              deterministic=False).repeat()
+    it = iter(ds)
+    secs = _windows(lambda: next(it)[0].numpy(), a.warmup, a.windows, a.per_window)
+    return {"unit": "images/s", "windows": [a.per_window * a.batch / s for s in secs]}
+
+
+def _gradient_shapes(image):
+    from hvd_alexnet.model import build_alexnet
+    return [v.shape for v in build_alexnet(image, NUM_CLASSES).trainable_variables]
+
+
+def allreduce(a):
+    """AlexNet's whole gradient set (random values, one tensor per variable)
+    averaged the way the trainer's gradient tape does it: one Horovod all-reduce
+    per tensor, fused. GB/s of gradient bytes."""
+    import tensorflow as tf
+
+    from hvd_alexnet import distributed
+    dist, _ = distributed.init(a.fusion_mb)
+    grads = [tf.Variable(tf.random.uniform(s)) for s in _gradient_shapes(a.image)]
+    nbytes = sum(g.shape.num_elements() * 4 for g in grads)
+
+    @tf.function
+    def step():
+        averaged = dist.average([g.read_value() for g in grads])  # HVD
+        return tf.add_n([tf.reshape(t, [-1])[0] for t in averaged])  # all used: none pruned
+
+    secs = _windows(lambda: step().numpy(), a.warmup, a.windows, a.per_window)
+    return {"unit": "GB/s", "bytes": nbytes, "ranks": dist.size,
+            "windows": [a.per_window * nbytes / s / 1e9 for s in secs]}
+
+
+def mpi_allreduce(a):
+    """A plain mpi4py Allreduce of one float32 buffer of the same size, in place."""
+    import numpy as np
+    from mpi4py import MPI
+    import math
+    nbytes = sum(math.prod(s) * 4 for s in _gradient_shapes(a.image))
+    buf = np.ones(nbytes // 4, np.float32)
+    comm = MPI.COMM_WORLD
+    secs = _windows(lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM), a.warmup, a.windows,
+                    a.per_window)
+    return {"unit": "GB/s", "bytes": nbytes, "ranks": comm.Get_size(),
+            "windows": [a.per_window * nbytes / s / 1e9 for s in secs]}
+
+
+PROBES = {"bare": bare, "pipeline": pipeline, "allreduce": allreduce,
+          "mpi_allreduce": mpi_allreduce}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("probe", choices=sorted(PROBES))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image", type=int, default=227)
+    p.add_argument("--precision", choices=["fp32", "mixed"], default="fp32")
+    p.add_argument("--data_dir")
+    p.add_argument("--fusion_mb", type=float, default=None)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--windows", type=int, default=5)
+    p.add_argument("--per_window", type=int, default=5)
+    a = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    result = {"probe": a.probe, **PROBES[a.probe](a)}
+    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("HOROVOD_RANK", 0)))
+    if rank == 0:
+        print("PROBE " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

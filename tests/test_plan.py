@@ -1,0 +1,51 @@
+"""The scaling model, on cases worked by hand."""
+
+import pytest
+
+from hvd_alexnet import plan
+
+# AlexNet at 227x227, 1000 classes, multiply-accumulates per layer (output
+# positions x kernel size): conv1 55*55*(11*11*3*64), conv2 27*27*(5*5*64*192),
+# conv3 13*13*(3*3*192*384), conv4 13*13*(3*3*384*384), conv5 13*13*(3*3*384*256),
+# fc6 9216*4096, fc7 4096*4096, fc8 4096*1000.
+MACS = (3025 * 23232 + 729 * 307200 + 169 * 663552 + 169 * 1327104 + 169 * 884736
+        + 37748736 + 16777216 + 4096000)
+
+
+def test_model_costs_count_every_layer():
+    flops, params = plan.model_costs(227, 1000)
+    assert flops == 2 * MACS
+    assert params == 61_838_248
+    assert MACS == 838_788_800  # 1.68 GFLOP forward, 5.03 GFLOP per trained image
+
+
+def test_ring_allreduce_time_by_hand():
+    # 8 ranks, 1 GB, 10 GB/s, no latency: 2 * 7/8 * 0.1 s = 0.175 s
+    assert plan.ring_seconds(8, 1e9, 10e9, 0) == pytest.approx(0.175)
+    # latency: 2 * 7 steps of 10 us = 0.14 ms more
+    assert plan.ring_seconds(8, 1e9, 10e9, 10e-6) == pytest.approx(0.17514)
+    assert plan.ring_seconds(1, 1e9, 10e9, 10e-6) == 0.0
+    # 2 ranks move the whole buffer once each way: 2 * 1/2 * bytes / bw
+    assert plan.ring_seconds(2, 4e8, 2e9, 0) == pytest.approx(0.2)
+
+
+def test_step_overlaps_the_allreduce_with_the_backward_pass():
+    # 1 GFLOP forward per image, batch 10, 1 TFLOP/s: forward 10 ms, backward 20 ms
+    fwd, bwd, comm, t = plan.step(2, 10, 1e9, 4e7, 1e12, 1e9, 0)  # all-reduce 40 ms
+    assert (fwd, bwd, comm) == pytest.approx((0.01, 0.02, 0.04))
+    assert t == pytest.approx(0.05)  # forward + the longer of backward and all-reduce
+    fwd, bwd, comm, t = plan.step(2, 10, 1e9, 1e7, 1e12, 1e9, 0)  # all-reduce 10 ms: hidden
+    assert t == pytest.approx(0.03)
+
+
+def test_batch_that_hides_the_allreduce():
+    # all-reduce 40 ms, backward = 2 GFLOP per image at 1 TFLOP/s = 2 ms per image: 20 images
+    assert plan.hiding_batch(0.04, 1e9, 1e12) == 20
+    assert plan.hiding_batch(0.0, 1e9, 1e12) == 1
+
+
+def test_cli_prints_the_table_and_the_reference(capsys):
+    assert plan.main(["--accelerators", "1", "8", "64"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| fp32 |") == 3 and out.count("| fp16 |") == 3
+    assert "1,833.9 images/s on 8 accelerators" in out and "3.3 GB/s ring" in out
