@@ -41,6 +41,8 @@ def rows(data_dir):
         Row("pipeline", "input pipeline alone (decode, augment, batch)", "probe",
             args=["pipeline", *real]),
         Row("real_2", "trainer, real data, 2 ranks (aggregate)", "train", 2, real),
+        Row("real_2_acc2", "trainer, real data, 2 ranks, one all-reduce per 2 micro-batches "
+            "(--accumulate_steps=2)", "train", 2, [*real, "--accumulate_steps=2"], batch=64),
         Row("allreduce_hvd_mpi", "all-reduce of the gradients, Horovod, mpirun", "probe", 2,
             ["allreduce"], launcher="mpi"),
         Row("allreduce_mpi4py", "all-reduce of one buffer, plain mpi4py, mpirun", "probe", 2,
@@ -61,6 +63,8 @@ def rows(data_dir):
             args=["--synthetic", "--precision=mixed"], batch=64),
         Row("fp32_b128", "1 rank synthetic, fp32, batch 128", "train", args=["--synthetic"],
             batch=128),
+        Row("demo_bf16", "demo (make train) with bf16: top-1", "demo", 2,
+            ["--precision=mixed"]),
     ]
 
 
@@ -105,10 +109,19 @@ def measure(row, a):
         out = _launch(cmd, row.ranks, row.launcher if row.ranks > 1 else None, a.timeout)
         line = [l for l in out.splitlines() if "PROBE {" in l][-1]
         return json.loads(line[line.index("{"):])
+    if row.kind == "demo":  # the demo's accuracy under a changed setting
+        with tempfile.TemporaryDirectory() as model_dir:
+            _launch([*py, "hvd_alexnet", "train", "--flagfile=configs/demo.flags",
+                     f"--data_dir={a.demo_dir}", f"--model_dir={model_dir}", *row.args],
+                    row.ranks, row.launcher, a.timeout)
+            summary = metrics_log.read(os.path.join(model_dir, "dllogger.json"))[-1]["data"]
+        return {"unit": "top-1", "windows": [summary["top1"]], "top5": summary["top5"],
+                "images_per_sec": summary["train_images_per_sec"]}
+    micro = next((int(x.split("=")[1]) for x in row.args if x.startswith("--accumulate_steps")), 1)
     with tempfile.TemporaryDirectory() as model_dir:
         steps = (a.warmup + a.windows) * per_window + 1  # +1: the traced first step
         cmd = [*py, "hvd_alexnet", "train", f"--model_dir={model_dir}", *row.args,
-               f"--image_size={a.image_size}", f"--batch_size={row.batch}",
+               f"--image_size={a.image_size}", f"--batch_size={row.batch // micro}",
                f"--max_steps={steps}", f"--log_every={per_window}", "--noeval",
                "--keep_checkpoints=1", "--num_classes=1000"]  # the same model for every row
         _launch(cmd, row.ranks, row.launcher, a.timeout)
@@ -128,9 +141,12 @@ def targets(r):
         ("input: real data 1 rank / synthetic 1 rank", m("real_1"), m("synthetic_1"), 0.93),
         ("input: pipeline alone / real data 1 rank", m("pipeline"), m("real_1"), 5.0),
         ("2 ranks on this host: aggregate / 1 rank", m("real_2"), m("real_1"), 0.90),
+        ("2 ranks, --accumulate_steps=2: aggregate / 1 rank", m("real_2_acc2"), m("real_1"),
+         0.90),
         ("all-reduce: Horovod / mpi4py (same bytes, mpirun)", m("allreduce_hvd_mpi"),
          m("allreduce_mpi4py"), 0.8),
         ("mixed precision: bf16 / fp32 at batch 64", m("bf16_b64"), m("fp32_b64"), 1.7),
+        ("mixed precision: demo top-1 with bf16", m("demo_bf16"), 1.0, 0.95),
     ]
     return [(name, a / b if a and b else None, want) for name, a, b, want in checks]
 
@@ -184,6 +200,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m hvd_alexnet bench", description=__doc__)
     p.add_argument("--data_dir", default="data/bench", help="benchmark TFRecords (data photos)")
     p.add_argument("--out_dir", default="docs", help="where benchmarks.json/.md go")
+    p.add_argument("--demo_dir", default="data/demo", help="the demo dataset (make demo-data)")
     p.add_argument("--image_size", type=int, default=227)
     p.add_argument("--warmup", type=int, default=1, help="untimed windows first")
     p.add_argument("--windows", type=int, default=5, help="timed windows per row")

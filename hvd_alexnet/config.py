@@ -31,6 +31,10 @@ flags.DEFINE_bool("skip_corrupt", False,
 flags.DEFINE_float("crop_area_min", 0.05, "Smallest area fraction of the distorted crop.")
 # Optimisation
 flags.DEFINE_integer("batch_size", 32, "Images per rank per step (global batch = this x ranks).")
+flags.DEFINE_integer("accumulate_steps", 1,
+                     "Micro-batches of --batch_size per rank and step, their gradients summed "
+                     "locally and all-reduced once: amortises the all-reduce (global batch and "
+                     "learning rate grow K-fold, activation memory does not).")
 flags.DEFINE_integer("epochs", 90, "Training epochs.")
 flags.DEFINE_integer("max_steps", 0, "Stop after this many global steps (0: no limit).")
 flags.DEFINE_float("base_lr", 0.0025, "Learning rate per rank; the peak rate is this x ranks.")
@@ -96,7 +100,8 @@ def validate(cfg):
         problems.append("--model_dir is required")
     if cfg.image_size < MIN_IMAGE_SIZE:
         problems.append(f"--image_size {cfg.image_size}: must be at least {MIN_IMAGE_SIZE}")
-    for name in ("batch_size", "eval_batch_size", "epochs", "log_every", "keep_checkpoints"):
+    for name in ("batch_size", "eval_batch_size", "epochs", "log_every", "keep_checkpoints",
+                 "accumulate_steps"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name} {getattr(cfg, name)}: must be at least 1")
     for name in ("max_steps", "eval_every_epochs", "threads", "warmup_epochs", "weight_decay",

@@ -40,7 +40,7 @@ def bare(a):
     from hvd_alexnet import optim
     from hvd_alexnet.distributed import cpu_threads
     from hvd_alexnet.model import build_alexnet, weight_decay_loss
-    threads = cpu_threads(1)  # what a 1-rank trainer takes on this host
+    threads = a.threads or cpu_threads(1)  # by default what a 1-rank trainer takes here
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     if a.precision == "mixed":
@@ -131,6 +131,7 @@ def main(argv=None):
     p.add_argument("--precision", choices=["fp32", "mixed"], default="fp32")
     p.add_argument("--data_dir")
     p.add_argument("--fusion_mb", type=float, default=None)
+    p.add_argument("--threads", type=int, default=0, help="bare: CPU threads (0: all cores)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--windows", type=int, default=5)
     p.add_argument("--per_window", type=int, default=5)

@@ -146,23 +146,26 @@ def run(cfg, log=print):
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(cfg.seed)
     data = prepare_data(cfg, dist)
-    global_batch = cfg.batch_size * dist.size
+    step_batch = cfg.batch_size * cfg.accumulate_steps  # per rank, per optimizer step
+    global_batch = step_batch * dist.size
     if cfg.synthetic:
         spe = reader.steps_per_epoch([data.num_train], global_batch)
     else:
-        spe = reader.steps_per_epoch(data.rank_examples, cfg.batch_size)
+        spe = reader.steps_per_epoch(data.rank_examples, step_batch)
     total = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
 
     policy = _policy(cfg.precision)
     tf.keras.mixed_precision.set_global_policy(policy)
-    # Dropout masks seeded by (seed, rank, step): the same after a resume.
-    step_now = lambda: tf.cast(opt.iterations, tf.int64)
+    # Dropout masks seeded by (seed, rank, step, micro-batch): the same after a resume.
+    micro = [0]  # which micro-batch of the step is being traced
     model = build_alexnet(cfg.image_size, data.num_classes, cfg.dropout, dropout_seed=lambda: (
-        tf.stack([tf.constant(cfg.seed * 1_000_003 + dist.rank, tf.int64), step_now()])))
+        tf.stack([tf.constant(cfg.seed * 1_000_003 + dist.rank, tf.int64),
+                  tf.cast(opt.iterations, tf.int64) * cfg.accumulate_steps + micro[0]])))
     state_bytes = sum(v.shape.num_elements() * 4 for v in model.trainable_variables)
     if dist.is_root:
         config.check_disk(cfg.model_dir, int(2.2 * state_bytes))  # weights + momentum
-    schedule = optim.Schedule(steps_per_epoch=spe, peak=cfg.base_lr * dist.size,  # HVD: lr x ranks
+    schedule = optim.Schedule(steps_per_epoch=spe,  # HVD: the rate x ranks (x micro-batches)
+                              peak=cfg.base_lr * dist.size * cfg.accumulate_steps,
                               warmup_epochs=cfg.warmup_epochs, schedule=cfg.lr_schedule,
                               epochs=cfg.epochs, decay_epochs=tuple(cfg.lr_decay_epochs),
                               decay_factor=cfg.lr_decay_factor)
@@ -202,7 +205,8 @@ def run(cfg, log=print):
     for name, unit in (("loss", None), ("learning_rate", None), ("images_per_sec", "images/s"),
                        ("top1", None), ("top5", None)):
         metrics.metadata(name, {"unit": unit} if unit else {})
-    say(f"hvd_alexnet: {dist.size} ranks x batch {cfg.batch_size} = {global_batch}, "
+    micro_note = f" x {cfg.accumulate_steps} micro-batches" if cfg.accumulate_steps > 1 else ""
+    say(f"hvd_alexnet: {dist.size} ranks x batch {cfg.batch_size}{micro_note} = {global_batch}, "
         f"{spe} steps/epoch, {total} steps, {data.num_train} training images, "
         f"{data.num_classes} classes, {policy}, {threads} threads/rank")
     if spe * global_batch < 0.95 * data.num_train and not cfg.synthetic:
@@ -210,19 +214,37 @@ def run(cfg, log=print):
             f"{max(data.rank_examples)} examples), so an epoch is {spe} steps of the smallest "
             f"share: {spe * global_batch} of {data.num_train} images, a fresh subset each epoch")
 
+    def micro_loss(images, labels):
+        logits = model(images, training=True)
+        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+            labels, logits, from_logits=True))
+        return loss + cfg.weight_decay * weight_decay_loss(model)
+
     @tf.function
     def train_step(images, labels, stop):
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True))
-            loss += cfg.weight_decay * weight_decay_loss(model)
-            scaled = opt.get_scaled_loss(loss) if loss_scale else loss
-        tape = dist.gradient_tape(tape)  # HVD: gradients averaged over ranks
-        grads = tape.gradient(scaled, model.trainable_variables)
+        variables = model.trainable_variables
+        if cfg.accumulate_steps == 1:
+            with tf.GradientTape() as tape:
+                micro[0] = 0
+                loss = micro_loss(images, labels)
+                scaled = opt.get_scaled_loss(loss) if loss_scale else loss
+            tape = dist.gradient_tape(tape)  # HVD: gradients averaged over ranks
+            grads = tape.gradient(scaled, variables)
+        else:  # K micro-batches, one after the other, then one all-reduce: amortised
+            sums, losses = None, []
+            for i, (x, y) in enumerate(zip(tf.split(images, cfg.accumulate_steps),
+                                           tf.split(labels, cfg.accumulate_steps))):
+                with tf.control_dependencies(sums or []), tf.GradientTape() as tape:
+                    micro[0] = i
+                    losses.append(micro_loss(x, y))
+                    scaled = opt.get_scaled_loss(losses[-1]) if loss_scale else losses[-1]
+                g = tape.gradient(scaled, variables)
+                sums = g if sums is None else [a + b for a, b in zip(sums, g)]
+            loss = tf.add_n(losses) / cfg.accumulate_steps
+            grads = dist.average([s / cfg.accumulate_steps for s in sums])  # HVD
         if loss_scale:
             grads = opt.get_unscaled_gradients(grads)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
+        opt.apply_gradients(zip(grads, variables))
         return loss, dist.any_rank(stop)  # HVD: a stop asked of any rank stops all
 
     k = min(5, data.num_classes)
@@ -235,10 +257,10 @@ def run(cfg, log=print):
 
     def train_batches(epoch, offset):
         if cfg.synthetic:
-            return reader.synthetic_dataset(cfg.batch_size, cfg.image_size, data.num_classes,
+            return reader.synthetic_dataset(step_batch, cfg.image_size, data.num_classes,
                                             cfg.seed + dist.rank)
         return reader.train_dataset(
-            data.train_files, cfg.batch_size, cfg.image_size, data.num_classes, spe,
+            data.train_files, step_batch, cfg.image_size, data.num_classes, spe,
             seed=cfg.seed, epoch=epoch, rank=dist.rank, skip_steps=offset,
             shuffle=cfg.shuffle, augment=cfg.augment, flip=cfg.flip,
             area_range=(cfg.crop_area_min, 1.0), threads=threads,
@@ -316,8 +338,8 @@ def run(cfg, log=print):
             raise reader.DataError(f"rank {dist.rank}: the reader ended after "
                                    f"{step - step_before} of {n} steps")
         if cfg.skip_corrupt and step > step_before:  # positions are in order: gaps are skips
-            read = int(tf.reduce_max(positions)) + 1 - offset * cfg.batch_size
-            skipped += read - (step - step_before) * cfg.batch_size
+            read = int(tf.reduce_max(positions)) + 1 - offset * step_batch
+            skipped += read - (step - step_before) * step_batch
         if loss is not None:
             float(loss)  # wait for the last step before stopping the clock
         speed.stop(timed * global_batch)

@@ -49,6 +49,19 @@ def test_two_ranks_average_gradients(launcher, tiny_data, tmp_path, one_rank):
     assert max_diff(two, one_rank["summed"]) > 100 * max_diff(two, one_rank["averaged"])
 
 
+def test_accumulated_micro_batches_equal_one_big_batch(tiny_data, tmp_path, one_rank):
+    """2 ranks x 2 micro-batches of 2, one all-reduce per step == 1 rank x batch 8
+    (the rate grows with the micro-batches: 0.005 x 2 ranks x 2 = 0.02)."""
+    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", *EXACT,
+                  "--batch_size=2", "--accumulate_steps=2", "--base_lr=0.005"], np=2,
+                 launcher="gloo", timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "2 ranks x batch 2 x 2 micro-batches = 8" in res.stdout
+    two = final_weights(str(tmp_path))
+    assert max_diff(two, one_rank["averaged"]) < 1e-5
+    assert max_diff(two, one_rank["summed"]) > 100 * max_diff(two, one_rank["averaged"])
+
+
 def test_only_rank_zero_logs_and_checkpoints(tiny_data, tmp_path):
     # also exercises bfloat16 mixed precision and float16 gradient compression on 2 ranks
     res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", *SMALL,

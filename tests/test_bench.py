@@ -1,0 +1,44 @@
+"""The benchmark's machinery and its dataset (never its figures: tests do not time)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import tensorflow as tf
+
+from conftest import ROOT
+from hvd_alexnet.data import photos
+
+
+def test_photos_are_distinct_imagenet_sized_jpegs(tmp_path):
+    photos.write_raw(str(tmp_path), count=24, validation_fraction=0.0)
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "train") for f in fs]
+    assert len(files) == 24 and len(os.listdir(tmp_path / "train")) == 10  # one class per photo
+    blobs = [open(f, "rb").read() for f in files]
+    assert len(set(blobs)) == 24
+    for blob in blobs:
+        shape = tuple(tf.io.decode_jpeg(blob).shape)
+        assert shape in ((375, 500, 3), (500, 375, 3))
+
+
+def test_bench_writes_every_chosen_row_and_the_targets(tiny_data, tmp_path):
+    cmd = [sys.executable, "-m", "hvd_alexnet", "bench", f"--data_dir={tiny_data}",
+           f"--out_dir={tmp_path}", "--image_size=67", "--warmup=0", "--windows=2",
+           "--window_images=8", "--only=bare,synthetic_1,pipeline,allreduce_hvd_gloo"]
+    res = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    results = json.load(open(tmp_path / "benchmarks.json"))
+    assert sorted(results["rows"]) == ["allreduce_hvd_gloo", "bare", "pipeline", "synthetic_1"]
+    for row in results["rows"].values():
+        assert len(row["windows"]) == 2 and all(w > 0 for w in row["windows"])
+        assert min(row["windows"]) <= row["median"] <= max(row["windows"])
+    assert results["rows"]["allreduce_hvd_gloo"]["ranks"] == 2
+    assert len(results["rows"]["synthetic_1"]["peak_rss_mb_per_rank"]) == 1
+    overhead = results["targets"][0]
+    assert overhead[2] == 0.97 and overhead[1] == (results["rows"]["synthetic_1"]["median"] /
+                                                   results["rows"]["bare"]["median"])
+    text = open(tmp_path / "benchmarks.md").read()
+    assert "| trainer, synthetic, 1 rank |" in text and "not measured" in text
+    assert "Reference: 1,833.9 images/s" in text and results["machine"]["cores"] == os.cpu_count()
