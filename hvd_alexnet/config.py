@@ -49,9 +49,11 @@ flags.DEFINE_enum("precision", "fp32", PRECISIONS,
                   "mixed: mixed_bfloat16 on CPU, mixed_float16 (with loss scaling) on GPU.")
 # Horovod
 flags.DEFINE_float("fusion_threshold_mb", None,
-                   "Horovod tensor-fusion buffer in MiB (default: $HOROVOD_FUSION_THRESHOLD or 128).")
+                   "Horovod tensor-fusion buffer in MiB (default: $HOROVOD_FUSION_THRESHOLD, else "
+                   "Horovod's 128).")
 flags.DEFINE_float("cycle_time_ms", None,
-                   "Horovod cycle time in ms (default: $HOROVOD_CYCLE_TIME or 1).")
+                   "Horovod cycle time in ms (default: $HOROVOD_CYCLE_TIME, else 10 on CPU "
+                   "hosts and Horovod's 1 on GPU hosts).")
 flags.DEFINE_bool("fp16_allreduce", False, "Compress gradients to float16 for the all-reduce.")
 flags.DEFINE_float("stall_timeout_sec", 1800,
                    "A rank without progress for this long (stuck reading, or in a collective "

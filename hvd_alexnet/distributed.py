@@ -109,6 +109,9 @@ def cpu_threads(local_size):
     return max(1, mine if mine < host else host // max(1, local_size))
 
 
+CPU_CYCLE_TIME_MS = 10
+
+
 def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, threads=0):
     """hvd.init(), then pin a GPU by local rank (memory growth on) or divide the CPU.
 
@@ -118,12 +121,17 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     # Flags win over Horovod's environment variables; both are read at init.
     if fusion_threshold_mb is not None:
         os.environ["HOROVOD_FUSION_THRESHOLD"] = str(int(fusion_threshold_mb * (1 << 20)))
+    gpus = tf.config.list_physical_devices("GPU")
+    if cycle_time_ms is None and "HOROVOD_CYCLE_TIME" not in os.environ and not gpus:
+        # On CPU hosts Horovod's background thread, waking every 1 ms to negotiate,
+        # takes cores the ranks compute on: 10 ms measured 11% faster on 2 ranks
+        # of 1 core each (docs/benchmarks.md), and a CPU step lasts far longer.
+        cycle_time_ms = CPU_CYCLE_TIME_MS
     if cycle_time_ms is not None:
         os.environ["HOROVOD_CYCLE_TIME"] = str(cycle_time_ms)
     import horovod.tensorflow as hvd  # HVD
 
     hvd.init()  # HVD
-    gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         gpu = gpus[hvd.local_rank() % len(gpus)]  # HVD: one GPU per process
         tf.config.set_visible_devices(gpu, "GPU")
