@@ -124,8 +124,9 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     gpus = tf.config.list_physical_devices("GPU")
     if cycle_time_ms is None and "HOROVOD_CYCLE_TIME" not in os.environ and not gpus:
         # On CPU hosts Horovod's background thread, waking every 1 ms to negotiate,
-        # takes cores the ranks compute on: 10 ms measured 11% faster on 2 ranks
-        # of 1 core each (docs/benchmarks.md), and a CPU step lasts far longer.
+        # takes cores the ranks compute on. 2 ranks x 1 core, 227x227, batch 32,
+        # 3 alternating runs each: 29.0 images/s at 1 ms, 30.6 at 10 ms (+5%);
+        # a CPU step lasts about a second, so the added latency does not matter.
         cycle_time_ms = CPU_CYCLE_TIME_MS
     if cycle_time_ms is not None:
         os.environ["HOROVOD_CYCLE_TIME"] = str(cycle_time_ms)

@@ -5,8 +5,10 @@
     mpirun -np 2 python -m hvd_alexnet.probes allreduce --image 227    # Horovod, fused
     mpirun -np 2 python -m hvd_alexnet.probes mpi_allreduce --image 227  # plain mpi4py
 
-Each prints one JSON line: {"probe", "unit", "windows": [rate per timed window], ...},
-windows timed after `--warmup` untimed ones.
+Each process prints one JSON line: {"probe", "rank", "unit", "windows": [rate per
+timed window], ...}, windows timed after `--warmup` untimed ones. `bare` launched
+as 2 processes (horovodrun -np 2 ... bare --threads 1) is 2 independent steps side
+by side: what 2 ranks could do if they did not talk.
 """
 
 import argparse
@@ -137,10 +139,9 @@ def main(argv=None):
     p.add_argument("--per_window", type=int, default=5)
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    result = {"probe": a.probe, **PROBES[a.probe](a)}
     rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("HOROVOD_RANK", 0)))
-    if rank == 0:
-        print("PROBE " + json.dumps(result), flush=True)
+    print("PROBE " + json.dumps({"probe": a.probe, "rank": rank, **PROBES[a.probe](a)}),
+          flush=True)
     return 0
 
 

@@ -110,10 +110,13 @@ def _write_records(path, labels):
     jpeg = tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy()
     with tf.io.TFRecordWriter(path) as w:
         for label in labels:
-            w.write(schema.make_example(jpeg, label, "s", "t", 8, 8, "f").SerializeToString())
+            example = schema.make_example(jpeg, label or 0, "s", "t", 8, 8, "f")
+            if label is None:
+                del example.features.feature["image/class/label"]
+            w.write(example.SerializeToString())
 
 
-@pytest.mark.parametrize("bad", [0, 11])
+@pytest.mark.parametrize("bad", [0, 11, None])  # None: the record has no label at all
 def test_out_of_range_label_names_the_file_and_record(tmp_path, bad):
     path = str(tmp_path / "train-00000-of-00001")
     _write_records(path, [1, 2, bad, 3])

@@ -105,3 +105,20 @@ def test_skip_corrupt_skips_counts_and_keeps_ranks_in_step(tiny_data, tmp_path):
     # one epoch reads each of rank 1's 40 records once: the 2 bad ones are skipped
     assert logs[-1]["step"] == [] and logs[-1]["data"]["skipped_corrupt_records"] == 2
     assert logs[-1]["data"]["steps"] == 10 and "identical on all 2 ranks" in res.stdout
+
+
+def test_too_little_disk_for_a_checkpoint(tiny_data, tmp_path):
+    """--model_dir on a 32 MiB tmpfs: a 227x227 checkpoint (~0.5 GB) cannot fit."""
+    import subprocess
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={small}/run",
+                      "--image_size=227"], timeout=120)
+    finally:
+        subprocess.run(["umount", str(small)])
+    assert res.returncode == 2, res.stdout[-2000:]
+    assert "MiB free, but a checkpoint needs about" in res.stdout
