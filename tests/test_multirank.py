@@ -122,23 +122,33 @@ def test_synthetic_mode_needs_no_files(tmp_path):
 
 @pytest.mark.parametrize("heartbeat", [True, False])
 def test_waiting_ranks_do_not_trip_the_stall_check(tiny_data, tmp_path, heartbeat):
-    """Rank 0 validates alone for ~5 s against a 1 s stall threshold. With the
+    """Rank 0 validates alone for ~9 s against a 1 s stall threshold. With the
     heartbeat rank 1's wait is never reported; without it (the control, to show
     the check is live) Horovod warns. The stall check reports under mpirun only.
     Horovod's response cache is off: a cached tensor's stall is only reported
-    after a second check period (up to ~4 s), which made the control flaky."""
+    after a second check period (up to ~4 s), which made the control flaky with
+    a 2.6 s window. The validation set is the tiny one twice (two links)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in os.listdir(tiny_data):
+        if name.startswith("train-"):
+            os.symlink(os.path.join(tiny_data, name), data / name)
+    val = [n for n in os.listdir(tiny_data) if n.startswith("validation-")][0]
+    for i in range(2):
+        os.symlink(os.path.join(tiny_data, val), data / f"validation-0000{i}-of-00002")
     env = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "1", "HOROVOD_CACHE_CAPACITY": "0"}
     if not heartbeat:
         env["HVD_ALEXNET_HEARTBEAT_SECONDS"] = "1000"
-    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", *SMALL,
-                  "--image_size=320", "--eval_batch_size=1", "--max_steps=2"],
-                 np=2, launcher="mpi", env=env, timeout=240)
+    res = launch(["train", f"--data_dir={data}", f"--model_dir={tmp_path}/run", *SMALL,
+                  "--image_size=320", "--eval_batch_size=1", "--max_steps=2",
+                  "--num_classes=10"], np=2, launcher="mpi", env=env, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:]
-    val = [r for r in metrics_log.read(os.path.join(tmp_path, "dllogger.json"))
+    val = [r for r in metrics_log.read(os.path.join(tmp_path, "run", "dllogger.json"))
            if r.get("step") == [0]][0]
+    assert val["data"]["validation_examples"] == 160
     end = datetime.datetime.fromisoformat(val["datetime"])
     start = end - datetime.timedelta(seconds=val["data"]["validation_seconds"])
-    assert end - start > datetime.timedelta(seconds=3.5)  # long enough to be reported
+    assert end - start > datetime.timedelta(seconds=5)  # several check periods long
     # Warnings while rank 0 validated (a 1 s threshold may also catch start-up skew
     # between the ranks on a loaded machine; that is not what this test is about).
     stamps = [datetime.datetime.fromisoformat(m) for m in re.findall(
