@@ -101,9 +101,8 @@ def build_dataset(out_dir, train_shards, validation_shards, image_size=72, per_c
                 folder = os.path.join(raw, split, c)
                 for f in sorted(os.listdir(folder))[per_class:]:
                     os.remove(os.path.join(folder, f))
-    builder.build(os.path.join(raw, "train"), out_dir, train_shards, validation_shards,
-                  validation_dir=os.path.join(raw, "validation"),
-                  labels_file=os.path.join(raw, "labels.txt"), workers=2, log=lambda *a: None)
+    builder.build_raw(raw, out_dir, train_shards, validation_shards, workers=2,
+                      log=lambda *a: None)
     return out_dir
 
 

@@ -140,3 +140,13 @@ def build(train_dir, output_dir, train_shards=8, validation_shards=2, validation
     }
     schema.write_metadata(output_dir, metadata)
     return metadata
+
+
+def build_raw(raw_dir, output_dir, train_shards=8, validation_shards=2, workers=None, seed=0,
+              log=print):
+    """`build` of a raw layout written by a generator (demo, photos, the tests):
+    raw_dir/train/<class>/, raw_dir/validation/<class>/ and raw_dir/labels.txt."""
+    return build(os.path.join(raw_dir, "train"), output_dir, train_shards, validation_shards,
+                 validation_dir=os.path.join(raw_dir, "validation"),
+                 labels_file=os.path.join(raw_dir, "labels.txt"), workers=workers, seed=seed,
+                 log=log)

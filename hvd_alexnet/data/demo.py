@@ -43,7 +43,5 @@ def build_demo(output_dir, image_size=128, train_shards=8, validation_shards=2, 
                log=print):
     raw = os.path.join(output_dir, "raw")
     write_raw(raw, image_size=image_size, seed=seed)
-    return builder.build(os.path.join(raw, "train"), output_dir, train_shards=train_shards,
-                         validation_shards=validation_shards,
-                         validation_dir=os.path.join(raw, "validation"),
-                         labels_file=os.path.join(raw, "labels.txt"), seed=seed, log=log)
+    return builder.build_raw(raw, output_dir, train_shards, validation_shards, seed=seed,
+                             log=log)

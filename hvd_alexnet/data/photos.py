@@ -66,7 +66,5 @@ def build_photos(output_dir, count=3000, train_shards=16, validation_shards=2, s
                  log=print):
     raw = os.path.join(output_dir, "raw")
     write_raw(raw, count=count, seed=seed)
-    return builder.build(os.path.join(raw, "train"), output_dir, train_shards=train_shards,
-                         validation_shards=validation_shards,
-                         validation_dir=os.path.join(raw, "validation"),
-                         labels_file=os.path.join(raw, "labels.txt"), seed=seed, log=log)
+    return builder.build_raw(raw, output_dir, train_shards, validation_shards, seed=seed,
+                             log=log)
