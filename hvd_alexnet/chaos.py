@@ -58,9 +58,9 @@ def _start(model_dir, args):
     py = [sys.executable, "-m", "hvd_alexnet", "train", *args, f"--model_dir={model_dir}"]
     cmd = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", "2",
            "-H", "localhost:2", "--gloo", *py]
-    log = open(os.path.join(model_dir + ".log"), "a")
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(model_dir + ".log", "a") as log:  # the job keeps its own copy of the handle
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def _finish(proc, timeout=ATTEMPT_TIMEOUT):
