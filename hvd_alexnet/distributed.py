@@ -6,6 +6,7 @@ Launch: `horovodrun -np N python -m hvd_alexnet train ...` or
 
 import hashlib
 import os
+import socket
 import time
 
 import tensorflow as tf
@@ -30,6 +31,7 @@ class Dist:
         self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
         self.compression = compression
         self.is_root = self.rank == 0
+        self.hosts = []  # every rank's host name, by rank (filled by init)
 
     # --- gradients and state -------------------------------------------------
     def gradient_tape(self, tape):
@@ -101,6 +103,60 @@ def weights_digest(variables):
     return h.hexdigest()[:16]
 
 
+# Where each launcher puts this process's place in the job: (rank, local rank, size)
+# variables, first match wins. mpirun's come before Slurm's because mpirun inside
+# a Slurm allocation also inherits the allocation's SLURM_* variables.
+LAUNCHER_VARIABLES = (
+    ("horovodrun", "HOROVOD_RANK", "HOROVOD_LOCAL_RANK", "HOROVOD_SIZE"),
+    ("mpirun", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE"),
+    ("PMI", "PMI_RANK", "MPI_LOCALRANKID", "PMI_SIZE"),
+    ("srun", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NUM_TASKS"),
+)
+
+
+def launcher_ranks(env=None):
+    """(launcher, rank, local rank, size) as the launcher set them in the
+    environment, or None for a process started by hand. Horovod takes its ranks
+    from MPI (or horovodrun's Gloo); this is the launcher's side, to check the two agree."""
+    env = os.environ if env is None else env
+    for name, rank, local, size in LAUNCHER_VARIABLES:
+        if env.get(rank, "").isdigit() and env.get(size, "").isdigit():
+            local_rank = int(env[local]) if env.get(local, "").isdigit() else None
+            return name, int(env[rank]), local_rank, int(env[size])
+    return None
+
+
+def check_launch(hvd_rank, hvd_size, launched=None):
+    """Refuses a job whose launcher started N processes that Horovod sees as N
+    separate one-rank jobs (srun without --mpi=pmix, or an MPI without Slurm
+    support): each would train alone and overwrite the same checkpoints."""
+    launched = launcher_ranks() if launched is None else launched
+    if not launched:
+        return
+    name, rank, _, size = launched
+    if (size, rank) != (hvd_size, hvd_rank):
+        hint = ("srun needs --mpi=pmix (or the PMI plugin your MPI was built for; "
+                "`srun --mpi=list` shows them)" if name == "srun" else
+                "the MPI that launched the job must be the one Horovod was built against")
+        from hvd_alexnet.config import UsageError
+        raise UsageError(f"{name} started this process as rank {rank} of {size}, but Horovod "
+                         f"sees rank {hvd_rank} of {hvd_size}: {hint}")
+
+
+def describe_hosts(hosts):
+    """'host1: ranks 0-7; host2: ranks 8-15' from every rank's host name."""
+    by_host = {}
+    for rank, host in enumerate(hosts):
+        by_host.setdefault(host, []).append(rank)
+    parts = []
+    for host, ranks in by_host.items():
+        contiguous = ranks == list(range(ranks[0], ranks[-1] + 1))
+        which = (f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}-{ranks[-1]}"
+                 if contiguous else "ranks " + ",".join(map(str, ranks)))
+        parts.append(f"{host}: {which}")
+    return "; ".join(parts)
+
+
 def cpu_threads(local_size):
     """Cores this rank may use: its affinity mask if the launcher bound it to a
     subset, else the host's cores divided among the ranks on the host."""
@@ -133,6 +189,7 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     import horovod.tensorflow as hvd  # HVD
 
     hvd.init()  # HVD
+    check_launch(hvd.rank(), hvd.size())  # HVD
     if gpus:
         gpu = gpus[hvd.local_rank() % len(gpus)]  # HVD: one GPU per process
         tf.config.set_visible_devices(gpu, "GPU")
@@ -142,7 +199,9 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
-    return Dist(hvd, compression), threads
+    dist = Dist(hvd, compression)
+    dist.hosts = dist.allgather_object(socket.gethostname(), "hvd_alexnet.hosts")  # HVD
+    return dist, threads
 
 
 def has_gpu():

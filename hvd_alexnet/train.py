@@ -201,7 +201,8 @@ def run(cfg, log=print):
                               "total_steps": total, "train_examples": data.num_train,
                               "rank_examples": data.rank_examples,
                               "validation_examples": data.num_val, "policy": policy,
-                              "threads_per_rank": threads, "start_step": start_step})
+                              "threads_per_rank": threads, "start_step": start_step,
+                              "hosts": dist.hosts})
     for name, unit in (("loss", None), ("learning_rate", None), ("images_per_sec", "images/s"),
                        ("top1", None), ("top5", None)):
         metrics.metadata(name, {"unit": unit} if unit else {})
@@ -209,6 +210,8 @@ def run(cfg, log=print):
     say(f"hvd_alexnet: {dist.size} ranks x batch {cfg.batch_size}{micro_note} = {global_batch}, "
         f"{spe} steps/epoch, {total} steps, {data.num_train} training images, "
         f"{data.num_classes} classes, {policy}, {threads} threads/rank")
+    say(f"hvd_alexnet: all {dist.size} ranks joined, on {len(set(dist.hosts))} host(s): "
+        f"{distributed.describe_hosts(dist.hosts)}")
     if spe * global_batch < 0.95 * data.num_train and not cfg.synthetic:
         say(f"note: the ranks' shards are uneven ({min(data.rank_examples)} to "
             f"{max(data.rank_examples)} examples), so an epoch is {spe} steps of the smallest "
