@@ -1,16 +1,38 @@
 #!/usr/bin/env bash
-# AlexNet on ImageNet, NUM_GPUS GPUs on this host (default 8), one rank per GPU.
+# AlexNet on ImageNet with horovodrun, one rank per GPU.
+# One host, 8 GPUs (runs: horovodrun -np 8 -H localhost:8 .venv/bin/python -m hvd_alexnet train ...):
 #   NUM_GPUS=8 bash bin/run_train_alexnet_multigpu_imagenet.sh [--extra_flag=value ...]
-# DATA_DIR (default ./imagenet_tfrecord), MODEL_DIR (default ./runs/alexnet_${NUM_GPUS}gpu).
-# The learning rate is --base_lr x ranks; the global batch is --batch_size x ranks.
+# Several hosts (runs: horovodrun -np 16 -H gpu-node-01:8,gpu-node-02:8 --network-interface eth0 ...):
+#   HOSTS=gpu-node-01:8,gpu-node-02:8 IFACE=eth0 bash bin/run_train_alexnet_multigpu_imagenet.sh
+# HOSTS is host:slots,... (NP defaults to the sum of the slots); HOSTFILE=hostfiles/horovodrun.hosts
+# reads them from a file instead. IFACE pins Horovod (and NCCL) to one interface; SSH_PORT sets
+# ssh's port (-p); GLOO=1 uses Horovod's Gloo controller (--gloo) instead of mpirun. The launching
+# host needs passwordless ssh to every other host, and every host this checkout, its .venv and
+# DATA_DIR at the same paths. DATA_DIR (default ./imagenet_tfrecord), MODEL_DIR (default
+# ./runs/alexnet_${NP}gpu). The learning rate is --base_lr x ranks; the global batch is
+# --batch_size x ranks.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
 HOROVODRUN=${HOROVODRUN:-$(dirname "$PYTHON")/horovodrun}
 NUM_GPUS=${NUM_GPUS:-8}
+slots=0
+if [[ -n ${HOSTFILE:-} ]]; then
+  hosts=(-hostfile "$HOSTFILE")
+  for n in $(grep -v '^\s*#' "$HOSTFILE" | sed -n 's/.*slots=\([0-9]*\).*/\1/p'); do slots=$((slots + n)); done
+else
+  HOSTS=${HOSTS:-localhost:$NUM_GPUS}
+  hosts=(-H "$HOSTS")
+  for entry in ${HOSTS//,/ }; do slots=$((slots + ${entry##*:})); done
+fi
+NP=${NP:-$slots}
+extra=()
+[[ -n ${IFACE:-} ]] && { extra+=(--network-interface "$IFACE"); export NCCL_SOCKET_IFNAME="$IFACE"; }
+[[ -n ${SSH_PORT:-} ]] && extra+=(-p "$SSH_PORT")
+[[ ${GLOO:-0} == 1 ]] && extra+=(--gloo)
 cd "$ROOT"
-exec "$HOROVODRUN" -np "$NUM_GPUS" -H "localhost:$NUM_GPUS" \
+exec "$HOROVODRUN" -np "$NP" "${hosts[@]}" "${extra[@]}" \
   "$PYTHON" -m hvd_alexnet train \
   --data_dir="${DATA_DIR:-./imagenet_tfrecord}" \
-  --model_dir="${MODEL_DIR:-./runs/alexnet_${NUM_GPUS}gpu}" \
+  --model_dir="${MODEL_DIR:-./runs/alexnet_${NP}gpu}" \
   --batch_size=32 --epochs=90 "$@"

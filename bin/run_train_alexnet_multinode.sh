@@ -1,24 +1,37 @@
 #!/usr/bin/env bash
-# AlexNet on ImageNet across hosts with mpirun and a hostfile (one rank per GPU).
-#   NP=16 HOSTFILE=hostfiles/mpirun.hosts bash bin/run_train_alexnet_multinode.sh [--flag=value ...]
-# Every host needs the same paths: this checkout, its .venv and DATA_DIR
+# AlexNet on ImageNet across hosts with mpirun and a hostfile, one rank per GPU.
+#   NP=16 HOSTFILE=hostfiles/mpirun.hosts IFACE=eth0 bash bin/run_train_alexnet_multinode.sh [--flag=value ...]
+# runs: mpirun -np 16 --hostfile hostfiles/mpirun.hosts -bind-to none -map-by slot
+#         -mca pml ob1 -mca btl ^openib -x PATH -x NCCL_SOCKET_IFNAME=eth0 ...
+#         -mca btl_tcp_if_include eth0 -mca oob_tcp_if_include eth0 .venv/bin/python -m hvd_alexnet train ...
+# The launching host needs passwordless ssh to every host in HOSTFILE (SSH_PORT sets
+# ssh's port), and every host this checkout, its .venv and DATA_DIR at the same paths
 # (a shared filesystem or a copy per host). Only rank 0 writes MODEL_DIR.
-# IFACE (e.g. eth0) pins MPI and Horovod to one network interface; SSH_PORT sets ssh's port.
+# IFACE (e.g. eth0, ib0) pins MPI's and NCCL's traffic to one interface. PATH,
+# LD_LIBRARY_PATH, PYTHONPATH and every HOROVOD_*, NCCL_* and TF_* variable set here
+# are passed to the ranks (-x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
 NP=${NP:-16}
 HOSTFILE=${HOSTFILE:-$ROOT/hostfiles/mpirun.hosts}
 extra=()
-[[ -n ${IFACE:-} ]] && extra+=(-mca btl_tcp_if_include "$IFACE" -mca oob_tcp_if_include "$IFACE" -x NCCL_SOCKET_IFNAME="$IFACE")
+if [[ -n ${IFACE:-} ]]; then
+  export NCCL_SOCKET_IFNAME="$IFACE"
+  extra+=(-mca btl_tcp_if_include "$IFACE" -mca oob_tcp_if_include "$IFACE")
+fi
 [[ -n ${SSH_PORT:-} ]] && extra+=(-mca plm_rsh_args "-p $SSH_PORT")
 [[ $(id -u) -eq 0 ]] && extra+=(--allow-run-as-root)
+for name in $(compgen -e); do
+  case $name in
+    HOROVOD_RANK|HOROVOD_SIZE|HOROVOD_LOCAL_*|HOROVOD_CROSS_*|HOROVOD_HOSTNAME) ;;  # a launcher's, not settings
+    PATH|LD_LIBRARY_PATH|PYTHONPATH|HOROVOD_*|NCCL_*|TF_*) extra+=(-x "$name") ;;
+  esac
+done
 cd "$ROOT"
 exec mpirun -np "$NP" --hostfile "$HOSTFILE" \
   -bind-to none -map-by slot \
   -mca pml ob1 -mca btl ^openib \
-  -x PATH -x LD_LIBRARY_PATH -x PYTHONPATH -x NCCL_DEBUG=WARN \
-  -x HOROVOD_FUSION_THRESHOLD -x HOROVOD_CYCLE_TIME \
   "${extra[@]}" \
   "$PYTHON" -m hvd_alexnet train \
   --data_dir="${DATA_DIR:-$ROOT/imagenet_tfrecord}" \

@@ -28,6 +28,20 @@ if ((${#missing[@]})); then
   fi
 fi
 
+# 1b. For the two-host test (tests/test_multihost.py): sshd and iproute2. Only
+#     installed as root (the test needs root for its network namespaces anyway).
+if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  optional=()
+  for pkg in openssh-server iproute2; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || optional+=("$pkg")
+  done
+  if ((${#optional[@]})); then
+    echo "install: apt-get install ${optional[*]} (for the two-host test)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${optional[@]}"
+  fi
+fi
+
 # 2. The virtual environment, rebuilt only when a requirements file changed.
 inputs=(requirements.txt "$TF_REQUIREMENTS" requirements-mpi.txt scripts/install.sh)
 want=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
