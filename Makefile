@@ -50,11 +50,15 @@ bench: bench-data demo-data
 chaos: demo-data
 	$(PY) -m hvd_alexnet.chaos --data_dir $(DEMO_DIR) $(CHAOS_ARGS)
 
+# The GPU image (CUDA 12.2, cuDNN 8.9, NCCL) and the CPU image; both run as user hvd.
 docker-build:
-	docker build -f docker/Dockerfile -t $(IMAGE) .
+	docker build -f docker/Dockerfile -t $(IMAGE):gpu .
+	docker build -f docker/Dockerfile.cpu -t $(IMAGE):cpu .
 
+# `make test` inside each image (on the CPU; the two-host test skips: it needs root).
 docker-test: docker-build
-	docker run --rm $(IMAGE) make test
+	docker run --rm $(IMAGE):cpu make test
+	docker run --rm $(IMAGE):gpu make test
 
 clean:
 	rm -rf runs .pytest_cache
