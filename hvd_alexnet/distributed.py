@@ -126,6 +126,21 @@ def launcher_ranks(env=None):
     return None
 
 
+def check_pmi(launched=None, env=None):
+    """Before hvd.init(): srun started several tasks but gave them no PMI to find
+    each other with (`srun --mpi=none`, or a site default of none), so MPI
+    cannot make them one job. Open MPI would abort with a page about how it
+    was built; this says what to change in the command."""
+    env = os.environ if env is None else env
+    launched = launcher_ranks(env) if launched is None else launched
+    if launched and launched[0] == "srun" and launched[3] > 1 and not (
+            "PMIX_RANK" in env or "PMI_RANK" in env):
+        from hvd_alexnet.config import UsageError
+        raise UsageError(f"srun started {launched[3]} tasks without a PMI plugin, so they "
+                         f"cannot join one Horovod job: run srun --mpi=pmix (`srun --mpi=list` "
+                         f"shows the plugins your Slurm has)")
+
+
 def check_launch(hvd_rank, hvd_size, launched=None):
     """Refuses a job whose launcher started N processes that Horovod sees as N
     separate one-rank jobs (srun without --mpi=pmix, or an MPI without Slurm
@@ -186,6 +201,7 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
         cycle_time_ms = CPU_CYCLE_TIME_MS
     if cycle_time_ms is not None:
         os.environ["HOROVOD_CYCLE_TIME"] = str(cycle_time_ms)
+    check_pmi()
     import horovod.tensorflow as hvd  # HVD
 
     hvd.init()  # HVD

@@ -28,15 +28,16 @@ if ((${#missing[@]})); then
   fi
 fi
 
-# 1b. For the two-host test (tests/test_multihost.py): sshd and iproute2. Only
-#     installed as root (the test needs root for its network namespaces anyway).
+# 1b. For the two-host test (tests/test_multihost.py: sshd, iproute2) and the
+#     Slurm test (tests/test_launchers.py: a one-node Slurm with munge). Only
+#     installed as root (both tests need root: network namespaces, slurmd).
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
   optional=()
-  for pkg in openssh-server iproute2; do
+  for pkg in openssh-server iproute2 slurmd slurmctld slurm-client munge; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || optional+=("$pkg")
   done
   if ((${#optional[@]})); then
-    echo "install: apt-get install ${optional[*]} (for the two-host test)"
+    echo "install: apt-get install ${optional[*]} (for the two-host and Slurm tests)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${optional[@]}"
   fi

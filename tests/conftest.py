@@ -36,11 +36,7 @@ def command(args, np=1, launcher=None, env=None):
 def start(args, np=1, launcher=None, env=None):
     """Starts the job in its own process group, its output going to a file
     (a pipe nobody reads while the job runs could fill up and block it)."""
-    return start_command(*command(args, np, launcher, env))
-
-
-def start_command(cmd, full_env):
-    """Starts any command as start() does (finish() waits for it)."""
+    cmd, full_env = command(args, np, launcher, env)
     log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
