@@ -1,4 +1,4 @@
-"""`python -m hvd_alexnet COMMAND [--flags]`: train, data build, data demo.
+"""`python -m hvd_alexnet COMMAND [--flags]`: train, data, doctor, report, evaluate, predict, export, plan, bench.
 
 Exit status: 0 done, 2 bad flags or configuration, 3 bad or missing data,
 4 training diverged (NaN loss), 75 stopped by SIGTERM/SIGINT after a checkpoint
@@ -16,6 +16,12 @@ commands:
   train        train AlexNet; several ranks: horovodrun -np N python -m hvd_alexnet train ...
   data build   JPEGs in class subfolders -> ImageNet-schema TFRecord shards
   data demo    the embedded demo dataset (scikit-learn's digits), built with `data build`
+  doctor       before a long job on a new cluster, launched like train: every rank's host,
+               device, threads and shards, and whether data, model_dir and Horovod are ready
+  report       PNG plots and a Markdown summary of a run (MODEL_DIR/report/)
+  evaluate     top-1 / top-5 of a checkpoint on the validation set, on 1 or N ranks
+  predict      top-5 classes, by name, of JPEG files
+  export       a SavedModel that takes JPEG bytes and returns class probabilities
   plan         predicted images/s and scaling on 1-512 accelerators (ring all-reduce model)
   bench        every throughput figure of the benchmark, into docs/benchmarks.{md,json}
   data photos  the benchmark dataset: ~500x375 JPEGs cut from photographs bundled in
@@ -33,6 +39,12 @@ def _commands():
     from hvd_alexnet.data import cli
     return {"train": (train.main, config), "data build": (cli.build_main, cli),
             "data demo": (cli.demo_main, cli), "data photos": (cli.photos_main, cli)}
+
+
+ARGPARSE_COMMANDS = {"bench": ("bench", "main"), "plan": ("plan", "main"),
+                     "doctor": ("doctor", "main"), "report": ("report", "main"),
+                     "evaluate": ("evaluate", "main"), "predict": ("inference", "predict_main"),
+                     "export": ("inference", "export_main")}
 
 
 def _guarded(entry, name):
@@ -72,9 +84,13 @@ def main(argv=None):
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if args else EXIT_USAGE
-    if args[0] in ("bench", "plan"):  # argparse, not absl
+    if args[0] in ARGPARSE_COMMANDS:  # argparse, not absl
         import importlib
-        return importlib.import_module(f"hvd_alexnet.{args[0]}").main(args[1:])
+        module, function = ARGPARSE_COMMANDS[args[0]]
+        entry = getattr(importlib.import_module(f"hvd_alexnet.{module}"), function)
+        if args[0] in ("bench", "plan"):  # no TensorFlow in these processes
+            return entry(args[1:])
+        return _guarded(entry, args[0])(args[1:])
     commands = _commands()
     if name not in commands:
         print(f"hvd_alexnet: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)

@@ -58,6 +58,11 @@ flags.DEFINE_bool("fp16_allreduce", False, "Compress gradients to float16 for th
 flags.DEFINE_float("stall_timeout_sec", 1800,
                    "A rank without progress for this long (stuck reading, or in a collective "
                    "whose peer hangs) ends the job; 0: never. Keep it above a validation pass.")
+flags.DEFINE_bool("horovod_timeline", False,
+                  "Write Horovod's timeline of the run (every tensor's negotiation, fusion and "
+                  "all-reduce, per rank) to MODEL_DIR/horovod_timeline.json; open it in "
+                  "chrome://tracing or https://ui.perfetto.dev. Large on long runs: use it "
+                  "with --max_steps.")
 flags.DEFINE_integer("threads", 0, "CPU threads per rank (0: the host's cores / ranks on the host).")
 # Validation, logging, checkpoints
 flags.DEFINE_string("model_dir", None, "Where checkpoints and the DLLogger log go (required).")
@@ -126,12 +131,12 @@ def validate(cfg):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             problems.append(f"--{name} {getattr(cfg, name)}: must not be negative")
     if cfg.model_dir and not problems:
-        problems += _check_model_dir(cfg.model_dir)
+        problems += check_model_dir(cfg.model_dir)
     if problems:
         raise UsageError("; ".join(problems))
 
 
-def _check_model_dir(path):
+def check_model_dir(path):
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".write_probe.{os.getpid()}")

@@ -183,7 +183,8 @@ def cpu_threads(local_size):
 CPU_CYCLE_TIME_MS = 10
 
 
-def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, threads=0):
+def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, threads=0,
+         timeline=None):
     """hvd.init(), then pin a GPU by local rank (memory growth on) or divide the CPU.
 
     Must run before TensorFlow executes anything: thread counts and visible
@@ -201,6 +202,8 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
         cycle_time_ms = CPU_CYCLE_TIME_MS
     if cycle_time_ms is not None:
         os.environ["HOROVOD_CYCLE_TIME"] = str(cycle_time_ms)
+    if timeline:  # Horovod's coordinator (rank 0) writes it; read at init only
+        os.environ["HOROVOD_TIMELINE"] = timeline
     check_pmi()
     import horovod.tensorflow as hvd  # HVD
 

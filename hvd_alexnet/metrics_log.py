@@ -11,6 +11,8 @@ import json
 import sys
 import time
 
+LOG_FILE = "dllogger.json"  # in the run's --model_dir
+
 try:
     import dllogger  # optional: pip install git+https://github.com/NVIDIA/dllogger
 except ImportError:
@@ -51,14 +53,15 @@ class MetricsLog:
             return dllogger.metadata(metric, meta)
         self._write(_record("METADATA", self.start, metric=metric, metadata=meta))
 
-    def log(self, step, data):
+    def log(self, step, data, echo=True):
+        """echo=False: the file only (the trainer prints its own progress line)."""
         if not self.enabled:
             return
         if dllogger is not None:
             dllogger.log(step=step, data=data)
             return dllogger.flush()
         self._write(_record("LOG", self.start, step=step, data=data))
-        if self.stdout:
+        if self.stdout and echo:
             shown = step if isinstance(step, str) else tuple(step)
             items = " ".join(f"{k} : {_fmt(v)}" for k, v in data.items())
             print(f"DLL {datetime.datetime.now()} - {shown} {items}", file=self.stdout, flush=True)

@@ -18,14 +18,15 @@ import types
 
 import tensorflow as tf
 
-from hvd_alexnet import config, distributed, optim
+from hvd_alexnet import config, distributed, inference, optim
 from hvd_alexnet.data import reader, schema
-from hvd_alexnet.metrics_log import MetricsLog
+from hvd_alexnet.inference import CHECKPOINT_SUBDIR
+from hvd_alexnet.metrics_log import LOG_FILE, MetricsLog
+from hvd_alexnet.progress import TENSORBOARD_SUBDIR, Progress, TensorBoard, Ticker
 from hvd_alexnet.model import build_alexnet, weight_decay_loss
 from hvd_alexnet.watchdog import Watchdog
 
-LOG_FILE = "dllogger.json"
-CHECKPOINT_SUBDIR = "checkpoints"
+TIMELINE_FILE = "horovod_timeline.json"
 SYNTHETIC_EPOCH = 1281167  # examples per synthetic "epoch": ImageNet's training set
 
 
@@ -139,8 +140,10 @@ def _test_stall(rank):
 def run(cfg, log=print):
     """Trains per `cfg` (see config.py); returns rank 0's final metrics (or {})."""
     t_start = time.time()
+    timeline = (os.path.abspath(os.path.join(cfg.model_dir, TIMELINE_FILE))
+                if cfg.horovod_timeline else None)
     dist, threads = distributed.init(cfg.fusion_threshold_mb, cfg.cycle_time_ms,  # HVD
-                                     cfg.fp16_allreduce, cfg.threads)
+                                     cfg.fp16_allreduce, cfg.threads, timeline)
     say = log if dist.is_root else (lambda *a, **k: None)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -206,6 +209,11 @@ def run(cfg, log=print):
     for name, unit in (("loss", None), ("learning_rate", None), ("images_per_sec", "images/s"),
                        ("top1", None), ("top5", None)):
         metrics.metadata(name, {"unit": unit} if unit else {})
+    if dist.is_root:  # what predict, export and evaluate need to rebuild the model
+        inference.write_description(cfg.model_dir, inference.describe(
+            cfg.image_size, data.num_classes, None if cfg.synthetic else cfg.data_dir))
+        if timeline:
+            say(f"Horovod timeline: {timeline} (open in chrome://tracing or ui.perfetto.dev)")
     micro_note = f" x {cfg.accumulate_steps} micro-batches" if cfg.accumulate_steps > 1 else ""
     say(f"hvd_alexnet: {dist.size} ranks x batch {cfg.batch_size}{micro_note} = {global_batch}, "
         f"{spe} steps/epoch, {total} steps, {data.num_train} training images, "
@@ -250,13 +258,7 @@ def run(cfg, log=print):
         opt.apply_gradients(zip(grads, variables))
         return loss, dist.any_rank(stop)  # HVD: a stop asked of any rank stops all
 
-    k = min(5, data.num_classes)
-
-    @tf.function
-    def eval_step(images, labels):
-        logits = model(images, training=False)
-        hits = lambda n: tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, n), tf.int64))
-        return hits(1), hits(k)
+    scorer = inference.Scorer(model, data.num_classes)
 
     def train_batches(epoch, offset):
         if cfg.synthetic:
@@ -272,17 +274,23 @@ def run(cfg, log=print):
     def validate(epoch):
         ds = reader.eval_dataset(data.val_files, cfg.eval_batch_size, cfg.image_size,
                                  data.num_classes, threads, skip_corrupt=cfg.skip_corrupt)
-        t0, c1, c5, n = time.perf_counter(), 0, 0, 0
-        for images, labels in ds:
-            h1, h5 = eval_step(images, labels)
-            c1, c5, n = c1 + int(h1), c5 + int(h5), n + int(tf.shape(labels)[0])
+        t0, ticker = time.perf_counter(), Ticker("validating", data.num_val, say)
+
+        def after_batch(examples):
             dist.solo_tick()  # HVD: keeps the waiting ranks' collectives alive
+            ticker.update(examples)
+
+        c1, c5, n = scorer.count(ds, after_batch)
         result = {"top1": c1 / n, "top5": c5 / n, "validation_examples": n,
                   "validation_seconds": time.perf_counter() - t0}
         metrics.log([epoch], result)
-        say(f"Accuracy @ 1 = {c1 / n:.4f} Accuracy @ {k} = {c5 / n:.4f} [{n} examples]")
+        board.scalars("validation", step, {"top1": c1 / n, "top5": c5 / n})
+        say(f"Accuracy @ 1 = {c1 / n:.4f} Accuracy @ {scorer.k} = {c5 / n:.4f} [{n} examples]")
         return result
 
+    progress = Progress(total, spe, global_batch)
+    board = TensorBoard(os.path.join(cfg.model_dir, TENSORBOARD_SUBDIR),
+                                  enabled=dist.is_root)
     step, epoch, final = start_step, start_step // spe, {}
     speed, stop, stopping, skipped, skipped_all = Throughput(), StopRequest(), False, 0, 0
     dist.watchdog = watchdog = Watchdog(dist.rank, cfg.stall_timeout_sec)
@@ -321,9 +329,11 @@ def run(cfg, log=print):
                                        f"(the last checkpoint is in {manager.directory})")
                     now = time.perf_counter()
                     rate = window_steps * global_batch / max(now - window_t, 1e-9)
-                    metrics.log([epoch, step], {"loss": loss_value,
-                                                "learning_rate": float(schedule(step - 1)),
-                                                "images_per_sec": rate})
+                    shown = {"loss": loss_value, "learning_rate": float(schedule(step - 1)),
+                             "images_per_sec": rate}
+                    metrics.log([epoch, step], shown, echo=False)
+                    board.scalars("train", step, shown)
+                    say(progress.line(step, loss_value, shown["learning_rate"], rate))
                     window_t, window_steps = now, 0
                 if bool(stopping):
                     break
@@ -388,6 +398,7 @@ def run(cfg, log=print):
     metrics.log([], summary)
     say(f"total images/sec: {speed.rate:.2f} ({speed.rate / dist.size:.2f} per rank)")
     metrics.close()
+    board.close()
     return summary if dist.is_root else {}
 
 

@@ -1,0 +1,149 @@
+"""`python -m hvd_alexnet doctor`: a preflight, launched exactly like training,
+before a long job on a new cluster:
+
+    horovodrun -np 16 -H a:8,b:8 python -m hvd_alexnet doctor --data_dir D --model_dir M
+    mpirun -np 16 --hostfile H ... python -m hvd_alexnet doctor --data_dir D --model_dir M
+
+Every rank reports its host, local rank, device, threads and assigned training
+shards (and checks that it can read them); rank 0 adds the checks of the whole
+job (enough shards for the ranks, validation shards, a writable --model_dir
+with room for checkpoints, Horovod built with what the hosts need, a Horovod
+all-reduce that every rank joins), prints one table and exits 2 on any problem.
+The reports are gathered with mpi4py when MPI started the ranks (mpirun, srun),
+else (horovodrun --gloo) with Horovod's own all-gather.
+"""
+
+import argparse
+import os
+import shutil
+import socket
+
+from hvd_alexnet import config, distributed
+from hvd_alexnet.data import reader, schema
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog="python -m hvd_alexnet doctor",
+        description="Preflight of a training job: launch it exactly as you will launch "
+                    "train (horovodrun / mpirun / srun, same hosts, same flags below). Prints "
+                    "one row per rank and the job's checks; exits 2 if anything would stop "
+                    "or slow the run.")
+    p.add_argument("--data_dir", required=True, help="the training data (train-*, validation-*)")
+    p.add_argument("--model_dir", required=True, help="where the run will write checkpoints")
+    p.add_argument("--batch_size", type=int, default=32, help="per rank, as for train")
+    p.add_argument("--image_size", type=int, default=227, help="as for train (checkpoint size)")
+    p.add_argument("--num_classes", type=int, default=1000, help="as for train (checkpoint size)")
+    p.add_argument("--threads", type=int, default=0, help="as for train")
+    return p
+
+
+def rank_report(args, rank, size, local_rank, local_size):
+    """This rank's row: where it runs and whether it can read its shards."""
+    import tensorflow as tf  # after MPI: keep TensorFlow's threads out of MPI's start-up
+    gpus = tf.config.list_physical_devices("GPU")
+    row = {"rank": rank, "host": socket.gethostname(), "local_rank": local_rank,
+           "device": (gpus[local_rank % len(gpus)].name if gpus else "CPU"),
+           "threads": args.threads or distributed.cpu_threads(local_size),
+           "cores": len(os.sched_getaffinity(0)), "gpus_on_host": len(gpus),
+           "shards": 0, "examples": 0, "problem": ""}
+    try:
+        files = schema.list_shards(args.data_dir, schema.TRAIN)
+        if not files:
+            raise reader.DataError(f"{args.data_dir}: no training shards (train-*) on this host")
+        mine = reader.rank_shards(files, rank, size)
+        row["shards"] = len(mine)
+        row["examples"] = sum(reader.check_framing(f) for f in mine)
+        for record in tf.data.TFRecordDataset(mine[:1]).take(1):  # one record decodes
+            jpeg, label, _ = schema.parse(record)
+            tf.io.decode_jpeg(jpeg)
+    except (reader.DataError, tf.errors.OpError, OSError) as e:
+        row["problem"] = str(getattr(e, "message", "") or e).splitlines()[0]
+    return row
+
+
+def job_checks(args, rows, hvd_built):
+    """Rank 0's checks of the whole job: [(what, problem or '')]."""
+    checks = []
+    size = len(rows)
+    shards = len(schema.list_shards(args.data_dir, schema.TRAIN))
+    checks.append((f"{shards} training shards for {size} ranks",
+                   "" if shards >= size else "every rank needs at least one shard"))
+    val = len(schema.list_shards(args.data_dir, schema.VALIDATION))
+    checks.append((f"{val} validation shards", "" if val else "none: add them or train --noeval"))
+    fewest = min(r["examples"] for r in rows)
+    checks.append((f"smallest rank's share: {fewest} examples, batch {args.batch_size}",
+                   "" if fewest >= args.batch_size else "less than one batch"))
+    from hvd_alexnet.model import build_alexnet
+    state = build_alexnet(args.image_size, args.num_classes).count_params() * 4
+    need = int(2.2 * state)
+    problem = "".join(config.check_model_dir(args.model_dir))
+    if not problem:
+        free = shutil.disk_usage(args.model_dir).free
+        if free < need:
+            problem = f"{free >> 20} MiB free, a checkpoint needs about {need >> 20} MiB"
+    checks.append((f"--model_dir {args.model_dir} writable, room for a checkpoint "
+                   f"(~{need >> 20} MiB)", problem))
+    gpu_hosts = {r["host"] for r in rows if r["gpus_on_host"]}
+    built = ", ".join(k for k, v in hvd_built.items() if v) or "nothing"
+    need_nccl = gpu_hosts and not hvd_built["NCCL"]
+    checks.append((f"Horovod built with {built}",
+                   "GPUs found but no NCCL: rebuild with HOROVOD_GPU_OPERATIONS=NCCL"
+                   if need_nccl else ""))
+    for host in sorted({r["host"] for r in rows}):
+        on_host = [r for r in rows if r["host"] == host]
+        gpus = on_host[0]["gpus_on_host"]
+        if gpus and len(on_host) > gpus:
+            checks.append((f"{host}: {len(on_host)} ranks, {gpus} GPUs",
+                           "more ranks than GPUs: ranks would share a GPU"))
+        threads = sum(r["threads"] for r in on_host)
+        if not gpus and threads > on_host[0]["cores"] * len(on_host):
+            checks.append((f"{host}: {threads} threads on {on_host[0]['cores']} cores",
+                           "more threads than cores"))
+    return checks
+
+
+def table(rows):
+    head = ("rank", "host", "local_rank", "device", "threads", "shards", "examples", "status")
+    body = [[str(r[k]) for k in head[:-1]] + [r["problem"] or "ok"] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+
+
+def main(argv):
+    args = parser().parse_args(argv)
+    launched = distributed.launcher_ranks()
+    via_mpi = launched is not None and launched[0] != "horovodrun"
+    if via_mpi:  # mpirun, srun, PMI: MPI started the ranks, so mpi4py can gather
+        from mpi4py import MPI
+        comm = MPI.COMM_WORLD
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        row = rank_report(args, comm.rank, comm.size, local.rank, local.size)
+        rows = comm.gather(row, root=0)
+    dist, _ = distributed.init(threads=args.threads)  # HVD: also checks Horovod works
+    if not via_mpi:
+        row = rank_report(args, dist.rank, dist.size, dist.local_rank, dist.local_size)
+        rows = dist.allgather_object(row, "hvd_alexnet.doctor")  # HVD
+    joined = dist.sum(1, "hvd_alexnet.doctor.joined")  # HVD: an all-reduce every rank joins
+    problems = []
+    if dist.is_root:
+        hvd = dist.hvd
+        built = {"MPI": hvd.mpi_built(), "Gloo": hvd.gloo_built(), "NCCL": hvd.nccl_built()}
+        checks = [(f"a Horovod all-reduce joined by {joined} of {dist.size} ranks",
+                   "" if joined == dist.size else "some ranks missing")]
+        checks += job_checks(args, rows, built)
+        print(f"hvd_alexnet doctor: {dist.size} ranks on {len({r['host'] for r in rows})} "
+              f"host(s), gathered with {'mpi4py' if via_mpi else 'Horovod (Gloo)'}")
+        print(table(rows))
+        print()
+        for what, problem in checks:
+            print(f"  {'PROBLEM' if problem else 'ok':7}  {what}{': ' + problem if problem else ''}")
+        problems = [f"rank {r['rank']}: {r['problem']}" for r in rows if r["problem"]]
+        problems += [f"{what}: {problem}" for what, problem in checks if problem]
+    problems = dist.allgather_object(problems, "hvd_alexnet.doctor.verdict")[0]  # HVD
+    if problems:
+        raise config.UsageError(f"{len(problems)} problem(s): " + "; ".join(problems))
+    if dist.is_root:
+        print("\nhvd_alexnet doctor: ready to train")
+    return 0

@@ -1,0 +1,78 @@
+"""`python -m hvd_alexnet evaluate`: top-1 / top-5 of a checkpoint on a validation
+set, on one rank or sharded across ranks (launched like training):
+
+    python -m hvd_alexnet evaluate --data_dir D --model_dir M
+    horovodrun -np 8 python -m hvd_alexnet evaluate --data_dir D --model_dir M
+
+Rank r reads validation shards r, r+size, ...; each rank counts its hits and
+examples and the counts are summed over ranks (integers, so the result is
+exact and equal on any number of ranks). Every rank also counts the records
+in its shards before reading them, and the job fails if the examples
+evaluated differ from the records on disk: none missed, none counted twice.
+"""
+
+import argparse
+
+import tensorflow as tf
+
+from hvd_alexnet import distributed, inference
+from hvd_alexnet.data import reader, schema
+from hvd_alexnet.progress import Ticker
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog="python -m hvd_alexnet evaluate",
+        description="Top-1 / top-5 accuracy of a training run's newest checkpoint (or "
+                    "--checkpoint) on the validation shards of --data_dir. Several ranks "
+                    "(horovodrun -np N / mpirun -np N) split the shards and sum exact counts.")
+    p.add_argument("--data_dir", required=True, help="folder of validation-* TFRecord shards")
+    p.add_argument("--model_dir", required=True, help="the --model_dir of a training run")
+    p.add_argument("--checkpoint", help="a checkpoint prefix (default: the run's newest)")
+    p.add_argument("--split", default=schema.VALIDATION, choices=[schema.VALIDATION, schema.TRAIN],
+                   help="which shards to evaluate on (default: validation)")
+    p.add_argument("--batch_size", type=int, default=64, help="images per batch and rank")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per rank (0: the host's cores / ranks on the host)")
+    return p
+
+
+def main(argv):
+    args = parser().parse_args(argv)
+    # Before Horovod starts: a bad run directory is reported once, not once per rank.
+    desc = inference.read_description(args.model_dir)
+    path = inference.checkpoint_path(args.model_dir, args.checkpoint)
+    files = schema.list_shards(args.data_dir, args.split)
+    if not files:
+        raise reader.DataError(f"{args.data_dir}: no {args.split} shards ({args.split}-*)")
+    dist, threads = distributed.init(threads=args.threads)  # HVD
+    say = print if dist.is_root else (lambda *a, **k: None)
+    mine = files[dist.rank::dist.size]  # a rank beyond the shard count reads nothing
+    on_disk = sum(reader.check_framing(f) for f in mine)
+    model, _, _ = inference.load(args.model_dir, path)
+    k = min(5, desc["num_classes"])
+
+    @tf.function
+    def hits(images, labels):
+        logits = model(images, training=False)
+        count = lambda n: tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, n), tf.int64))
+        return count(1), count(k)
+
+    c1 = c5 = n = 0
+    if mine:
+        ticker = Ticker(f"evaluating (rank 0 of {dist.size})", on_disk, say)
+        for images, labels in reader.eval_dataset(mine, args.batch_size, desc["image_size"],
+                                                  desc["num_classes"], threads):
+            h1, h5 = hits(images, labels)
+            c1, c5, n = c1 + int(h1), c5 + int(h5), n + int(tf.shape(labels)[0])
+            ticker.update(n)
+    c1, c5 = dist.sum(c1, "hvd_alexnet.eval.top1"), dist.sum(c5, "hvd_alexnet.eval.top5")  # HVD
+    n, on_disk = dist.sum(n, "hvd_alexnet.eval.n"), dist.sum(on_disk, "hvd_alexnet.eval.disk")
+    if n != on_disk:
+        raise reader.DataError(f"evaluated {n} examples but the {args.split} shards hold "
+                               f"{on_disk} records")
+    say(f"evaluated {path} on {n} {args.split} examples in {len(files)} shards, "
+        f"{dist.size} rank(s)")
+    say(f"Accuracy @ 1 = {c1 / n:.4f} Accuracy @ {k} = {c5 / n:.4f} [{n} examples]")
+    say(f"top-1 hits {c1}, top-{k} hits {c5}, of {n}")
+    return 0

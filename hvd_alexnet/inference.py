@@ -1,0 +1,188 @@
+"""Using a trained model (no Horovod): its description, its checkpoint, top-5
+predictions for JPEG files, and a SavedModel that takes JPEG bytes.
+
+    python -m hvd_alexnet predict runs/demo-... photo1.jpg photo2.jpg
+    python -m hvd_alexnet export runs/demo-... exported/     # then tf.saved_model.load
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from hvd_alexnet.config import UsageError
+from hvd_alexnet.data import preprocess, schema
+from hvd_alexnet.data.reader import DataError
+from hvd_alexnet.model import build_alexnet
+
+MODEL_FILE = "model.json"  # written by the trainer beside its checkpoints
+CHECKPOINT_SUBDIR = "checkpoints"
+PREDICT_BATCH = 64
+
+
+def describe(image_size, num_classes, data_dir):
+    """What inference needs to rebuild the model: input size, classes and their names
+    (from the data's metadata.json, else 'class N')."""
+    meta = schema.read_metadata(data_dir) if data_dir else None
+    names = {int(c["label"]): c.get("text") or c.get("synset")
+             for c in (meta or {}).get("classes", [])}
+    return {"image_size": image_size, "num_classes": num_classes,
+            "classes": [names.get(label) or f"class {label}"
+                        for label in range(1, num_classes + 1)]}
+
+
+def write_description(model_dir, description):
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, MODEL_FILE), "w") as f:
+        json.dump(description, f, indent=1)
+
+
+def read_description(model_dir):
+    path = os.path.join(model_dir, MODEL_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{model_dir}: no {MODEL_FILE}; give the --model_dir of a training "
+                         f"run") from None
+
+
+def checkpoint_path(model_dir, checkpoint=None):
+    """The checkpoint to load: `checkpoint` (a ckpt-N prefix) or the run's newest."""
+    path = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    if not path or not tf.io.gfile.exists(path + ".index"):
+        raise UsageError(f"no checkpoint {'at ' + checkpoint if checkpoint else 'in ' + model_dir}"
+                         f" (a run's checkpoints are MODEL_DIR/{CHECKPOINT_SUBDIR}/ckpt-N)")
+    return path
+
+
+def load(model_dir, checkpoint=None):
+    """(Keras model with the checkpoint's weights, description, checkpoint path)."""
+    desc = read_description(model_dir)
+    path = checkpoint_path(model_dir, checkpoint)
+    model = build_alexnet(desc["image_size"], desc["num_classes"], dropout=0.0)
+    tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    return model, desc, path
+
+
+class Scorer:
+    """Top-1 and top-k hits of a model over a dataset of (images, labels) batches:
+    validation in the trainer and `evaluate` count alike."""
+
+    def __init__(self, model, num_classes):
+        self.model, self.k = model, min(5, num_classes)
+
+    @tf.function
+    def _hits(self, images, labels):
+        logits = self.model(images, training=False)
+        count = lambda n: tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, n), tf.int64))
+        return count(1), count(self.k)
+
+    def count(self, dataset, after_batch=lambda examples: None):
+        """(top-1 hits, top-k hits, examples); after_batch(examples so far) per batch."""
+        c1 = ck = n = 0
+        for images, labels in dataset:
+            h1, hk = self._hits(images, labels)
+            c1, ck, n = c1 + int(h1), ck + int(hk), n + int(tf.shape(labels)[0])
+            after_batch(n)
+        return c1, ck, n
+
+
+def _images(jpegs, size):
+    return tf.map_fn(lambda j: preprocess.eval_image(j, size), jpegs,
+                     fn_output_signature=tf.float32)
+
+
+def probabilities(model, jpegs, size):
+    """Class probabilities (softmax over the logits) of a batch of JPEG byte strings,
+    preprocessed as validation is: central crop, resize."""
+    return tf.nn.softmax(tf.cast(model(_images(jpegs, size), training=False), tf.float32))
+
+
+def predict_files(model, desc, paths, top=5):
+    """[(path, [(class name, probability), ...])], best first."""
+    jpegs = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise DataError(f"{path}: {e.strerror}") from None
+        if data[:2] != b"\xff\xd8":
+            raise DataError(f"{path}: not a JPEG file (it does not start with a JPEG marker)")
+        jpegs.append(data)
+    probs = np.concatenate([  # in batches: any number of files in bounded memory
+        probabilities(model, tf.constant(jpegs[i:i + PREDICT_BATCH]), desc["image_size"]).numpy()
+        for i in range(0, len(jpegs), PREDICT_BATCH)])
+    k = min(top, desc["num_classes"])
+    results = []
+    for path, p in zip(paths, probs):
+        best = p.argsort()[::-1][:k]
+        results.append((path, [(desc["classes"][i], float(p[i])) for i in best]))
+    return results
+
+
+class Serving(tf.Module):
+    """The exported model: JPEG bytes in, probabilities and the top-5 names out."""
+
+    def __init__(self, model, desc):
+        super().__init__()
+        self.model, self.size = model, desc["image_size"]
+        self.names = tf.constant(desc["classes"])
+        self.k = min(5, desc["num_classes"])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="jpeg_bytes")])
+    def serve(self, jpeg_bytes):
+        probs = probabilities(self.model, jpeg_bytes, self.size)
+        top = tf.math.top_k(probs, self.k)
+        return {"probabilities": probs, "top5_classes": tf.gather(self.names, top.indices),
+                "top5_probabilities": top.values}
+
+
+def export(model, desc, out_dir):
+    if tf.io.gfile.exists(os.path.join(out_dir, "saved_model.pb")):
+        raise UsageError(f"{out_dir} already holds a SavedModel; choose another directory")
+    module = Serving(model, desc)
+    tf.saved_model.save(module, out_dir, signatures={"serving_default": module.serve})
+    return out_dir
+
+
+def predict_main(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m hvd_alexnet predict",
+        description="Top-5 classes, by name, of JPEG files, from a training run's newest "
+                    "checkpoint (or --checkpoint). Images are cropped and resized as in "
+                    "validation. Example: python -m hvd_alexnet predict runs/demo-... a.jpg b.jpg")
+    p.add_argument("model_dir", help="the --model_dir of a training run")
+    p.add_argument("images", nargs="+", help="JPEG files")
+    p.add_argument("--checkpoint", help="a checkpoint prefix, e.g. MODEL_DIR/checkpoints/ckpt-40")
+    p.add_argument("--top", type=int, default=5, help="classes shown per image (default 5)")
+    args = p.parse_args(argv)
+    model, desc, path = load(args.model_dir, args.checkpoint)
+    print(f"checkpoint: {path}")
+    for image, best in predict_files(model, desc, args.images, args.top):
+        print(image)
+        for rank, (name, prob) in enumerate(best, 1):
+            print(f"  {rank}. {name:<30} {prob:.4f}")
+    return 0
+
+
+def export_main(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m hvd_alexnet export",
+        description="Writes a SavedModel whose serving signature takes a batch of JPEG bytes "
+                    "(tf.string, shape [None]) and returns `probabilities`, `top5_classes` and "
+                    "`top5_probabilities`; the crop and resize are inside. Serve it with "
+                    "TensorFlow Serving or load it with tf.saved_model.load(OUT_DIR)"
+                    ".signatures['serving_default'](jpeg_bytes=...).")
+    p.add_argument("model_dir", help="the --model_dir of a training run")
+    p.add_argument("out_dir", help="a new directory for the SavedModel")
+    p.add_argument("--checkpoint", help="a checkpoint prefix (default: the newest)")
+    args = p.parse_args(argv)
+    model, desc, path = load(args.model_dir, args.checkpoint)
+    export(model, desc, args.out_dir)
+    print(f"exported {path} to {args.out_dir} (serving_default: jpeg_bytes -> probabilities, "
+          f"top5_classes, top5_probabilities)")
+    return 0
