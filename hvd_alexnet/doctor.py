@@ -18,6 +18,8 @@ import os
 import shutil
 import socket
 
+import tensorflow as tf
+
 from hvd_alexnet import config, distributed
 from hvd_alexnet.data import reader, schema
 
@@ -40,7 +42,6 @@ def parser():
 
 def rank_report(args, rank, size, local_rank, local_size):
     """This rank's row: where it runs and whether it can read its shards."""
-    import tensorflow as tf  # after MPI: keep TensorFlow's threads out of MPI's start-up
     gpus = tf.config.list_physical_devices("GPU")
     row = {"rank": rank, "host": socket.gethostname(), "local_rank": local_rank,
            "device": (gpus[local_rank % len(gpus)].name if gpus else "CPU"),
@@ -115,15 +116,14 @@ def main(argv):
     args = parser().parse_args(argv)
     launched = distributed.launcher_ranks()
     via_mpi = launched is not None and launched[0] != "horovodrun"
+    dist, _ = distributed.init(threads=args.threads)  # HVD: as training starts
+    row = rank_report(args, dist.rank, dist.size, dist.local_rank, dist.local_size)
     if via_mpi:  # mpirun, srun, PMI: MPI started the ranks, so mpi4py can gather
         from mpi4py import MPI
-        comm = MPI.COMM_WORLD
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        row = rank_report(args, comm.rank, comm.size, local.rank, local.size)
-        rows = comm.gather(row, root=0)
-    dist, _ = distributed.init(threads=args.threads)  # HVD: also checks Horovod works
-    if not via_mpi:
-        row = rank_report(args, dist.rank, dist.size, dist.local_rank, dist.local_size)
+        rows = MPI.COMM_WORLD.gather(row, root=0)
+        if MPI.COMM_WORLD.size != dist.size:
+            raise config.UsageError(f"MPI sees {MPI.COMM_WORLD.size} ranks, Horovod {dist.size}")
+    else:
         rows = dist.allgather_object(row, "hvd_alexnet.doctor")  # HVD
     joined = dist.sum(1, "hvd_alexnet.doctor.joined")  # HVD: an all-reduce every rank joins
     problems = []
@@ -142,8 +142,9 @@ def main(argv):
         problems = [f"rank {r['rank']}: {r['problem']}" for r in rows if r["problem"]]
         problems += [f"{what}: {problem}" for what, problem in checks if problem]
     problems = dist.allgather_object(problems, "hvd_alexnet.doctor.verdict")[0]  # HVD
-    if problems:
-        raise config.UsageError(f"{len(problems)} problem(s): " + "; ".join(problems))
+    if problems:  # every rank exits 2; rank 0 says why
+        raise config.UsageError(f"{len(problems)} problem(s): " + "; ".join(problems)
+                                if dist.is_root else f"{len(problems)} problem(s), see rank 0")
     if dist.is_root:
         print("\nhvd_alexnet doctor: ready to train")
     return 0

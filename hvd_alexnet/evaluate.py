@@ -13,8 +13,6 @@ evaluated differ from the records on disk: none missed, none counted twice.
 
 import argparse
 
-import tensorflow as tf
-
 from hvd_alexnet import distributed, inference
 from hvd_alexnet.data import reader, schema
 from hvd_alexnet.progress import Ticker
@@ -50,22 +48,13 @@ def main(argv):
     mine = files[dist.rank::dist.size]  # a rank beyond the shard count reads nothing
     on_disk = sum(reader.check_framing(f) for f in mine)
     model, _, _ = inference.load(args.model_dir, path)
-    k = min(5, desc["num_classes"])
-
-    @tf.function
-    def hits(images, labels):
-        logits = model(images, training=False)
-        count = lambda n: tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, n), tf.int64))
-        return count(1), count(k)
-
+    scorer = inference.Scorer(model, desc["num_classes"])
     c1 = c5 = n = 0
     if mine:
         ticker = Ticker(f"evaluating (rank 0 of {dist.size})", on_disk, say)
-        for images, labels in reader.eval_dataset(mine, args.batch_size, desc["image_size"],
-                                                  desc["num_classes"], threads):
-            h1, h5 = hits(images, labels)
-            c1, c5, n = c1 + int(h1), c5 + int(h5), n + int(tf.shape(labels)[0])
-            ticker.update(n)
+        c1, c5, n = scorer.count(reader.eval_dataset(mine, args.batch_size, desc["image_size"],
+                                                     desc["num_classes"], threads),
+                                 ticker.update)
     c1, c5 = dist.sum(c1, "hvd_alexnet.eval.top1"), dist.sum(c5, "hvd_alexnet.eval.top5")  # HVD
     n, on_disk = dist.sum(n, "hvd_alexnet.eval.n"), dist.sum(on_disk, "hvd_alexnet.eval.disk")
     if n != on_disk:
@@ -73,6 +62,7 @@ def main(argv):
                                f"{on_disk} records")
     say(f"evaluated {path} on {n} {args.split} examples in {len(files)} shards, "
         f"{dist.size} rank(s)")
+    k = scorer.k
     say(f"Accuracy @ 1 = {c1 / n:.4f} Accuracy @ {k} = {c5 / n:.4f} [{n} examples]")
     say(f"top-1 hits {c1}, top-{k} hits {c5}, of {n}")
     return 0
