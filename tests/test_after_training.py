@@ -31,7 +31,7 @@ def data(tmp_path_factory):
 def run(data, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("run") / "m")
     result = launch(["train", "--data_dir", data, "--model_dir", model_dir, *SMALL,
-                     f"--epochs={EPOCHS}", "--num_classes=10", "--timeline"],
+                     f"--epochs={EPOCHS}", "--num_classes=10", "--horovod_timeline"],
                     np=2, launcher="gloo", timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
     summary = [r for r in metrics_log.read(os.path.join(model_dir, "dllogger.json"))
@@ -46,7 +46,9 @@ def test_rank_zero_prints_one_progress_line_per_log_step(run):
                          r"  loss \d+\.\d{4}  lr \S+  [\d,.]+ img/s  epoch left \d+:\d\d:\d\d"
                          r"  run left \d+:\d\d:\d\d$", re.M)
     lines = pattern.findall(out)
-    assert [int(step) for _, step, _ in lines] == list(range(1, total + 1)), out[-3000:]
+    assert [int(step) for _, step, _ in lines] == list(range(2, total + 1)), out[-3000:]
+    assert ("[0]<stdout>:epoch 1/3  step 1/30 (1/10 of the epoch)  loss " in out and
+            "  (building the graph: not timed)" in out)  # the first step has no rate yet
     assert all(int(e) == (int(s) - 1) // 10 + 1 for e, s, _ in lines)
     assert "[1]<stdout>:epoch" not in out  # the other ranks stay quiet
     assert out.count("run left 0:00:00") >= 1  # the last step
