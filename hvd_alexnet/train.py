@@ -22,8 +22,8 @@ from hvd_alexnet import config, distributed, inference, optim
 from hvd_alexnet.data import reader, schema
 from hvd_alexnet.inference import CHECKPOINT_SUBDIR
 from hvd_alexnet.metrics_log import LOG_FILE, MetricsLog
-from hvd_alexnet.progress import TENSORBOARD_SUBDIR, Progress, TensorBoard, Ticker
 from hvd_alexnet.model import build_alexnet, weight_decay_loss
+from hvd_alexnet.progress import TENSORBOARD_SUBDIR, Progress, TensorBoard, Ticker
 from hvd_alexnet.watchdog import Watchdog
 
 TIMELINE_FILE = "horovod_timeline.json"
@@ -289,8 +289,7 @@ def run(cfg, log=print):
         return result
 
     progress = Progress(total, spe, global_batch)
-    board = TensorBoard(os.path.join(cfg.model_dir, TENSORBOARD_SUBDIR),
-                                  enabled=dist.is_root)
+    board = TensorBoard(os.path.join(cfg.model_dir, TENSORBOARD_SUBDIR), enabled=dist.is_root)
     step, epoch, final = start_step, start_step // spe, {}
     speed, stop, stopping, skipped, skipped_all = Throughput(), StopRequest(), False, 0, 0
     dist.watchdog = watchdog = Watchdog(dist.rank, cfg.stall_timeout_sec)
