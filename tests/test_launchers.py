@@ -115,9 +115,10 @@ def test_slurm_signal_before_the_time_limit_checkpoints_and_resubmitting_resumes
     model_dir = str(tmp_path / "run")
     job = cluster.submit(*sbatch_args(model_dir, tiny_data, 400))
     deadline = time.monotonic() + 240
-    while "(0, 3) loss" not in cluster.output(job) and job.poll() is None:
+    while not re.search(r"step ([3-9]|\d\d+)/400", cluster.output(job)) and job.poll() is None:
         assert time.monotonic() < deadline, cluster.output(job)[-3000:]
         time.sleep(0.5)
+    assert job.poll() is None, cluster.output(job)[-3000:]  # still training
     cluster.signal(job, "TERM")
     code, out = cluster.wait(job, timeout=240)
     assert code == 75, out[-4000:]  # EXIT_PREEMPTED, from srun through the batch script

@@ -90,7 +90,9 @@ def test_only_rank_zero_logs_and_checkpoints(tiny_data, tmp_path):
         assert {"timestamp", "datetime", "elapsedtime", "type"} <= set(r)
     assert "Accuracy @ 1 = " in res.stdout and "[80 examples]" in res.stdout
     assert checkpoints(tmp_path) == [10, 12]  # end of epoch 0, end of the run
-    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "dllogger.json"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "dllogger.json", "model.json",
+                                            "tensorboard"]
+    assert len(os.listdir(tmp_path / "tensorboard")) == 1  # one writer's event file
 
 
 def test_uneven_shards_two_ranks_same_steps_no_hang(tmp_path):
