@@ -102,12 +102,12 @@ PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSub
         raise RuntimeError(f"the test's Slurm node is not idle after 60 s ({out!r}); "
                            f"logs in {d}/log")
 
-    def submit(self, args, env):
-        """Starts `sbatch --wait ARGS` (its job named after its output file)."""
+    def submit(self, args, env, cwd=None):
+        """Starts `sbatch --wait ARGS` from `cwd` (the job's $SLURM_SUBMIT_DIR)."""
         name = f"job-{time.monotonic_ns()}"
         out = os.path.join(self.dir, name + ".out")
         cmd = ["sbatch", "--wait", f"--job-name={name}", f"--output={out}", *args]
-        proc = subprocess.Popen(cmd, env={**env, "SLURM_CONF": self.conf},
+        proc = subprocess.Popen(cmd, env={**env, "SLURM_CONF": self.conf}, cwd=cwd,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         proc.cmd, proc.name, proc.out = cmd, name, out
@@ -135,9 +135,9 @@ PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSub
                                  f"(hang?)\n{self.output(job)[-4000:]}")
         return job.returncode, submitted + self.output(job)
 
-    def sbatch(self, args, env, timeout):
+    def sbatch(self, args, env, timeout, cwd=None):
         """`sbatch --wait ARGS` to the end: (exit code, output)."""
-        return self.wait(self.submit(args, env), timeout)
+        return self.wait(self.submit(args, env, cwd), timeout)
 
     @staticmethod
     def _read(path):

@@ -78,14 +78,14 @@ def sbatch_args(model_dir, data, steps, env=None):
                 if not k.startswith(("OMPI_", "PMI_", "PMIX_", "HOROVOD_", "SLURM_"))}
     full_env.update(PYTHON=sys.executable, DATA_DIR=data, MODEL_DIR=model_dir,
                     TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
-    args = ["--chdir", ROOT, "--nodes=1", "--ntasks-per-node=2", "--gpus-per-task=0",
+    args = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-task=0",
             "--cpus-per-task=1", os.path.join(ROOT, "bin", "slurm_train_alexnet.sbatch"),
             *SMALL, f"--max_steps={steps}", "--noeval", "--num_classes=10"]
     return args, full_env
 
 
 def sbatch_script(cluster, data, model_dir, env=None):
-    return cluster.sbatch(*sbatch_args(model_dir, data, 2, env), timeout=300)
+    return cluster.sbatch(*sbatch_args(model_dir, data, 2, env), timeout=300, cwd=ROOT)
 
 
 @pytest.mark.timeout(600)
@@ -113,7 +113,7 @@ def test_slurm_signal_before_the_time_limit_checkpoints_and_resubmitting_resumes
         cluster, tiny_data, tmp_path):
     """What --signal=TERM@300 does near the time limit: SIGTERM to srun's tasks."""
     model_dir = str(tmp_path / "run")
-    job = cluster.submit(*sbatch_args(model_dir, tiny_data, 400))
+    job = cluster.submit(*sbatch_args(model_dir, tiny_data, 400), cwd=ROOT)
     deadline = time.monotonic() + 240
     while not re.search(r"step ([3-9]|\d\d+)/400", cluster.output(job)) and job.poll() is None:
         assert time.monotonic() < deadline, cluster.output(job)[-3000:]
@@ -125,7 +125,8 @@ def test_slurm_signal_before_the_time_limit_checkpoints_and_resubmitting_resumes
     stopped = int(re.search(r"stopped at step (\d+) on request", out).group(1))
     assert 3 <= stopped < 400 and checkpoints(model_dir)[-1] == stopped
 
-    code, out = cluster.sbatch(*sbatch_args(model_dir, tiny_data, stopped + 2), timeout=300)
+    code, out = cluster.sbatch(*sbatch_args(model_dir, tiny_data, stopped + 2), timeout=300,
+                               cwd=ROOT)
     assert code == 0, out[-4000:]
     assert f"at step {stopped}" in out and f"steps : {stopped + 2} " in out
 
