@@ -12,6 +12,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from hvd_alexnet import metrics_log
 from hvd_alexnet.config import UsageError
 from hvd_alexnet.data import preprocess, schema
 from hvd_alexnet.data.reader import DataError
@@ -40,13 +41,19 @@ def write_description(model_dir, description):
 
 
 def read_description(model_dir):
+    """model.json, or for a run that predates it, its last PARAMETER record."""
     path = os.path.join(model_dir, MODEL_FILE)
-    try:
+    if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"{model_dir}: no {MODEL_FILE}; give the --model_dir of a training "
-                         f"run") from None
+    log = os.path.join(model_dir, metrics_log.LOG_FILE)
+    params = [r["data"] for r in (metrics_log.read(log) if os.path.exists(log) else [])
+              if r.get("step") == "PARAMETER"]
+    if not params:
+        raise UsageError(f"{model_dir}: neither {MODEL_FILE} nor {metrics_log.LOG_FILE}; give "
+                         f"the --model_dir of a training run")
+    p = params[-1]
+    return describe(p["image_size"], p["num_classes"], p.get("data_dir"))
 
 
 def checkpoint_path(model_dir, checkpoint=None):

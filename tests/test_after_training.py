@@ -173,6 +173,18 @@ def test_predict_and_the_exported_model_agree(run, data, tmp_path):
     assert np.allclose(result["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_a_run_without_model_json_is_described_by_its_parameters(run, data, tmp_path):
+    """Runs from before model.json: the last PARAMETER record of dllogger.json."""
+    from hvd_alexnet import inference
+    model_dir, _, _ = run
+    old = tmp_path / "old_run"
+    old.mkdir()
+    (old / "dllogger.json").write_text(open(os.path.join(model_dir, "dllogger.json")).read())
+    assert inference.read_description(str(old)) == inference.read_description(model_dir)
+    with pytest.raises(inference.UsageError, match="neither model.json nor dllogger.json"):
+        inference.read_description(str(tmp_path))
+
+
 def test_predict_refuses_a_file_that_is_not_a_jpeg(run):
     model_dir, _, _ = run
     out = launch(["predict", model_dir, os.path.join(ROOT, "README.md")], timeout=120)
