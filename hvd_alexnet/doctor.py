@@ -46,7 +46,7 @@ def rank_report(args, rank, size, local_rank, local_size):
     row = {"rank": rank, "host": socket.gethostname(), "local_rank": local_rank,
            "device": (gpus[local_rank % len(gpus)].name if gpus else "CPU"),
            "threads": args.threads or distributed.cpu_threads(local_size),
-           "cores": len(os.sched_getaffinity(0)), "gpus_on_host": len(gpus),
+           "host_cores": os.cpu_count() or 1, "gpus_on_host": len(gpus),
            "shards": 0, "examples": 0, "problem": ""}
     try:
         files = schema.list_shards(args.data_dir, schema.TRAIN)
@@ -97,10 +97,11 @@ def job_checks(args, rows, hvd_built):
         if gpus and len(on_host) > gpus:
             checks.append((f"{host}: {len(on_host)} ranks, {gpus} GPUs",
                            "more ranks than GPUs: ranks would share a GPU"))
-        threads = sum(r["threads"] for r in on_host)
-        if not gpus and threads > on_host[0]["cores"] * len(on_host):
-            checks.append((f"{host}: {threads} threads on {on_host[0]['cores']} cores",
-                           "more threads than cores"))
+        threads, cores = sum(r["threads"] for r in on_host), on_host[0]["host_cores"]
+        if not gpus and threads > cores:
+            checks.append((f"{host}: {len(on_host)} ranks x --threads = {threads} threads on "
+                           f"{cores} cores", "more threads than cores: the ranks would slow "
+                           "each other down"))
     return checks
 
 

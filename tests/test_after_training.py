@@ -210,12 +210,14 @@ def test_doctor_names_each_problem_and_fails(tmp_path):
     data = build_dataset(str(tmp_path / "one_shard"), 1, 1, per_class=2)
     blocked = tmp_path / "a_file"
     blocked.write_text("")
+    cores = os.cpu_count()
     out = launch(["doctor", "--data_dir", data, "--model_dir", str(blocked / "m"),
-                  "--batch_size=64", "--image_size=67", "--num_classes=10", "--threads=1"],
+                  "--batch_size=64", "--image_size=67", "--num_classes=10", f"--threads={cores}"],
                  np=2, launcher="mpi", timeout=180)
     assert out.returncode == 2, out.stdout[-3000:]
     assert "PROBLEM  1 training shards for 2 ranks: every rank needs at least one shard" in out.stdout
     assert "cannot be written" in out.stdout
+    assert f"{2 * cores} threads on {cores} cores: more threads than cores" in out.stdout
 
 
 @pytest.mark.parametrize("command", ["doctor", "report", "evaluate", "predict", "export"])
