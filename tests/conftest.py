@@ -3,6 +3,7 @@ and a launcher that runs real ranks with a hard time bound."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)  # the venv's bin: horovodrun lives here
 SMALL = ["--image_size=67", "--batch_size=4", "--eval_batch_size=16", "--log_every=1",
          "--threads=1"]
+
+
+def free_port():
+    """A TCP port on loopback that nothing listens on (for the test's own servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require(reason, what):
+    """Skips a test that cannot run here (`reason`), but fails it where it must run:
+    HVD_ALEXNET_REQUIRE_MULTIHOST=1 (CI, as root) for the two-host and Slurm tests."""
+    if reason:
+        if os.environ.get("HVD_ALEXNET_REQUIRE_MULTIHOST") == "1":
+            pytest.fail(f"{what} required but cannot run: {reason}")
+        pytest.skip(reason)
 
 
 def command(args, np=1, launcher=None, env=None):

@@ -6,9 +6,10 @@ as their users) and the packages slurmd, slurmctld, slurm-client and munge."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
+
+from conftest import free_port
 
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 
@@ -24,12 +25,6 @@ def unavailable():
         if not shutil.which(tool):
             return f"needs {tool} (slurm-client)"
     return ""
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:
@@ -67,8 +62,8 @@ class Cluster:
         with open(self.conf, "w") as f:
             f.write(f"""ClusterName=hvdtest
 SlurmctldHost=localhost
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 SlurmUser=root
 AuthType=auth/munge
 AuthInfo=socket={sock}

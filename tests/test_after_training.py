@@ -6,7 +6,6 @@ predict) and the `doctor` preflight under mpirun and horovodrun."""
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import BIN, ROOT, SMALL, build_dataset, launch, step_records
+from conftest import BIN, ROOT, SMALL, build_dataset, free_port, launch, step_records
 from hvd_alexnet import metrics_log
 
 EPOCHS, STEPS_PER_EPOCH = 3, 10  # 2 ranks x batch 4 over 80 training images
@@ -54,15 +53,9 @@ def test_rank_zero_prints_one_progress_line_per_log_step(run):
     assert out.count("run left 0:00:00") >= 1  # the last step
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tensorboard_serves_the_runs_scalars(run):
     model_dir, _, summary = run
-    port = _free_port()
+    port = free_port()
     board = subprocess.Popen([os.path.join(BIN, "tensorboard"), "--logdir", model_dir,
                               "--host", "127.0.0.1", "--port", str(port)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import slurm
-from conftest import ROOT, SMALL, checkpoints
+from conftest import ROOT, SMALL, checkpoints, require
 from hvd_alexnet import config, distributed
 
 # --- the launcher's ranks against Horovod's ----------------------------------------
@@ -63,11 +63,7 @@ def test_describe_hosts():
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    reason = slurm.unavailable()
-    if reason:
-        if os.environ.get("HVD_ALEXNET_REQUIRE_MULTIHOST") == "1":
-            pytest.fail(f"Slurm test required but cannot run: {reason}")
-        pytest.skip(reason)
+    require(slurm.unavailable(), "Slurm test")
     with slurm.Cluster(str(tmp_path_factory.mktemp("slurm"))) as c:
         yield c
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SMALL
+from conftest import ROOT, SMALL, require
 import netns
 
 STEPS = 3
@@ -17,11 +17,7 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def two_hosts(tmp_path_factory):
-    reason = netns.unavailable()
-    if reason:
-        if os.environ.get("HVD_ALEXNET_REQUIRE_MULTIHOST") == "1":
-            pytest.fail(f"two-host test required but cannot run: {reason}")
-        pytest.skip(reason)
+    require(netns.unavailable(), "two-host test")
     with netns.TwoHosts(str(tmp_path_factory.mktemp("hosts"))) as hosts:
         yield hosts
 
