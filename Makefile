@@ -48,7 +48,7 @@ bench: bench-data demo-data
 # Not part of `make test`: random rank kills and preemptions in a 2-rank demo
 # run, restarted from its checkpoints, compared with an uninterrupted run (~10 min).
 chaos: demo-data
-	$(PY) -m hvd_alexnet.chaos --data_dir $(DEMO_DIR) $(CHAOS_ARGS)
+	$(PY) -m hvd_alexnet.tools.chaos --data_dir $(DEMO_DIR) $(CHAOS_ARGS)
 
 # The GPU image (CUDA 12.2, cuDNN 8.9, NCCL) and the CPU image; both run as user hvd.
 docker-build:

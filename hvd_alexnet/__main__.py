@@ -8,6 +8,8 @@ Exit status: 0 done, 2 bad flags or configuration, 3 bad or missing data,
 import os
 import sys
 
+from hvd_alexnet import errors
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's start-up chatter out of the logs
 
 USAGE = """usage: python -m hvd_alexnet COMMAND [--flag=value ...]
@@ -30,51 +32,56 @@ commands:
 `python -m hvd_alexnet COMMAND --help` lists a command's flags.
 """
 
-EXIT_USAGE, EXIT_DATA, EXIT_DIVERGED = 2, 3, 4
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped cleanly on a signal, run again to resume
+# command -> (module, function, whether it loads TensorFlow). Each function takes
+# the arguments after the command's name and parses them with command.parse().
+COMMANDS = {
+    "train": ("train", "main", True),
+    "data build": ("data.cli", "build_main", True),
+    "data demo": ("data.cli", "demo_main", True),
+    "data photos": ("data.cli", "photos_main", True),
+    "doctor": ("doctor", "main", True),
+    "report": ("report", "main", True),
+    "evaluate": ("evaluate", "main", True),
+    "predict": ("inference", "predict_main", True),
+    "export": ("inference", "export_main", True),
+    "plan": ("tools.plan", "main", False),
+    "bench": ("tools.bench", "main", False),
+}
 
 
-def _commands():
-    from hvd_alexnet import config, train
-    from hvd_alexnet.data import cli
-    return {"train": (train.main, config), "data build": (cli.build_main, cli),
-            "data demo": (cli.demo_main, cli), "data photos": (cli.photos_main, cli)}
+def run_command(name, argv, **kwargs):
+    """Runs command `name` on `argv`; returns its exit status. The project's
+    own errors become one line on stderr and their exit status (see errors.py)."""
+    import importlib
+    module, function, uses_tf = COMMANDS[name]
+    entry = getattr(importlib.import_module(f"hvd_alexnet.{module}"), function)
+    try:
+        return entry(argv, **kwargs) or 0
+    except errors.OUTCOME_TYPES as e:
+        prefix, code = next((p, c) for kind, p, c in errors.OUTCOMES if isinstance(e, kind))
+        print(f"hvd_alexnet {name}: {prefix}{e}", file=sys.stderr, flush=True)
+        return code
+    except Exception as e:
+        if not uses_tf:
+            raise
+        return _tensorflow_error(name, e)
 
 
-ARGPARSE_COMMANDS = {"bench": ("bench", "main"), "plan": ("plan", "main"),
-                     "doctor": ("doctor", "main"), "report": ("report", "main"),
-                     "evaluate": ("evaluate", "main"), "predict": ("inference", "predict_main"),
-                     "export": ("inference", "export_main")}
-
-
-def _guarded(entry, name):
-    def run(argv):
-        import tensorflow as tf
-
-        from hvd_alexnet.config import UsageError
-        from hvd_alexnet.data.reader import DataError
-        from hvd_alexnet.train import Diverged, Preempted
-        outcomes = [(UsageError, "error: ", EXIT_USAGE), (DataError, "data error: ", EXIT_DATA),
-                    (Preempted, "", EXIT_PREEMPTED), (Diverged, "error: ", EXIT_DIVERGED)]
-        try:
-            return entry(argv)
-        except (UsageError, DataError, Preempted, Diverged) as e:
-            prefix, code = next((p, c) for kind, p, c in outcomes if isinstance(e, kind))
-            print(f"hvd_alexnet {name}: {prefix}{e}", file=sys.stderr, flush=True)
-            return code
-        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-            first = e.message.strip().splitlines()[0] if e.message else type(e).__name__
-            print(f"hvd_alexnet {name}: data error while reading: {first}", file=sys.stderr,
-                  flush=True)
-            return EXIT_DATA
-        except tf.errors.OpError as e:  # most often a collective whose peer is gone
-            lines = [l.strip() for l in (e.message or "").splitlines()
-                     if l.strip() and not l.strip().startswith(("[[", "Detected at", "File "))]
-            first = lines[-1] if lines else type(e).__name__  # the cause is last
-            print(f"hvd_alexnet {name}: {type(e).__name__}: {first} (if another rank died, "
-                  f"the launcher's message names it)", file=sys.stderr, flush=True)
-            return 1
-    return run
+def _tensorflow_error(name, e):
+    import tensorflow as tf
+    if isinstance(e, (tf.errors.InvalidArgumentError, tf.errors.DataLossError)):
+        first = e.message.strip().splitlines()[0] if e.message else type(e).__name__
+        print(f"hvd_alexnet {name}: data error while reading: {first}", file=sys.stderr,
+              flush=True)
+        return errors.EXIT_DATA
+    if isinstance(e, tf.errors.OpError):  # most often a collective whose peer is gone
+        lines = [l.strip() for l in (e.message or "").splitlines()
+                 if l.strip() and not l.strip().startswith(("[[", "Detected at", "File "))]
+        first = lines[-1] if lines else type(e).__name__  # the cause is last
+        print(f"hvd_alexnet {name}: {type(e).__name__}: {first} (if another rank died, "
+              f"the launcher's message names it)", file=sys.stderr, flush=True)
+        return 1
+    raise e
 
 
 def main(argv=None):
@@ -83,24 +90,14 @@ def main(argv=None):
     name = " ".join(args[:2]) if args[:1] == ["data"] else " ".join(args[:1])
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
-        return 0 if args else EXIT_USAGE
-    if args[0] in ARGPARSE_COMMANDS:  # argparse, not absl
-        import importlib
-        module, function = ARGPARSE_COMMANDS[args[0]]
-        entry = getattr(importlib.import_module(f"hvd_alexnet.{module}"), function)
-        if args[0] in ("bench", "plan"):  # no TensorFlow in these processes
-            return entry(args[1:])
-        return _guarded(entry, args[0])(args[1:])
-    commands = _commands()
-    if name not in commands:
+        return 0 if args else errors.EXIT_USAGE
+    if args[0] == "data" and (len(args) == 1 or args[1] in ("-h", "--help")):
+        print(USAGE)  # the data subcommands are listed there
+        return 0 if len(args) > 1 else errors.EXIT_USAGE
+    if name not in COMMANDS:
         print(f"hvd_alexnet: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
-        return EXIT_USAGE
-    from absl import app, flags
-    entry, flag_module = commands[name]
-    flags.adopt_module_key_flags(flag_module)  # --help shows this command's flags
-    sys.modules["__main__"].__doc__ = flag_module.__doc__  # ... under its own usage text
-    rest = args[len(name.split()):]
-    app.run(_guarded(entry, name), argv=[f"python -m hvd_alexnet {name}"] + rest)
+        return errors.EXIT_USAGE
+    return run_command(name, args[len(name.split()):])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Flags of `python -m hvd_alexnet train`, their defaults, and their validation.
+"""Flags of `python -m hvd_alexnet train` (and of `doctor`, which checks a
+training run's flag file), their defaults, and their validation.
 
     python -m hvd_alexnet train --data_dir imagenet_tfrecord --model_dir runs/alexnet
     python -m hvd_alexnet train --flagfile my_run.flags     # one flag a line
@@ -12,89 +13,101 @@ import types
 
 from absl import flags
 
+from hvd_alexnet import command
+from hvd_alexnet.errors import UsageError
 from hvd_alexnet.model import MIN_IMAGE_SIZE
 
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("fp32", "mixed")
-
-# Data
-flags.DEFINE_string("data_dir", None, "Folder of train-*/validation-* TFRecord shards.")
-flags.DEFINE_bool("synthetic", False, "Random in-memory data, no files: the compute-only benchmark.")
-flags.DEFINE_integer("image_size", 227, f"Input height and width (at least {MIN_IMAGE_SIZE}).")
-flags.DEFINE_integer("num_classes", 1000, "Classes; taken from metadata.json when not given.")
-flags.DEFINE_bool("augment", True, "Distorted crop and flip for training (off: central crop).")
-flags.DEFINE_bool("flip", True, "Random left-right flips in training (off for digits, text).")
-flags.DEFINE_bool("shuffle", True, "Shuffle shards and records within each rank every epoch.")
-flags.DEFINE_bool("skip_corrupt", False,
-                  "Skip (and count) records that do not decode or have a bad label, "
-                  "instead of stopping with an error naming the record.")
-flags.DEFINE_float("crop_area_min", 0.05, "Smallest area fraction of the distorted crop.")
-# Optimisation
-flags.DEFINE_integer("batch_size", 32, "Images per rank per step (global batch = this x ranks).")
-flags.DEFINE_integer("accumulate_steps", 1,
-                     "Micro-batches of --batch_size per rank and step, their gradients summed "
-                     "locally and all-reduced once: amortises the all-reduce (global batch and "
-                     "learning rate grow K-fold, activation memory does not).")
-flags.DEFINE_integer("epochs", 90, "Training epochs.")
-flags.DEFINE_integer("max_steps", 0, "Stop after this many global steps (0: no limit).")
-flags.DEFINE_float("base_lr", 0.0025, "Learning rate per rank; the peak rate is this x ranks.")
-flags.DEFINE_float("warmup_epochs", 2.0, "Linear warm-up from ~0 to the peak rate.")
-flags.DEFINE_enum("lr_schedule", "step", SCHEDULES, "Decay after the warm-up.")
-flags.DEFINE_list("lr_decay_epochs", ["30", "60", "80"], "Epochs at which the step schedule decays.")
-flags.DEFINE_float("lr_decay_factor", 0.1, "Factor of each step decay.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay on the kernels (not the biases).")
-flags.DEFINE_float("dropout", 0.5, "Dropout rate of the two hidden FC layers.")
-flags.DEFINE_enum("precision", "fp32", PRECISIONS,
-                  "mixed: mixed_bfloat16 on CPU, mixed_float16 (with loss scaling) on GPU.")
-# Horovod
-flags.DEFINE_float("fusion_threshold_mb", None,
-                   "Horovod tensor-fusion buffer in MiB (default: $HOROVOD_FUSION_THRESHOLD, else "
-                   "Horovod's 128).")
-flags.DEFINE_float("cycle_time_ms", None,
-                   "Horovod cycle time in ms (default: $HOROVOD_CYCLE_TIME, else 10 on CPU "
-                   "hosts and Horovod's 1 on GPU hosts).")
-flags.DEFINE_bool("fp16_allreduce", False, "Compress gradients to float16 for the all-reduce.")
-flags.DEFINE_float("stall_timeout_sec", 1800,
-                   "A rank without progress for this long (stuck reading, or in a collective "
-                   "whose peer hangs) ends the job; 0: never. Keep it above a validation pass.")
-flags.DEFINE_bool("horovod_timeline", False,
-                  "Write Horovod's timeline of the run (every tensor's negotiation, fusion and "
-                  "all-reduce, per rank) to MODEL_DIR/horovod_timeline.json; open it in "
-                  "chrome://tracing or https://ui.perfetto.dev. Large on long runs: use it "
-                  "with --max_steps.")
-flags.DEFINE_integer("threads", 0, "CPU threads per rank (0: the host's cores / ranks on the host).")
-# Validation, logging, checkpoints
-flags.DEFINE_string("model_dir", None, "Where checkpoints and the DLLogger log go (required).")
-flags.DEFINE_integer("eval_every_epochs", 1, "Validate every N epochs (0: only at the end).")
-flags.DEFINE_bool("eval", True, "Validate at all.")
-flags.DEFINE_integer("eval_batch_size", 64, "Images per validation batch (rank 0).")
-flags.DEFINE_integer("log_every", 10, "Log loss, learning rate and images/sec every N steps.")
-flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in model_dir.")
-flags.DEFINE_integer("checkpoint_every_steps", 0,
-                     "Also checkpoint every N steps (0: at the end of each epoch only); what a "
-                     "crash can cost. SIGTERM / SIGINT always checkpoint first.")
-flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
-flags.DEFINE_bool("deterministic", False,
-                  "Deterministic ops and data order (slower; for reproducing runs exactly).")
-
-FLAGS = flags.FLAGS
+# A checkpoint holds the weights and SGD's momentum (one slot per weight), plus
+# TensorFlow's index and the write of the next one before the oldest is deleted.
+CHECKPOINT_FACTOR = 2.2
 
 
-class UsageError(ValueError):
-    """A flag or the environment is wrong; found before any heavy work."""
+def define(fv):
+    """Defines the training flags on `fv` and returns it."""
+    d = command.definers(fv)
+    # Data
+    d.string("data_dir", None, "Folder of train-*/validation-* TFRecord shards.")
+    d.bool("synthetic", False, "Random in-memory data, no files: the compute-only benchmark.")
+    d.integer("image_size", 227, f"Input height and width (at least {MIN_IMAGE_SIZE}).")
+    d.integer("num_classes", None, "Classes (default: metadata.json's, else 1000).")
+    d.bool("augment", True, "Distorted crop and flip for training (off: central crop).")
+    d.bool("flip", True, "Random left-right flips in training (off for digits, text).")
+    d.bool("shuffle", True, "Shuffle shards and records within each rank every epoch.")
+    d.bool("skip_corrupt", False,
+           "Skip (and count) records that do not decode or have a bad label, "
+           "instead of stopping with an error naming the record.")
+    d.float("crop_area_min", 0.05, "Smallest area fraction of the distorted crop.")
+    # Optimisation
+    d.integer("batch_size", 32, "Images per rank per step (global batch = this x ranks).")
+    d.integer("accumulate_steps", 1,
+              "Micro-batches of --batch_size per rank and step, their gradients summed "
+              "locally and all-reduced once: amortises the all-reduce (global batch and "
+              "learning rate grow K-fold, activation memory does not).")
+    d.integer("epochs", 90, "Training epochs.")
+    d.integer("max_steps", 0, "Stop after this many global steps (0: no limit).")
+    d.float("base_lr", 0.0025, "Learning rate per rank; the peak rate is this x ranks.")
+    d.float("warmup_epochs", 2.0, "Linear warm-up from ~0 to the peak rate.")
+    d.enum("lr_schedule", "step", SCHEDULES, "Decay after the warm-up.")
+    d.list("lr_decay_epochs", ["30", "60", "80"], "Epochs at which the step schedule decays.")
+    d.float("lr_decay_factor", 0.1, "Factor of each step decay.")
+    d.float("momentum", 0.9, "SGD momentum.")
+    d.float("weight_decay", 1e-4, "L2 weight decay on the kernels (not the biases).")
+    d.float("dropout", 0.5, "Dropout rate of the two hidden FC layers.")
+    d.enum("precision", "fp32", PRECISIONS,
+           "mixed: mixed_bfloat16 on CPU, mixed_float16 (with loss scaling) on GPU.")
+    # Horovod
+    d.float("fusion_threshold_mb", None,
+            "Horovod tensor-fusion buffer in MiB (default: $HOROVOD_FUSION_THRESHOLD, else "
+            "Horovod's 128).")
+    d.float("cycle_time_ms", None,
+            "Horovod cycle time in ms (default: $HOROVOD_CYCLE_TIME, else 10 on CPU "
+            "hosts and Horovod's 1 on GPU hosts).")
+    d.bool("fp16_allreduce", False, "Compress gradients to float16 for the all-reduce.")
+    d.float("stall_timeout_sec", 1800,
+            "A rank without progress for this long (stuck reading, or in a collective "
+            "whose peer hangs) ends the job; 0: never. Keep it above a validation pass.")
+    d.bool("horovod_timeline", False,
+           "Write Horovod's timeline of the run (every tensor's negotiation, fusion and "
+           "all-reduce, per rank) to MODEL_DIR/horovod_timeline.json; open it in "
+           "chrome://tracing or https://ui.perfetto.dev. Large on long runs: use it "
+           "with --max_steps.")
+    d.integer("threads", 0, "CPU threads per rank (0: the host's cores / ranks on the host).")
+    # Validation, logging, checkpoints
+    d.string("model_dir", None, "Where checkpoints and the DLLogger log go (required).")
+    d.integer("eval_every_epochs", 1, "Validate every N epochs (0: only at the end).")
+    d.bool("eval", True, "Validate at all.")
+    d.integer("eval_batch_size", 64, "Images per validation batch (rank 0).")
+    d.integer("log_every", 10, "Log loss, learning rate and images/sec every N steps.")
+    d.integer("keep_checkpoints", 3, "Checkpoints kept in model_dir.")
+    d.integer("checkpoint_every_steps", 0,
+              "Also checkpoint every N steps (0: at the end of each epoch only); what a "
+              "crash can cost. SIGTERM / SIGINT always checkpoint first.")
+    d.integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
+    d.bool("deterministic", False,
+           "Deterministic ops and data order (slower; for reproducing runs exactly).")
+    return fv
 
 
-def train_flag_names():
-    return [f.name for f in FLAGS.get_flags_for_module(__name__)]
+FLAGS = define(flags.FlagValues())
 
 
-def from_flags():
+def values(fv=FLAGS):
+    """The flags as a namespace, not validated (doctor reports problems itself)."""
+    return types.SimpleNamespace(**{name: fv[name].value for name in fv})
+
+
+def from_flags(fv=FLAGS):
     """The train flags as a namespace, after validation (raises UsageError)."""
-    cfg = types.SimpleNamespace(**{name: FLAGS[name].value for name in train_flag_names()})
-    cfg.num_classes_given = FLAGS["num_classes"].present
+    cfg = values(fv)
     validate(cfg)
     return cfg
+
+
+def checkpoint_bytes(parameters):
+    """Disk that one more checkpoint of a model of `parameters` float32 values needs."""
+    return int(CHECKPOINT_FACTOR * parameters * 4)
 
 
 def validate(cfg):
@@ -115,7 +128,7 @@ def validate(cfg):
                  "stall_timeout_sec", "checkpoint_every_steps"):
         if getattr(cfg, name) < 0:
             problems.append(f"--{name} {getattr(cfg, name)}: must not be negative")
-    if cfg.num_classes < 2:
+    if cfg.num_classes is not None and cfg.num_classes < 2:
         problems.append(f"--num_classes {cfg.num_classes}: must be at least 2")
     if not 0 <= cfg.dropout < 1:
         problems.append(f"--dropout {cfg.dropout}: must be in [0, 1)")

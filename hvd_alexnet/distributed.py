@@ -11,27 +11,29 @@ import time
 
 import tensorflow as tf
 
+from hvd_alexnet.errors import UsageError
+from hvd_alexnet.watchdog import Watchdog
+
 
 def heartbeat_seconds():
     """How often rank 0 answers the waiting ranks during solo work: well inside
-    Horovod's stall warning ($HOROVOD_STALL_CHECK_TIME_SECONDS, 60 by default).
-    $HVD_ALEXNET_HEARTBEAT_SECONDS overrides it (the tests use it to show the
-    warning that the heartbeat prevents)."""
-    if os.environ.get("HVD_ALEXNET_HEARTBEAT_SECONDS"):
-        return float(os.environ["HVD_ALEXNET_HEARTBEAT_SECONDS"])
+    Horovod's stall warning ($HOROVOD_STALL_CHECK_TIME_SECONDS, 60 by default)."""
     return min(5.0, float(os.environ.get("HOROVOD_STALL_CHECK_TIME_SECONDS", 60)) / 4)
 
 
 class Dist:
     """This process's place in the job, and the collectives the trainer uses."""
 
-    def __init__(self, hvd, compression):
-        self.hvd, self.watchdog = hvd, None
+    def __init__(self, hvd, compression, stall_timeout=0, heartbeat=None):
+        self.hvd = hvd
         self.rank, self.size = hvd.rank(), hvd.size()
         self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
         self.compression = compression
         self.is_root = self.rank == 0
         self.hosts = []  # every rank's host name, by rank (filled by init)
+        self.heartbeat = heartbeat or heartbeat_seconds()
+        # This rank's deadline on progress (see watchdog.py); started by the trainer.
+        self.watchdog = Watchdog(self.rank, stall_timeout)
 
     # --- gradients and state -------------------------------------------------
     def gradient_tape(self, tape):
@@ -75,14 +77,13 @@ class Dist:
     # broadcasts that rank 0 answers every few seconds while it works.
     def solo_tick(self, force=False):
         """Rank 0, during solo work: keeps the waiting ranks' collectives moving."""
-        if self.size > 1 and (force or time.monotonic() - self._last_beat > self._beat):
+        if self.size > 1 and (force or time.monotonic() - self._last_beat > self.heartbeat):
             self.broadcast_int(0, "hvd_alexnet.solo")
             self._last_beat = time.monotonic()
-        if self.watchdog:
-            self.watchdog.beat("validating or checkpointing on rank 0")
+        self.watchdog.beat("validating or checkpointing on rank 0")
 
     def solo_begin(self):
-        self._last_beat, self._beat = time.monotonic(), heartbeat_seconds()
+        self._last_beat = time.monotonic()
 
     def solo_end(self):
         if self.is_root and self.size > 1:
@@ -91,8 +92,7 @@ class Dist:
     def wait_for_root(self):
         """Ranks other than 0: wait until rank 0 calls solo_end()."""
         while self.broadcast_int(0, "hvd_alexnet.solo") == 0:
-            if self.watchdog:
-                self.watchdog.beat("waiting for rank 0 to validate and checkpoint")
+            self.watchdog.beat("waiting for rank 0 to validate and checkpoint")
 
 
 def weights_digest(variables):
@@ -135,7 +135,6 @@ def check_pmi(launched=None, env=None):
     launched = launcher_ranks(env) if launched is None else launched
     if launched and launched[0] == "srun" and launched[3] > 1 and not (
             "PMIX_RANK" in env or "PMI_RANK" in env):
-        from hvd_alexnet.config import UsageError
         raise UsageError(f"srun started {launched[3]} tasks without a PMI plugin, so they "
                          f"cannot join one Horovod job: run srun --mpi=pmix (`srun --mpi=list` "
                          f"shows the plugins your Slurm has)")
@@ -153,7 +152,6 @@ def check_launch(hvd_rank, hvd_size, launched=None):
         hint = ("srun needs --mpi=pmix (or the PMI plugin your MPI was built for; "
                 "`srun --mpi=list` shows them)" if name == "srun" else
                 "the MPI that launched the job must be the one Horovod was built against")
-        from hvd_alexnet.config import UsageError
         raise UsageError(f"{name} started this process as rank {rank} of {size}, but Horovod "
                          f"sees rank {hvd_rank} of {hvd_size}: {hint}")
 
@@ -184,11 +182,13 @@ CPU_CYCLE_TIME_MS = 10
 
 
 def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, threads=0,
-         timeline=None):
+         timeline=None, stall_timeout=0, heartbeat=None):
     """hvd.init(), then pin a GPU by local rank (memory growth on) or divide the CPU.
 
     Must run before TensorFlow executes anything: thread counts and visible
-    devices cannot change afterwards. Returns (Dist, threads per rank).
+    devices cannot change afterwards. `stall_timeout`: the rank's deadline on
+    progress (0: none); `heartbeat`: seconds between rank 0's answers to the
+    waiting ranks (default: heartbeat_seconds()). Returns (Dist, threads per rank).
     """
     # Flags win over Horovod's environment variables; both are read at init.
     if fusion_threshold_mb is not None:
@@ -218,10 +218,26 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
-    dist = Dist(hvd, compression)
+    dist = Dist(hvd, compression, stall_timeout, heartbeat)
     dist.hosts = dist.allgather_object(socket.gethostname(), "hvd_alexnet.hosts")  # HVD
     return dist, threads
 
 
 def has_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+class Local:
+    """One process and no Horovod: Dist's collectives for a job of one rank, so
+    that the step function runs in a unit test without launching ranks."""
+
+    rank, size, is_root = 0, 1, True
+
+    def gradient_tape(self, tape):
+        return tape
+
+    def average(self, tensors):
+        return list(tensors)
+
+    def any_rank(self, flag):
+        return tf.cast(flag, tf.bool)

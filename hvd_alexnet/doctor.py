@@ -13,31 +13,24 @@ The reports are gathered with mpi4py when MPI started the ranks (mpirun, srun),
 else (horovodrun --gloo) with Horovod's own all-gather.
 """
 
-import argparse
 import os
 import shutil
 import socket
 
 import tensorflow as tf
+from absl import flags
 
-from hvd_alexnet import config, distributed
-from hvd_alexnet.data import reader, schema
+from hvd_alexnet import command, config, distributed
+from hvd_alexnet.data import prepare, reader, schema
+from hvd_alexnet.errors import DataError, UsageError
 
 
-def parser():
-    p = argparse.ArgumentParser(
-        prog="python -m hvd_alexnet doctor",
-        description="Preflight of a training job: launch it exactly as you will launch "
-                    "train (horovodrun / mpirun / srun, same hosts, same flags below). Prints "
-                    "one row per rank and the job's checks; exits 2 if anything would stop "
-                    "or slow the run.")
-    p.add_argument("--data_dir", required=True, help="the training data (train-*, validation-*)")
-    p.add_argument("--model_dir", required=True, help="where the run will write checkpoints")
-    p.add_argument("--batch_size", type=int, default=32, help="per rank, as for train")
-    p.add_argument("--image_size", type=int, default=227, help="as for train (checkpoint size)")
-    p.add_argument("--num_classes", type=int, default=1000, help="as for train (checkpoint size)")
-    p.add_argument("--threads", type=int, default=0, help="as for train")
-    return p
+FLAGS = config.define(flags.FlagValues())  # train's own flags: the same flag file works
+USAGE = """Preflight of a training job: launch it exactly as you will launch train
+(horovodrun / mpirun / srun, same hosts, same flags or --flagfile). Prints one
+row per rank and the job's checks; exits 2 if anything would stop or slow the
+run. It reads --data_dir, --model_dir, --batch_size, --accumulate_steps,
+--image_size, --num_classes and --threads; the other training flags are accepted."""
 
 
 def rank_report(args, rank, size, local_rank, local_size):
@@ -51,14 +44,14 @@ def rank_report(args, rank, size, local_rank, local_size):
     try:
         files = schema.list_shards(args.data_dir, schema.TRAIN)
         if not files:
-            raise reader.DataError(f"{args.data_dir}: no training shards (train-*) on this host")
+            raise DataError(f"{args.data_dir}: no training shards (train-*) on this host")
         mine = reader.rank_shards(files, rank, size)
         row["shards"] = len(mine)
         row["examples"] = sum(reader.check_framing(f) for f in mine)
         for record in tf.data.TFRecordDataset(mine[:1]).take(1):  # one record decodes
             jpeg, label, _ = schema.parse(record)
             tf.io.decode_jpeg(jpeg)
-    except (reader.DataError, tf.errors.OpError, OSError) as e:
+    except (DataError, tf.errors.OpError, OSError) as e:
         row["problem"] = str(getattr(e, "message", "") or e).splitlines()[0]
     return row
 
@@ -72,12 +65,13 @@ def job_checks(args, rows, hvd_built):
                    "" if shards >= size else "every rank needs at least one shard"))
     val = len(schema.list_shards(args.data_dir, schema.VALIDATION))
     checks.append((f"{val} validation shards", "" if val else "none: add them or train --noeval"))
-    fewest = min(r["examples"] for r in rows)
-    checks.append((f"smallest rank's share: {fewest} examples, batch {args.batch_size}",
-                   "" if fewest >= args.batch_size else "less than one batch"))
+    fewest, batch = min(r["examples"] for r in rows), args.batch_size * args.accumulate_steps
+    checks.append((f"smallest rank's share: {fewest} examples, batch {batch}",
+                   "" if fewest >= batch else "less than one batch"))
     from hvd_alexnet.model import build_alexnet
-    state = build_alexnet(args.image_size, args.num_classes).count_params() * 4
-    need = int(2.2 * state)
+    num_classes = args.num_classes or (schema.read_metadata(args.data_dir) or {}).get(
+        "num_classes", prepare.DEFAULT_NUM_CLASSES)
+    need = config.checkpoint_bytes(build_alexnet(args.image_size, num_classes).count_params())
     problem = "".join(config.check_model_dir(args.model_dir))
     if not problem:
         free = shutil.disk_usage(args.model_dir).free
@@ -114,7 +108,8 @@ def table(rows):
 
 
 def main(argv):
-    args = parser().parse_args(argv)
+    command.parse(FLAGS, argv, "doctor", USAGE, required=("data_dir", "model_dir"))
+    args = config.values(FLAGS)
     launched = distributed.launcher_ranks()
     via_mpi = launched is not None and launched[0] != "horovodrun"
     dist, _ = distributed.init(threads=args.threads)  # HVD: as training starts
@@ -123,7 +118,7 @@ def main(argv):
         from mpi4py import MPI
         rows = MPI.COMM_WORLD.gather(row, root=0)
         if MPI.COMM_WORLD.size != dist.size:
-            raise config.UsageError(f"MPI sees {MPI.COMM_WORLD.size} ranks, Horovod {dist.size}")
+            raise UsageError(f"MPI sees {MPI.COMM_WORLD.size} ranks, Horovod {dist.size}")
     else:
         rows = dist.allgather_object(row, "hvd_alexnet.doctor")  # HVD
     joined = dist.sum(1, "hvd_alexnet.doctor.joined")  # HVD: an all-reduce every rank joins
@@ -144,7 +139,7 @@ def main(argv):
         problems += [f"{what}: {problem}" for what, problem in checks if problem]
     problems = dist.allgather_object(problems, "hvd_alexnet.doctor.verdict")[0]  # HVD
     if problems:  # every rank exits 2; rank 0 says why
-        raise config.UsageError(f"{len(problems)} problem(s): " + "; ".join(problems)
+        raise UsageError(f"{len(problems)} problem(s): " + "; ".join(problems)
                                 if dist.is_root else f"{len(problems)} problem(s), see rank 0")
     if dist.is_root:
         print("\nhvd_alexnet doctor: ready to train")

@@ -11,38 +11,37 @@ in its shards before reading them, and the job fails if the examples
 evaluated differ from the records on disk: none missed, none counted twice.
 """
 
-import argparse
+from absl import flags
 
-from hvd_alexnet import distributed, inference
+from hvd_alexnet import command, distributed, inference
 from hvd_alexnet.data import reader, schema
+from hvd_alexnet.errors import DataError
 from hvd_alexnet.progress import Ticker
 
 
-def parser():
-    p = argparse.ArgumentParser(
-        prog="python -m hvd_alexnet evaluate",
-        description="Top-1 / top-5 accuracy of a training run's newest checkpoint (or "
-                    "--checkpoint) on the validation shards of --data_dir. Several ranks "
-                    "(horovodrun -np N / mpirun -np N) split the shards and sum exact counts.")
-    p.add_argument("--data_dir", required=True, help="folder of validation-* TFRecord shards")
-    p.add_argument("--model_dir", required=True, help="the --model_dir of a training run")
-    p.add_argument("--checkpoint", help="a checkpoint prefix (default: the run's newest)")
-    p.add_argument("--split", default=schema.VALIDATION, choices=[schema.VALIDATION, schema.TRAIN],
-                   help="which shards to evaluate on (default: validation)")
-    p.add_argument("--batch_size", type=int, default=64, help="images per batch and rank")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads per rank (0: the host's cores / ranks on the host)")
-    return p
+FLAGS = flags.FlagValues()
+d = command.definers(FLAGS)
+d.string("data_dir", None, "Folder of validation-* TFRecord shards.")
+d.string("model_dir", None, "The --model_dir of a training run.")
+d.string("checkpoint", None, "A checkpoint prefix (default: the run's newest).")
+d.enum("split", schema.VALIDATION, [schema.VALIDATION, schema.TRAIN],
+       "Which shards to evaluate on.")
+d.integer("batch_size", 64, "Images per batch and rank.")
+d.integer("threads", 0, "CPU threads per rank (0: the host's cores / ranks on the host).")
+USAGE = """Top-1 / top-5 accuracy of a training run's newest checkpoint (or --checkpoint)
+on the validation shards of --data_dir. Several ranks (horovodrun -np N /
+mpirun -np N) split the shards and sum exact counts."""
 
 
 def main(argv):
-    args = parser().parse_args(argv)
+    command.parse(FLAGS, argv, "evaluate", USAGE, required=("data_dir", "model_dir"))
+    args = FLAGS
     # Before Horovod starts: a bad run directory is reported once, not once per rank.
     desc = inference.read_description(args.model_dir)
     path = inference.checkpoint_path(args.model_dir, args.checkpoint)
     files = schema.list_shards(args.data_dir, args.split)
     if not files:
-        raise reader.DataError(f"{args.data_dir}: no {args.split} shards ({args.split}-*)")
+        raise DataError(f"{args.data_dir}: no {args.split} shards ({args.split}-*)")
     dist, threads = distributed.init(threads=args.threads)  # HVD
     say = print if dist.is_root else (lambda *a, **k: None)
     mine = files[dist.rank::dist.size]  # a rank beyond the shard count reads nothing
@@ -58,7 +57,7 @@ def main(argv):
     c1, c5 = dist.sum(c1, "hvd_alexnet.eval.top1"), dist.sum(c5, "hvd_alexnet.eval.top5")  # HVD
     n, on_disk = dist.sum(n, "hvd_alexnet.eval.n"), dist.sum(on_disk, "hvd_alexnet.eval.disk")
     if n != on_disk:
-        raise reader.DataError(f"evaluated {n} examples but the {args.split} shards hold "
+        raise DataError(f"evaluated {n} examples but the {args.split} shards hold "
                                f"{on_disk} records")
     say(f"evaluated {path} on {n} {args.split} examples in {len(files)} shards, "
         f"{dist.size} rank(s)")

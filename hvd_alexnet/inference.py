@@ -5,21 +5,20 @@ predictions for JPEG files, and a SavedModel that takes JPEG bytes.
     python -m hvd_alexnet export runs/demo-... exported/     # then tf.saved_model.load
 """
 
-import argparse
 import json
 import os
 
 import numpy as np
 import tensorflow as tf
+from absl import flags
 
-from hvd_alexnet import metrics_log
-from hvd_alexnet.config import UsageError
+from hvd_alexnet import command, metrics_log
+from hvd_alexnet.checkpoint import SUBDIR as CHECKPOINT_SUBDIR
 from hvd_alexnet.data import preprocess, schema
-from hvd_alexnet.data.reader import DataError
+from hvd_alexnet.errors import DataError, UsageError
 from hvd_alexnet.model import build_alexnet
 
 MODEL_FILE = "model.json"  # written by the trainer beside its checkpoints
-CHECKPOINT_SUBDIR = "checkpoints"
 PREDICT_BATCH = 64
 
 
@@ -156,20 +155,23 @@ def export(model, desc, out_dir):
     return out_dir
 
 
+PREDICT = flags.FlagValues()
+command.definers(PREDICT).string("checkpoint", None, "A checkpoint prefix, e.g. "
+                                 "MODEL_DIR/checkpoints/ckpt-40 (default: the newest).")
+command.definers(PREDICT).integer("top", 5, "Classes shown per image.")
+EXPORT = flags.FlagValues()
+command.definers(EXPORT).string("checkpoint", None, "A checkpoint prefix (default: the newest).")
+
+
 def predict_main(argv):
-    p = argparse.ArgumentParser(
-        prog="python -m hvd_alexnet predict",
-        description="Top-5 classes, by name, of JPEG files, from a training run's newest "
-                    "checkpoint (or --checkpoint). Images are cropped and resized as in "
-                    "validation. Example: python -m hvd_alexnet predict runs/demo-... a.jpg b.jpg")
-    p.add_argument("model_dir", help="the --model_dir of a training run")
-    p.add_argument("images", nargs="+", help="JPEG files")
-    p.add_argument("--checkpoint", help="a checkpoint prefix, e.g. MODEL_DIR/checkpoints/ckpt-40")
-    p.add_argument("--top", type=int, default=5, help="classes shown per image (default 5)")
-    args = p.parse_args(argv)
-    model, desc, path = load(args.model_dir, args.checkpoint)
+    """Top-5 classes, by name, of JPEG files, from a training run's newest
+    checkpoint (or --checkpoint). Images are cropped and resized as in
+    validation. Example: python -m hvd_alexnet predict runs/demo-... a.jpg b.jpg"""
+    model_dir, *images = command.parse(PREDICT, argv, "predict", predict_main.__doc__,
+                                       positional=("MODEL_DIR", "IMAGE..."))
+    model, desc, path = load(model_dir, PREDICT.checkpoint)
     print(f"checkpoint: {path}")
-    for image, best in predict_files(model, desc, args.images, args.top):
+    for image, best in predict_files(model, desc, images, PREDICT.top):
         print(image)
         for rank, (name, prob) in enumerate(best, 1):
             print(f"  {rank}. {name:<30} {prob:.4f}")
@@ -177,19 +179,15 @@ def predict_main(argv):
 
 
 def export_main(argv):
-    p = argparse.ArgumentParser(
-        prog="python -m hvd_alexnet export",
-        description="Writes a SavedModel whose serving signature takes a batch of JPEG bytes "
-                    "(tf.string, shape [None]) and returns `probabilities`, `top5_classes` and "
-                    "`top5_probabilities`; the crop and resize are inside. Serve it with "
-                    "TensorFlow Serving or load it with tf.saved_model.load(OUT_DIR)"
-                    ".signatures['serving_default'](jpeg_bytes=...).")
-    p.add_argument("model_dir", help="the --model_dir of a training run")
-    p.add_argument("out_dir", help="a new directory for the SavedModel")
-    p.add_argument("--checkpoint", help="a checkpoint prefix (default: the newest)")
-    args = p.parse_args(argv)
-    model, desc, path = load(args.model_dir, args.checkpoint)
-    export(model, desc, args.out_dir)
-    print(f"exported {path} to {args.out_dir} (serving_default: jpeg_bytes -> probabilities, "
+    """Writes a SavedModel whose serving signature takes a batch of JPEG bytes
+    (tf.string, shape [None]) and returns `probabilities`, `top5_classes` and
+    `top5_probabilities`; the crop and resize are inside. Serve it with
+    TensorFlow Serving or load it with
+    tf.saved_model.load(OUT_DIR).signatures['serving_default'](jpeg_bytes=...)."""
+    model_dir, out_dir = command.parse(EXPORT, argv, "export", export_main.__doc__,
+                                       positional=("MODEL_DIR", "OUT_DIR"))
+    model, desc, path = load(model_dir, EXPORT.checkpoint)
+    export(model, desc, out_dir)
+    print(f"exported {path} to {out_dir} (serving_default: jpeg_bytes -> probabilities, "
           f"top5_classes, top5_probabilities)")
     return 0

@@ -1,9 +1,9 @@
 """Metrics in DLLogger's format, written by rank 0 only.
 
 File: JSON stream, one `DLLL {...}` line per record. Stdout: DLLogger's
-StdOutBackend style, `DLL <datetime> - <step> key : value ...`.
-Uses NVIDIA's `dllogger` when it is importable (it is published only as a git
-repository); otherwise this module writes the same format itself.
+StdOutBackend style, `DLL <datetime> - <step> key : value ...`. This module
+writes the format itself (NVIDIA's `dllogger` is published only as a git
+repository), so tools that read DLLogger's files read these.
 """
 
 import datetime
@@ -12,11 +12,6 @@ import sys
 import time
 
 LOG_FILE = "dllogger.json"  # in the run's --model_dir
-
-try:
-    import dllogger  # optional: pip install git+https://github.com/NVIDIA/dllogger
-except ImportError:
-    dllogger = None
 
 
 def _record(kind, start, **fields):
@@ -37,29 +32,19 @@ class MetricsLog:
         self.file = None
         if not enabled:
             return
-        if dllogger is not None:
-            dllogger.init(backends=[
-                dllogger.JSONStreamBackend(dllogger.Verbosity.VERBOSE, path, append=True),
-                dllogger.StdOutBackend(dllogger.Verbosity.DEFAULT)])
-        else:
-            self.file = open(path, "a", buffering=1)
-            if self.file.tell() and not _ends_with_newline(path):
-                self.file.write("\n")  # a job killed mid-line: start this run's lines clean
+        self.file = open(path, "a", buffering=1)
+        if self.file.tell() and not _ends_with_newline(path):
+            self.file.write("\n")  # a job killed mid-line: start this run's lines clean
 
     def metadata(self, metric, meta):
         if not self.enabled:
             return
-        if dllogger is not None:
-            return dllogger.metadata(metric, meta)
         self._write(_record("METADATA", self.start, metric=metric, metadata=meta))
 
     def log(self, step, data, echo=True):
         """echo=False: the file only (the trainer prints its own progress line)."""
         if not self.enabled:
             return
-        if dllogger is not None:
-            dllogger.log(step=step, data=data)
-            return dllogger.flush()
         self._write(_record("LOG", self.start, step=step, data=data))
         if self.stdout and echo:
             shown = step if isinstance(step, str) else tuple(step)
@@ -93,3 +78,10 @@ def read(path):
                 except json.JSONDecodeError:
                     continue
     return records
+
+
+def step_records(records, length=2):
+    """The LOG records whose step is a list of `length` items: [epoch, step] for
+    training steps (2), [epoch] for validations (1), [] for the summary (0)."""
+    return [r for r in records
+            if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == length]

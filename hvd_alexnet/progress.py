@@ -1,13 +1,19 @@
 """What rank 0 shows while it works: one concise line every --log_every steps
 (the DLLogger file keeps every field), progress during a validation pass, and
-TensorBoard scalars in MODEL_DIR/tensorboard (`tensorboard --logdir MODEL_DIR`)."""
+TensorBoard scalars in MODEL_DIR/tensorboard (`tensorboard --logdir MODEL_DIR`).
+`Reporter` sends each event to all three; on other ranks it does nothing."""
 
 import math
+import os
 import time
 
 import tensorflow as tf
 
+from hvd_alexnet.metrics_log import LOG_FILE, MetricsLog
+
 TENSORBOARD_SUBDIR = "tensorboard"
+METRICS = (("loss", None), ("learning_rate", None), ("images_per_sec", "images/s"),
+           ("top1", None), ("top5", None))
 
 
 def clock(seconds):
@@ -75,3 +81,61 @@ class TensorBoard:
     def close(self):
         if self.writer is not None:
             self.writer.close()
+
+
+class Throughput:
+    """Images/sec over training steps only (no validation, no checkpoint), from the
+    end of the run's first step, which includes tracing and graph building."""
+
+    def __init__(self):
+        self.seconds, self.images, self.started = 0.0, 0, None
+
+    def start(self):
+        self.started = time.perf_counter()
+
+    def stop(self, images):
+        if self.started is not None:
+            self.seconds += time.perf_counter() - self.started
+            self.images += images
+        self.started = None
+
+    @property
+    def rate(self):
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+class Reporter:
+    """The run's events, each to the DLLogger file (MODEL_DIR/dllogger.json), the
+    console and TensorBoard as it suits them. Rank 0 only: elsewhere a no-op."""
+
+    def __init__(self, model_dir, enabled, say, total_steps, steps_per_epoch, global_batch):
+        self.say = say
+        self.metrics = MetricsLog(os.path.join(model_dir, LOG_FILE), enabled=enabled)
+        self.board = TensorBoard(os.path.join(model_dir, TENSORBOARD_SUBDIR), enabled=enabled)
+        self.progress = Progress(total_steps, steps_per_epoch, global_batch)
+
+    def parameters(self, values):
+        self.metrics.log("PARAMETER", values)
+        for name, unit in METRICS:
+            self.metrics.metadata(name, {"unit": unit} if unit else {})
+
+    def train(self, epoch, step, values):
+        """Every --log_every steps: loss, learning_rate, images_per_sec."""
+        self.metrics.log([epoch, step], values, echo=False)
+        self.board.scalars("train", step, values)
+        self.say(self.progress.line(step, values["loss"], values["learning_rate"],
+                                    values["images_per_sec"]))
+
+    def validation(self, epoch, step, result, k):
+        self.metrics.log([epoch], result)
+        self.board.scalars("validation", step, {"top1": result["top1"], "top5": result["top5"]})
+        self.say(f"Accuracy @ 1 = {result['top1']:.4f} Accuracy @ {k} = {result['top5']:.4f} "
+                 f"[{result['validation_examples']} examples]")
+
+    def log(self, step, values):
+        self.metrics.log(step, values)
+
+    def close(self, summary):
+        self.metrics.log([], summary)
+        self.metrics.close()
+        self.board.close()

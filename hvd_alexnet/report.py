@@ -10,7 +10,6 @@ A run that was resumed has several PARAMETER records; the last one is shown,
 and a step logged twice (repeated after a restart) is plotted once, its last value.
 """
 
-import argparse
 import os
 
 import matplotlib
@@ -18,8 +17,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hvd_alexnet import metrics_log  # noqa: E402
-from hvd_alexnet.config import UsageError  # noqa: E402
+from absl import flags  # noqa: E402
+
+from hvd_alexnet import command, metrics_log  # noqa: E402
+from hvd_alexnet.errors import UsageError  # noqa: E402
 
 COLORS = ("#1f77b4", "#ff7f0e")  # first and second curve of each plot
 SHOWN_PARAMETERS = ("data_dir", "ranks", "hosts", "global_batch", "batch_size",
@@ -127,15 +128,15 @@ def write(model_dir, out_dir=None):
     return paths + [md]
 
 
+FLAGS = flags.FlagValues()
+command.definers(FLAGS).string("out_dir", None, "Where to write (default: MODEL_DIR/report).")
+
+
 def main(argv):
-    p = argparse.ArgumentParser(
-        prog="python -m hvd_alexnet report",
-        description="Plots (PNG) and a Markdown summary of a training run, from its "
-                    "dllogger.json: loss and learning rate against step, top-1/top-5 against "
-                    "epoch, images/s against step. Works on a run still in progress.")
-    p.add_argument("model_dir", help="the --model_dir of a training run")
-    p.add_argument("--out_dir", help="where to write (default: MODEL_DIR/report)")
-    args = p.parse_args(argv)
-    for path in write(args.model_dir, args.out_dir):
+    """Plots (PNG) and a Markdown summary of a training run, from its
+    dllogger.json: loss and learning rate against step, top-1/top-5 against
+    epoch, images/s against step. Works on a run still in progress."""
+    (model_dir,) = command.parse(FLAGS, argv, "report", main.__doc__, positional=("MODEL_DIR",))
+    for path in write(model_dir, FLAGS.out_dir):
         print(path)
     return 0

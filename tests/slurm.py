@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from conftest import free_port
+from helpers import free_port
 
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 

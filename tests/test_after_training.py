@@ -14,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import BIN, ROOT, SMALL, build_dataset, free_port, launch, step_records
+from helpers import BIN, ROOT, SMALL, build_dataset, free_port, launch, step_records
 from hvd_alexnet import metrics_log
 
 EPOCHS, STEPS_PER_EPOCH = 3, 10  # 2 ranks x batch 4 over 80 training images

@@ -7,7 +7,7 @@ import sys
 
 import tensorflow as tf
 
-from conftest import ROOT
+from helpers import ROOT
 from hvd_alexnet.data import photos
 
 

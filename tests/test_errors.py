@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import SMALL, launch
+from helpers import SMALL, launch
 
 
 def test_missing_data_dir(tmp_path):

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from conftest import SMALL, checkpoints, final_weights, finish, output, start, step_records
+from helpers import SMALL, checkpoints, final_weights, finish, output, start, step_records
 from hvd_alexnet import metrics_log
-from hvd_alexnet.chaos import rank_pids
+from hvd_alexnet.tools.chaos import rank_pids
 
 
 def wait_for_step(model_dir, step, proc, timeout=120):
@@ -101,11 +101,11 @@ def test_sigint_to_the_ranks_under_mpirun(tiny_data, tmp_path):
 
 
 def test_a_stalled_rank_ends_the_job_after_the_deadline(tiny_data, tmp_path):
-    """Rank 1 hangs after step 3 (test switch): rank 0 waits in the all-reduce.
+    """Rank 1 hangs after step 3 (injected): rank 0 waits in the all-reduce.
     With a 10 s deadline the job ends, naming the rank and what it was doing."""
     proc = start(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", *LONG,
                   "--stall_timeout_sec=10"], np=2, launcher="gloo",
-                 env={"HVD_ALEXNET_TEST_STALL": "1:3"})
+                 faults=["stall=1:3"])
     res = finish(proc, timeout=150)
     assert res.returncode != 0
     assert "rank 1: no progress for" in res.stdout and "reading the next batch" in res.stdout, \

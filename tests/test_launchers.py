@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import slurm
-from conftest import ROOT, SMALL, checkpoints, require
+from helpers import ROOT, SMALL, checkpoints, require
 from hvd_alexnet import config, distributed
 
 # --- the launcher's ranks against Horovod's ----------------------------------------

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SMALL, require
+from helpers import ROOT, SMALL, require
 import netns
 
 STEPS = 3

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import SMALL, build_dataset, checkpoints, final_weights, launch, step_records
+from helpers import SMALL, build_dataset, checkpoints, final_weights, launch, step_records
 from hvd_alexnet import metrics_log
 
 # Deterministic, no dropout, no augmentation, no shuffle, constant rate: the
@@ -139,11 +139,10 @@ def test_waiting_ranks_do_not_trip_the_stall_check(tiny_data, tmp_path, heartbea
     for i in range(2):
         os.symlink(os.path.join(tiny_data, val), data / f"validation-0000{i}-of-00002")
     env = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "1", "HOROVOD_CACHE_CAPACITY": "0"}
-    if not heartbeat:
-        env["HVD_ALEXNET_HEARTBEAT_SECONDS"] = "1000"
     res = launch(["train", f"--data_dir={data}", f"--model_dir={tmp_path}/run", *SMALL,
                   "--image_size=320", "--eval_batch_size=1", "--max_steps=2",
-                  "--num_classes=10"], np=2, launcher="mpi", env=env, timeout=300)
+                  "--num_classes=10"], np=2, launcher="mpi", env=env, timeout=300,
+                 faults=[] if heartbeat else ["heartbeat=1000"])
     assert res.returncode == 0, res.stdout[-3000:]
     val = [r for r in metrics_log.read(os.path.join(tmp_path, "run", "dllogger.json"))
            if r.get("step") == [0]][0]

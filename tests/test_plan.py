@@ -2,7 +2,7 @@
 
 import pytest
 
-from hvd_alexnet import plan
+from hvd_alexnet.tools import plan
 
 # AlexNet at 227x227, 1000 classes, multiply-accumulates per layer (output
 # positions x kernel size): conv1 55*55*(11*11*3*64), conv2 27*27*(5*5*64*192),
@@ -45,7 +45,7 @@ def test_batch_that_hides_the_allreduce():
 
 
 def test_cli_prints_the_table_and_the_reference(capsys):
-    assert plan.main(["--accelerators", "1", "8", "64"]) == 0
+    assert plan.main(["--accelerators=1,8,64"]) == 0
     out = capsys.readouterr().out
     assert out.count("| fp32 |") == 3 and out.count("| fp16 |") == 3
     assert "1,833.9 images/s on 8 accelerators" in out and "3.3 GB/s ring" in out

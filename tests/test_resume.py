@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import SMALL, checkpoints, final_weights, launch, step_records
+from helpers import SMALL, checkpoints, final_weights, launch, step_records
 
 # Augmentation, shuffling and dropout stay on: the data is seeded by (seed, epoch,
 # position) and dropout by (seed, rank, step), so the restarted run must rebuild

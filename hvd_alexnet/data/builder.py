@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import random
 
-from hvd_alexnet.data.reader import DataError
+from hvd_alexnet.errors import DataError  # not the reader's module: no TensorFlow here
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 

@@ -1,4 +1,4 @@
-r"""Flags and entry points of `python -m hvd_alexnet data build|demo`.
+r"""Flags and entry points of `python -m hvd_alexnet data build|demo|photos`.
 
     python -m hvd_alexnet data build --train_dir raw/train --validation_dir raw/val \
         --output_dir imagenet_tfrecord --train_shards 1024 --validation_shards 128
@@ -8,49 +8,64 @@ r"""Flags and entry points of `python -m hvd_alexnet data build|demo`.
 
 from absl import flags
 
+from hvd_alexnet import command
 from hvd_alexnet.data import builder, demo, photos
 
-flags.DEFINE_string("output_dir", None, "Where the train-*/validation-* shards are written.")
-flags.DEFINE_string("train_dir", None, "build: JPEGs in class subfolders (raw/train/n01440764/x.JPEG).")
-flags.DEFINE_string("validation_dir", None, "build: validation JPEGs in the same class subfolders.")
-flags.DEFINE_float("validation_fraction", 0.0,
-                   "build: without --validation_dir, move this fraction of each class to validation.")
-flags.DEFINE_string("labels_file", None, "build: lines of `synset human-readable text`.")
-flags.DEFINE_integer("train_shards", 8, "Training shards to write (at least the number of ranks).")
-flags.DEFINE_integer("validation_shards", 2, "Validation shards to write.")
-flags.DEFINE_integer("workers", 0, "Parallel shard writers (0: one per core).")
-flags.DEFINE_integer("demo_image_size", 128, "demo: side of the stored (upscaled) digit JPEGs.")
-flags.DEFINE_integer("photos_count", 3000, "photos: images to cut from the bundled photographs.")
-flags.DEFINE_integer("build_seed", 0, "Seed of the split and the shard order.")
-FLAGS = flags.FLAGS
+
+def _common():
+    """The flags every data command has; returns (FlagValues, its definers)."""
+    fv = flags.FlagValues()
+    d = command.definers(fv)
+    d.string("output_dir", None, "Where the train-*/validation-* shards are written.")
+    d.integer("train_shards", 8,
+              "Training shards to write (at least the number of ranks).")
+    d.integer("validation_shards", 2, "Validation shards to write.")
+    d.integer("build_seed", 0, "Seed of the split and the shard order.")
+    return fv, d
 
 
-def _need(*names):
-    from hvd_alexnet.config import UsageError
-    missing = [f"--{n}" for n in names if not FLAGS[n].value]
-    if missing:
-        raise UsageError(f"{' and '.join(missing)} required")
+BUILD, d = _common()
+d.string("train_dir", None, "JPEGs in class subfolders (raw/train/n01440764/x.JPEG).")
+d.string("validation_dir", None, "Validation JPEGs in the same class subfolders.")
+d.float("validation_fraction", 0.0,
+        "Without --validation_dir, move this fraction of each class to validation.")
+d.string("labels_file", None, "Lines of `synset human-readable text`.")
+d.integer("workers", 0, "Parallel shard writers (0: one per core).")
+
+DEMO, d = _common()
+d.integer("demo_image_size", 128, "Side of the stored (upscaled) digit JPEGs.")
+
+PHOTOS, d = _common()
+d.integer("photos_count", 3000, "Images to cut from the bundled photographs.")
 
 
 def build_main(argv):
-    _need("train_dir", "output_dir")
-    meta = builder.build(FLAGS.train_dir, FLAGS.output_dir, FLAGS.train_shards,
-                         FLAGS.validation_shards, FLAGS.validation_dir, FLAGS.validation_fraction,
-                         FLAGS.labels_file, FLAGS.workers or None, FLAGS.build_seed)
+    """JPEGs in class subfolders -> ImageNet-schema TFRecord shards and metadata.json."""
+    command.parse(BUILD, argv, "data build", build_main.__doc__,
+                  required=("train_dir", "output_dir"))
+    f = BUILD
+    meta = builder.build(f.train_dir, f.output_dir, f.train_shards, f.validation_shards,
+                         f.validation_dir, f.validation_fraction, f.labels_file,
+                         f.workers or None, f.build_seed)
     print(_summary(meta))
 
 
 def demo_main(argv):
-    _need("output_dir")
-    meta = demo.build_demo(FLAGS.output_dir, FLAGS.demo_image_size, FLAGS.train_shards,
-                           FLAGS.validation_shards, FLAGS.build_seed)
+    """The embedded demo dataset (scikit-learn's digits), built with `data build`."""
+    command.parse(DEMO, argv, "data demo", demo_main.__doc__, required=("output_dir",))
+    f = DEMO
+    meta = demo.build_demo(f.output_dir, f.demo_image_size, f.train_shards,
+                           f.validation_shards, f.build_seed)
     print(_summary(meta))
 
 
 def photos_main(argv):
-    _need("output_dir")
-    meta = photos.build_photos(FLAGS.output_dir, FLAGS.photos_count, FLAGS.train_shards,
-                               FLAGS.validation_shards, FLAGS.build_seed)
+    """The benchmark dataset: ~500x375 JPEGs cut from photographs bundled in
+    scikit-learn and scikit-image, built with `data build`."""
+    command.parse(PHOTOS, argv, "data photos", photos_main.__doc__, required=("output_dir",))
+    f = PHOTOS
+    meta = photos.build_photos(f.output_dir, f.photos_count, f.train_shards,
+                               f.validation_shards, f.build_seed)
     print(_summary(meta))
 
 

@@ -11,14 +11,11 @@ import struct
 import tensorflow as tf
 
 from hvd_alexnet.data import preprocess, schema
+from hvd_alexnet.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 READ_BUFFER = 8 << 20  # bytes; large sequential reads suit network filesystems
 PREFETCH_BATCHES = 3
-
-
-class DataError(ValueError):
-    """Missing, too few or corrupt input data; the message names what is wrong."""
 
 
 def rank_shards(files, rank, size):

@@ -1,4 +1,10 @@
-"""The ImageNet TFRecord schema (see DESIGN.md) and the metadata file beside it."""
+"""The ImageNet TFRecord schema and the metadata file beside it.
+
+The keys are those of TensorFlow's ImageNet converters (build_imagenet_data.py),
+which tf_cnn_benchmarks and NVIDIA's ConvNets read: `image/encoded` (JPEG),
+`image/class/label` (1..N; 0 is the unused background), `image/class/synset`,
+`image/class/text`, the image's size and format, and `image/object/bbox/*`.
+"""
 
 import json
 import os

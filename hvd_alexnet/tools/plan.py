@@ -14,9 +14,13 @@ measurement; the hardware defaults are a V100-class GPU with NVLink-less PCIe
 and 100 Gb/s Ethernet, and are printed with the table.
 """
 
-import argparse
 import math
 import sys
+import types
+
+from absl import flags
+
+from hvd_alexnet import command
 
 REFERENCE = {"accelerators": 8, "images_per_sec": 1833.9, "batch": 32}
 
@@ -87,7 +91,7 @@ def implied_bandwidth(fwd_flops, params, a):
 
 
 def report(a):
-    """The model's table for the arguments `a` (see parser()), as Markdown text."""
+    """The model's table for the figures `a` (see FLAGS), as Markdown text."""
     fwd_flops, params = model_costs(a.image_size, a.num_classes)
     lines = [
         f"AlexNet {a.image_size}x{a.image_size}, {a.num_classes} classes: {fwd_flops / 1e9:.2f} "
@@ -115,25 +119,35 @@ def report(a):
     return "\n".join(lines)
 
 
-def parser():
-    p = argparse.ArgumentParser(prog="python -m hvd_alexnet plan", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image_size", type=int, default=227)
-    p.add_argument("--num_classes", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=32, help="per accelerator")
-    p.add_argument("--accelerators", type=int, nargs="+", default=[1, 8, 64, 512])
-    p.add_argument("--peak_tflops", type=float, default=15.7, help="fp32 peak (V100: 15.7)")
-    p.add_argument("--utilisation", type=float, default=0.5, help="of the peak, sustained")
-    p.add_argument("--per_host", type=int, default=8, help="accelerators per host")
-    p.add_argument("--intra_gbps", type=float, default=10.0, help="GB/s within a host")
-    p.add_argument("--intra_latency_us", type=float, default=10.0)
-    p.add_argument("--inter_gbps", type=float, default=12.5, help="GB/s between hosts")
-    p.add_argument("--inter_latency_us", type=float, default=25.0)
-    return p
+FLAGS = flags.FlagValues()
+d = command.definers(FLAGS)
+d.integer("image_size", 227, "Image side.")
+d.integer("num_classes", 1000, "Classes.")
+d.integer("batch", 32, "Images per accelerator and step.")
+d.list("accelerators", ["1", "8", "64", "512"], "Accelerator counts, one row each.")
+d.float("peak_tflops", 15.7, "fp32 peak (V100: 15.7).")
+d.float("utilisation", 0.5, "Of the peak, sustained.")
+d.integer("per_host", 8, "Accelerators per host.")
+d.float("intra_gbps", 10.0, "GB/s within a host.")
+d.float("intra_latency_us", 10.0, "Latency within a host, in microseconds.")
+d.float("inter_gbps", 12.5, "GB/s between hosts.")
+d.float("inter_latency_us", 25.0, "Latency between hosts, in microseconds.")
+
+
+def _values(value_of):
+    a = types.SimpleNamespace(**{name: value_of(name) for name in FLAGS})
+    a.accelerators = [int(n) for n in a.accelerators]
+    return a
+
+
+def defaults():
+    """The hardware figures of the table when no flag is given."""
+    return _values(lambda name: FLAGS[name].default)
 
 
 def main(argv=None):
-    print(report(parser().parse_args(argv)))
+    command.parse(FLAGS, sys.argv[1:] if argv is None else argv, "plan", __doc__)
+    print(report(_values(lambda name: FLAGS[name].value)))
     return 0
 
 

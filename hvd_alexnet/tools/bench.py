@@ -6,7 +6,6 @@ Results go to docs/benchmarks.json and docs/benchmarks.md with the machine's
 description and the command. Tests never assert on these figures.
 """
 
-import argparse
 import datetime
 import json
 import os
@@ -17,10 +16,11 @@ import subprocess
 import sys
 import tempfile
 
-from hvd_alexnet import metrics_log
+from absl import flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+from hvd_alexnet import command, metrics_log
+from hvd_alexnet.tools import plan
+from hvd_alexnet.tools.launch import ROOT, job_command, job_env
 
 
 class Row:
@@ -72,20 +72,13 @@ def rows(data_dir):
     ]
 
 
-def _env():
-    return {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-
-
 def _launch(cmd, ranks, launcher, timeout):
-    if ranks > 1 and launcher == "mpi":
-        cmd = ["mpirun", "--allow-run-as-root", "-np", str(ranks), "-bind-to", "none",
-               "-x", "PATH", "-x", "PYTHONPATH", "-x", "TF_CPP_MIN_LOG_LEVEL", *cmd]
-    elif ranks > 1 or launcher == "gloo":
-        cmd = [os.path.join(BIN, "horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}",
-               "--gloo", *cmd]
+    if ranks == 1 and launcher != "gloo":
+        launcher = None  # one plain process
+    cmd = job_command(cmd, ranks, launcher or ("gloo" if ranks > 1 else None),
+                      forward=["TF_CPP_MIN_LOG_LEVEL"])
     # Its own process group, so that a timeout ends the launcher and every rank.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -104,10 +97,10 @@ def _launch(cmd, ranks, launcher, timeout):
 
 def measure(row, a):
     """{"windows": [...], "unit": ..., and extras} for one row."""
-    py = [sys.executable, "-m"]
+    py = ["-m"]
     per_window = max(1, a.window_images // (row.batch * row.ranks))
     if row.kind == "probe":
-        cmd = [*py, "hvd_alexnet.probes", *row.args, f"--image={a.image_size}",
+        cmd = [*py, "hvd_alexnet.tools.probes", *row.args, f"--image={a.image_size}",
                f"--batch={row.batch}", f"--warmup={a.warmup}", f"--windows={a.windows}",
                f"--per_window={per_window}"]
         out = _launch(cmd, row.ranks, row.launcher if row.ranks > 1 else None, a.timeout)
@@ -120,7 +113,7 @@ def measure(row, a):
             _launch([*py, "hvd_alexnet", "train", "--flagfile=configs/demo.flags",
                      f"--data_dir={a.demo_dir}", f"--model_dir={model_dir}", *row.args],
                     row.ranks, row.launcher, a.timeout)
-            summary = metrics_log.read(os.path.join(model_dir, "dllogger.json"))[-1]["data"]
+            summary = metrics_log.read(os.path.join(model_dir, metrics_log.LOG_FILE))[-1]["data"]
         return {"unit": "top-1", "windows": [summary["top1"]], "top5": summary["top5"],
                 "images_per_sec": summary["train_images_per_sec"]}
     micro = next((int(x.split("=")[1]) for x in row.args if x.startswith("--accumulate_steps")), 1)
@@ -131,9 +124,8 @@ def measure(row, a):
                f"--max_steps={steps}", f"--log_every={per_window}", "--noeval",
                "--keep_checkpoints=1", "--num_classes=1000"]  # the same model for every row
         _launch(cmd, row.ranks, row.launcher, a.timeout)
-        records = metrics_log.read(os.path.join(model_dir, "dllogger.json"))
-    windows = [r["data"]["images_per_sec"] for r in records
-               if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2]
+        records = metrics_log.read(os.path.join(model_dir, metrics_log.LOG_FILE))
+    windows = [r["data"]["images_per_sec"] for r in metrics_log.step_records(records)]
     summary = records[-1]["data"]
     return {"unit": "images/s", "windows": windows[-a.windows:],
             "peak_rss_mb_per_rank": summary["peak_rss_mb_per_rank"]}
@@ -196,30 +188,34 @@ def write(results, a, out_dir):
         shown = f"{ratio:.3f}" if ratio is not None else "not measured"
         met = "" if ratio is None else "yes" if ratio >= want else "**no**"
         lines.append(f"| {name} | {shown} | >= {want} | {met} |")
-    from hvd_alexnet import plan
     lines += ["", "## Beyond this machine: a model, not a measurement", "",
               "`python -m hvd_alexnet plan` (ring all-reduce; see `--help` for the hardware "
-              "figures):", "", plan.report(plan.parser().parse_args([]))]
+              "figures):", "", plan.report(plan.defaults())]
     with open(os.path.join(out_dir, "benchmarks.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
+FLAGS = flags.FlagValues()
+d = command.definers(FLAGS)
+d.string("data_dir", "data/bench", "Benchmark TFRecords (data photos).")
+d.string("out_dir", "docs", "Where benchmarks.json/.md go.")
+d.string("demo_dir", "data/demo", "The demo dataset (make demo-data).")
+d.integer("image_size", 227, "Image side.")
+d.integer("warmup", 1, "Untimed windows first.")
+d.integer("windows", 5, "Timed windows per row.")
+d.integer("window_images", 160, "Images per window.")
+d.string("only", "", "Comma-separated row keys (default: all).")
+d.integer("timeout", 900, "Seconds per row.")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m hvd_alexnet bench", description=__doc__)
-    p.add_argument("--data_dir", default="data/bench", help="benchmark TFRecords (data photos)")
-    p.add_argument("--out_dir", default="docs", help="where benchmarks.json/.md go")
-    p.add_argument("--demo_dir", default="data/demo", help="the demo dataset (make demo-data)")
-    p.add_argument("--image_size", type=int, default=227)
-    p.add_argument("--warmup", type=int, default=1, help="untimed windows first")
-    p.add_argument("--windows", type=int, default=5, help="timed windows per row")
-    p.add_argument("--window_images", type=int, default=160, help="images per window")
-    p.add_argument("--only", default="", help="comma-separated row keys (default: all)")
-    p.add_argument("--timeout", type=int, default=900, help="seconds per row")
-    a = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command.parse(FLAGS, argv, "bench", __doc__)
+    a = FLAGS
     chosen = [r for r in rows(os.path.abspath(a.data_dir))
               if not a.only or r.key in a.only.split(",")]
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-               "command": "python -m hvd_alexnet bench " + " ".join(argv or sys.argv[1:]),
+               "command": "python -m hvd_alexnet bench " + " ".join(argv),
                "machine": machine(), "rows": {}}
     for row in chosen:
         print(f"bench: {row.label} ...", end=" ", flush=True)

@@ -1,6 +1,6 @@
 """The chaos run (`make chaos`): faults injected at random into a 2-rank job.
 
-    python -m hvd_alexnet.chaos --data_dir data/demo --work_dir runs/chaos [--faults 6]
+    python -m hvd_alexnet.tools.chaos --data_dir data/demo --work_dir runs/chaos [--faults 6]
 
 Trains the demo configuration (deterministic, checkpoints every 10 steps) twice
 under `horovodrun --gloo`: once without interruption, once while ranks are
@@ -10,7 +10,6 @@ each time from the model directory. Prints the faults, restarts, steps lost
 and repeated, and whether the final weights equal the uninterrupted run's.
 """
 
-import argparse
 import os
 import random
 import signal
@@ -18,16 +17,21 @@ import subprocess
 import sys
 import time
 
-from hvd_alexnet import metrics_log
+from absl import flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from hvd_alexnet import command, metrics_log
+from hvd_alexnet.checkpoint import SUBDIR as CHECKPOINT_SUBDIR
+from hvd_alexnet.tools.launch import ROOT, job_command
+
 FAULTS = ("kill rank 0", "kill rank 1", "kill rank 0 while it saves", "SIGTERM to the ranks",
           "SIGTERM to horovodrun")
 ATTEMPT_TIMEOUT = 900  # seconds; an attempt that runs longer counts as a hang
 
 
 def rank_pids(model_dir):
-    """{rank: pid} of the Python ranks training into model_dir (from /proc)."""
+    """{rank: pid} of the Python ranks training into model_dir (from /proc): their
+    command line names it and a launcher gave them a rank (horovodrun does not
+    have one)."""
     pids = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -37,8 +41,7 @@ def rank_pids(model_dir):
                 env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
         except OSError:
             continue
-        if b"python" in os.path.basename(argv[0]) and b"hvd_alexnet" in argv and \
-                any(model_dir.encode() in a for a in argv):
+        if b"python" in os.path.basename(argv[0]) and any(model_dir.encode() in a for a in argv):
             rank = env.get(b"HOROVOD_RANK", env.get(b"OMPI_COMM_WORLD_RANK"))
             if rank is not None:
                 pids[int(rank)] = int(pid)
@@ -47,17 +50,15 @@ def rank_pids(model_dir):
 
 def _steps(model_dir):
     """Training steps rank 0 has logged in model_dir so far (every attempt's)."""
-    path = os.path.join(model_dir, "dllogger.json")
+    path = os.path.join(model_dir, metrics_log.LOG_FILE)
     if not os.path.exists(path):
         return []
-    return [r["step"][1] for r in metrics_log.read(path)
-            if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2]
+    return [r["step"][1] for r in metrics_log.step_records(metrics_log.read(path))]
 
 
 def _start(model_dir, args):
-    py = [sys.executable, "-m", "hvd_alexnet", "train", *args, f"--model_dir={model_dir}"]
-    cmd = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", "2",
-           "-H", "localhost:2", "--gloo", *py]
+    cmd = job_command(["-m", "hvd_alexnet", "train", *args, f"--model_dir={model_dir}"], 2,
+                      "gloo")
     with open(model_dir + ".log", "a") as log:  # the job keeps its own copy of the handle
         return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -82,7 +83,7 @@ def _inject(proc, model_dir, fault, after_steps):
         time.sleep(0.05)
     pids = rank_pids(model_dir)
     if fault == "kill rank 0 while it saves":
-        ckpts = os.path.join(model_dir, "checkpoints")
+        ckpts = os.path.join(model_dir, CHECKPOINT_SUBDIR)
         deadline = time.time() + 120
         while not any(f.endswith("_temp") for f in os.listdir(ckpts)):
             if proc.poll() is not None or time.time() > deadline:
@@ -135,8 +136,8 @@ def run(data_dir, work_dir, faults, seed, extra):
 
 
 def report(straight, chaotic, injected, restarts, codes):
-    summary = lambda d: [r for r in metrics_log.read(os.path.join(d, "dllogger.json"))
-                         if r["type"] == "LOG" and r["step"] == []][-1]["data"]
+    summary = lambda d: metrics_log.step_records(metrics_log.read(
+        os.path.join(d, metrics_log.LOG_FILE)), length=0)[-1]["data"]
     want, got = summary(straight), summary(chaotic)
     steps = _steps(chaotic)
     lines = [
@@ -152,18 +153,21 @@ def report(straight, chaotic, injected, restarts, codes):
     return got["weights_digest"] == want["weights_digest"] and got["steps"] == want["steps"]
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_dir", default="data/demo")
-    p.add_argument("--work_dir", default=f"runs/chaos-{time.strftime('%Y%m%d-%H%M%S')}")
-    p.add_argument("--faults", type=int, default=6, help="faults to inject (default 6)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the fault schedule")
-    p.add_argument("extra", nargs="*", help="more train flags, after --")
-    a = p.parse_args()
-    seed = a.seed if a.seed is not None else random.randrange(1 << 30)
-    print(f"chaos: seed {seed}, {a.faults} faults, work dir {a.work_dir}", flush=True)
-    return 0 if run(a.data_dir, os.path.abspath(a.work_dir), a.faults, seed, a.extra) else 1
+FLAGS = flags.FlagValues()
+d = command.definers(FLAGS)
+d.string("data_dir", "data/demo", "The demo dataset.")
+d.string("work_dir", None, "Where both runs go (default: runs/chaos-DATE-TIME).")
+d.integer("faults", 6, "Faults to inject.")
+d.integer("seed", None, "Seed of the fault schedule (default: a random one, printed).")
+
+
+def main(argv=None):
+    extra = command.parse(FLAGS, sys.argv[1:] if argv is None else argv, "tools.chaos",
+                          __doc__, positional=("TRAIN_FLAG...",), at_least=0)
+    work_dir = FLAGS.work_dir or f"runs/chaos-{time.strftime('%Y%m%d-%H%M%S')}"
+    seed = FLAGS.seed if FLAGS.seed is not None else random.randrange(1 << 30)
+    print(f"chaos: seed {seed}, {FLAGS.faults} faults, work dir {work_dir}", flush=True)
+    return 0 if run(FLAGS.data_dir, os.path.abspath(work_dir), FLAGS.faults, seed, extra) else 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Measurements the benchmark runs outside the trainer, one per process:
 
-    python -m hvd_alexnet.probes bare --batch 32 --image 227 --precision fp32
-    python -m hvd_alexnet.probes pipeline --data_dir data/bench --batch 32 --image 227
-    mpirun -np 2 python -m hvd_alexnet.probes allreduce --image 227    # Horovod, fused
-    mpirun -np 2 python -m hvd_alexnet.probes mpi_allreduce --image 227  # plain mpi4py
+    python -m hvd_alexnet.tools.probes bare --batch 32 --image 227 --precision fp32
+    python -m hvd_alexnet.tools.probes pipeline --data_dir data/bench --batch 32 --image 227
+    mpirun -np 2 python -m hvd_alexnet.tools.probes allreduce --image 227    # Horovod, fused
+    mpirun -np 2 python -m hvd_alexnet.tools.probes mpi_allreduce --image 227  # plain mpi4py
 
 Each process prints one JSON line: {"probe", "rank", "unit", "windows": [rate per
 timed window], ...}, windows timed after `--warmup` untimed ones. `bare` launched
@@ -11,11 +11,14 @@ as 2 processes (horovodrun -np 2 ... bare --threads 1) is 2 independent steps si
 by side: what 2 ranks could do if they did not talk.
 """
 
-import argparse
 import json
 import os
 import sys
 import time
+
+from absl import flags
+
+from hvd_alexnet import command
 
 NUM_CLASSES = 1000
 
@@ -41,7 +44,8 @@ def bare(a):
 
     from hvd_alexnet import optim
     from hvd_alexnet.distributed import cpu_threads
-    from hvd_alexnet.model import build_alexnet, weight_decay_loss
+    from hvd_alexnet.model import build_alexnet
+    from hvd_alexnet.step import loss as training_loss
     threads = a.threads or cpu_threads(1)  # by default what a 1-rank trainer takes here
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
@@ -56,9 +60,7 @@ def bare(a):
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True)) + 1e-4 * weight_decay_loss(model)
+            loss = training_loss(model, images, labels, a.weight_decay)
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -125,22 +127,28 @@ PROBES = {"bare": bare, "pipeline": pipeline, "allreduce": allreduce,
           "mpi_allreduce": mpi_allreduce}
 
 
+FLAGS = flags.FlagValues()
+d = command.definers(FLAGS)
+d.integer("batch", 32, "Images per step.")
+d.integer("image", 227, "Image side.")
+d.enum("precision", "fp32", ["fp32", "mixed"], "bare: mixed is bfloat16 on the CPU.")
+d.float("weight_decay", 1e-4, "bare: as train's --weight_decay.")
+d.string("data_dir", None, "pipeline: the TFRecords.")
+d.float("fusion_mb", None, "allreduce: Horovod's fusion buffer in MiB.")
+d.integer("threads", 0, "bare: CPU threads (0: all cores).")
+d.integer("warmup", 2, "Untimed windows first.")
+d.integer("windows", 5, "Timed windows.")
+d.integer("per_window", 5, "Steps per window.")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("probe", choices=sorted(PROBES))
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--image", type=int, default=227)
-    p.add_argument("--precision", choices=["fp32", "mixed"], default="fp32")
-    p.add_argument("--data_dir")
-    p.add_argument("--fusion_mb", type=float, default=None)
-    p.add_argument("--threads", type=int, default=0, help="bare: CPU threads (0: all cores)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--windows", type=int, default=5)
-    p.add_argument("--per_window", type=int, default=5)
-    a = p.parse_args(argv)
+    (probe,) = command.parse(FLAGS, sys.argv[1:] if argv is None else argv, "tools.probes",
+                             __doc__, positional=("|".join(sorted(PROBES)),))
+    if probe not in PROBES:
+        raise SystemExit(f"probes: unknown probe {probe!r}; one of {', '.join(sorted(PROBES))}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("HOROVOD_RANK", 0)))
-    print("PROBE " + json.dumps({"probe": a.probe, "rank": rank, **PROBES[a.probe](a)}),
+    print("PROBE " + json.dumps({"probe": probe, "rank": rank, **PROBES[probe](FLAGS)}),
           flush=True)
     return 0
 

@@ -1,0 +1,77 @@
+"""The data a run trains on, agreed by all ranks before any heavy work.
+
+Horovod-free: the caller passes `gather(obj)`, which returns every rank's
+`obj` by rank (the trainer passes Horovod's all-gather).
+"""
+
+import types
+
+from hvd_alexnet.data import reader, schema
+from hvd_alexnet.errors import DataError
+
+SYNTHETIC_EPOCH = 1281167  # examples per synthetic "epoch": ImageNet's training set
+DEFAULT_NUM_CLASSES = 1000  # ImageNet's, when neither --num_classes nor metadata.json says
+
+
+def prepare_data(cfg, rank, size, gather):
+    """Shard lists, counts and classes, the same on every rank.
+
+    Each rank checks its own training shards (framing only: cheap, and it counts
+    the records) and rank 0 the validation shards; any rank's problem is gathered
+    and raised on every rank, so all of them exit together with the same message.
+    """
+    d = types.SimpleNamespace(train_files=[], val_files=[], rank_examples=[],
+                              num_train=SYNTHETIC_EPOCH, num_val=0,
+                              num_classes=cfg.num_classes or DEFAULT_NUM_CLASSES)
+    if cfg.synthetic:
+        return d
+    problem, mine = "", 0
+    try:
+        files = schema.list_shards(cfg.data_dir, schema.TRAIN)
+        if not files:
+            raise DataError(f"{cfg.data_dir}: no training shards (train-*)")
+        d.train_files = reader.rank_shards(files, rank, size)
+        d.val_files = schema.list_shards(cfg.data_dir, schema.VALIDATION)
+        if cfg.eval and not d.val_files:
+            raise DataError(f"{cfg.data_dir}: no validation shards (validation-*); "
+                            f"add them or pass --noeval")
+        mine = sum(reader.check_framing(path) for path in d.train_files)
+        if rank == 0 and cfg.eval:
+            d.num_val = sum(reader.check_framing(path) for path in d.val_files)
+        meta = schema.read_metadata(cfg.data_dir) or {}
+        if cfg.num_classes is None and "num_classes" in meta:
+            d.num_classes = int(meta["num_classes"])
+    except DataError as e:
+        problem = str(e)
+    gathered = gather((problem, mine))
+    problems = sorted(set(p for p, _ in gathered if p))
+    if problems:
+        raise DataError("; ".join(problems))
+    d.rank_examples = [n for _, n in gathered]
+    d.num_train = sum(d.rank_examples)
+    return d
+
+
+def plan_steps(cfg, data, size):
+    """(per-rank batch of a step, global batch, steps per epoch, total steps)."""
+    step_batch = cfg.batch_size * cfg.accumulate_steps  # per rank, per optimizer step
+    global_batch = step_batch * size
+    if cfg.synthetic:
+        spe = reader.steps_per_epoch([data.num_train], global_batch)
+    else:
+        spe = reader.steps_per_epoch(data.rank_examples, step_batch)
+    total = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
+    return step_batch, global_batch, spe, total
+
+
+def epoch_batches(cfg, data, step_batch, steps_per_epoch, epoch, offset, rank, threads):
+    """This rank's batches of `epoch` from step `offset` on (a resume, or the
+    stretch after a periodic checkpoint)."""
+    if cfg.synthetic:
+        return reader.synthetic_dataset(step_batch, cfg.image_size, data.num_classes,
+                                        cfg.seed + rank)
+    return reader.train_dataset(
+        data.train_files, step_batch, cfg.image_size, data.num_classes, steps_per_epoch,
+        seed=cfg.seed, epoch=epoch, rank=rank, skip_steps=offset, shuffle=cfg.shuffle,
+        augment=cfg.augment, flip=cfg.flip, area_range=(cfg.crop_area_min, 1.0),
+        threads=threads, deterministic=cfg.deterministic, skip_corrupt=cfg.skip_corrupt)

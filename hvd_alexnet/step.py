@@ -1,0 +1,70 @@
+"""One training step: the loss, K micro-batches with their gradients summed
+locally, loss scaling for float16, one averaging all-reduce, the update.
+
+Horovod enters only through `dist` (gradient_tape, average, any_rank); with
+`distributed.Local()` the step runs in one process, as the unit tests run it.
+"""
+
+import tensorflow as tf
+
+from hvd_alexnet.model import weight_decay_loss
+
+
+def loss(model, images, labels, weight_decay):
+    """Mean cross-entropy of the logits plus L2 weight decay on the kernels."""
+    logits = model(images, training=True)
+    xent = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+        labels, logits, from_logits=True))
+    return xent + weight_decay * weight_decay_loss(model)
+
+
+class DropoutSeeds:
+    """The dropout masks' seed: (seed and rank, optimizer step x K + micro-batch),
+    so that a resumed run draws the masks an uninterrupted one would have.
+    `micro` is the micro-batch being traced, set by the step function."""
+
+    def __init__(self, seed, rank, iterations, micro_batches):
+        self.base = seed * 1_000_003 + rank
+        self.iterations, self.micro_batches, self.micro = iterations, micro_batches, 0
+
+    def __call__(self):
+        step = tf.cast(self.iterations, tf.int64) * self.micro_batches + self.micro
+        return tf.stack([tf.constant(self.base, tf.int64), step])
+
+
+def make_train_step(model, opt, dist, weight_decay, micro_batches=1, seeds=None):
+    """A tf.function (images, labels, stop) -> (loss, stop on any rank) that
+    updates `model` once. The batch holds `micro_batches` micro-batches;
+    `seeds`, the model's DropoutSeeds, learns which one is being traced."""
+    loss_scale = isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer)
+
+    def scaled_loss(images, labels, micro):
+        if seeds:
+            seeds.micro = micro  # read while tracing: each micro-batch its own masks
+        value = loss(model, images, labels, weight_decay)
+        return value, (opt.get_scaled_loss(value) if loss_scale else value)
+
+    @tf.function
+    def train_step(images, labels, stop):
+        variables = model.trainable_variables
+        if micro_batches == 1:
+            with tf.GradientTape() as tape:
+                value, scaled = scaled_loss(images, labels, 0)
+            grads = dist.gradient_tape(tape).gradient(scaled, variables)  # HVD: averaged
+        else:  # K micro-batches one after the other, then one all-reduce: amortised
+            sums, values = None, []
+            for i, (x, y) in enumerate(zip(tf.split(images, micro_batches),
+                                           tf.split(labels, micro_batches))):
+                with tf.control_dependencies(sums or []), tf.GradientTape() as tape:
+                    value, scaled = scaled_loss(x, y, i)
+                values.append(value)
+                g = tape.gradient(scaled, variables)
+                sums = g if sums is None else [a + b for a, b in zip(sums, g)]
+            value = tf.add_n(values) / micro_batches
+            grads = dist.average([s / micro_batches for s in sums])  # HVD
+        if loss_scale:
+            grads = opt.get_unscaled_gradients(grads)
+        opt.apply_gradients(zip(grads, variables))
+        return value, dist.any_rank(stop)  # HVD: a stop asked of any rank stops all
+
+    return train_step

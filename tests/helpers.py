@@ -1,0 +1,115 @@
+"""What the tests share: small real datasets (JPEG bytes -> data build ->
+TFRecords), a launcher that runs real ranks with a hard time bound, and
+readers of a run's records and checkpoints. The fixtures are in conftest.py."""
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+
+import pytest
+
+from hvd_alexnet import metrics_log
+from hvd_alexnet.checkpoint import SUBDIR as CHECKPOINT_SUBDIR
+from hvd_alexnet.tools.launch import BIN, ROOT, job_command, job_env
+
+INJECT = os.path.join(ROOT, "tests", "inject.py")  # train with faults: see inject.py
+SMALL = ["--image_size=67", "--batch_size=4", "--eval_batch_size=16", "--log_every=1",
+         "--threads=1"]
+
+
+def free_port():
+    """A TCP port on loopback that nothing listens on (for the test's own servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require(reason, what):
+    """Skips a test that cannot run here (`reason`), but fails it where it must run:
+    HVD_ALEXNET_REQUIRE_MULTIHOST=1 (CI, as root) for the two-host and Slurm tests."""
+    if reason:
+        if os.environ.get("HVD_ALEXNET_REQUIRE_MULTIHOST") == "1":
+            pytest.fail(f"{what} required but cannot run: {reason}")
+        pytest.skip(reason)
+
+
+def command(args, np=1, launcher=None, env=None, faults=()):
+    """The command line and environment that run `python -m hvd_alexnet ARGS` as
+    `np` ranks; with `faults` (inject.py's options), `train` with those faults."""
+    py = [INJECT, *faults, "--", *args[1:]] if faults else ["-m", "hvd_alexnet", *args]
+    return job_command(py, np, launcher, forward=list(env or {})), job_env(env)
+
+
+def start(args, np=1, launcher=None, env=None, faults=()):
+    """Starts the job in its own process group, its output going to a file
+    (a pipe nobody reads while the job runs could fill up and block it)."""
+    cmd, full_env = command(args, np, launcher, env, faults)
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    proc.cmd, proc.log = cmd, log
+    return proc
+
+
+def output(proc):
+    proc.log.seek(0)
+    return proc.log.read()
+
+
+def finish(proc, timeout):
+    """Waits for the job; kills its process group and fails the test after `timeout` s."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"{' '.join(proc.cmd)} still running after {timeout}s (hang?)\n"
+                    f"{output(proc)[-4000:]}")
+    return subprocess.CompletedProcess(proc.cmd, proc.returncode, output(proc), None)
+
+
+def launch(args, np=1, launcher=None, timeout=240, env=None, faults=()):
+    """Runs the job to the end within `timeout` seconds."""
+    return finish(start(args, np, launcher, env, faults), timeout)
+
+
+def step_records(model_dir, length=2):
+    """Rank 0's DLLogger records whose step is a list of `length` items:
+    [epoch, step] for training steps (2), [epoch] for validations (1)."""
+    return metrics_log.step_records(metrics_log.read(os.path.join(model_dir,
+                                                                  metrics_log.LOG_FILE)), length)
+
+
+def checkpoints(model_dir):
+    """Step numbers of the checkpoints kept in model_dir, ascending."""
+    d = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    return sorted(int(f[5:-6]) for f in os.listdir(d) if f.startswith("ckpt-") and f.endswith(".index"))
+
+
+def final_weights(model_dir, classes=10):
+    """The model variables of the newest checkpoint (a 67x67 model), as arrays."""
+    import tensorflow as tf
+
+    from hvd_alexnet.model import build_alexnet
+    model = build_alexnet(67, classes)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    return [v.numpy() for v in model.variables]
+
+
+def build_dataset(out_dir, train_shards, validation_shards, image_size=72, per_class=None):
+    """Real digit scans as JPEG files in class folders, through `data build`."""
+    from hvd_alexnet.data import builder, demo
+    raw = os.path.join(out_dir, "raw")
+    demo.write_raw(raw, image_size=image_size, validation_fraction=0.2)
+    if per_class:  # keep the first N images of each class: a faster dataset
+        for split in ("train", "validation"):
+            for c in os.listdir(os.path.join(raw, split)):
+                folder = os.path.join(raw, split, c)
+                for f in sorted(os.listdir(folder))[per_class:]:
+                    os.remove(os.path.join(folder, f))
+    builder.build_raw(raw, out_dir, train_shards, validation_shards, workers=2,
+                      log=lambda *a: None)
+    return out_dir

@@ -1,0 +1,50 @@
+"""`python tests/inject.py [stall=RANK:STEP] [heartbeat=SECONDS] -- TRAIN_FLAGS`:
+`python -m hvd_alexnet train TRAIN_FLAGS` with faults injected through the
+trainer's hooks (hvd_alexnet.loop.Hooks), so that no test switch lives in the
+trainer itself.
+
+  stall=RANK:STEP    that rank hangs after that step, as a stuck input would
+  heartbeat=SECONDS  rank 0 answers the waiting ranks this seldom while it
+                     works alone (a large value shows the stall warning that
+                     the heartbeat prevents)
+
+(Not --options: horovodrun reads the whole command line and takes any
+--word that abbreviates one of its own options, such as --stall.)
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from hvd_alexnet.__main__ import run_command  # noqa: E402
+from hvd_alexnet.loop import Hooks  # noqa: E402
+
+
+class Faults(Hooks):
+    def __init__(self, stall=None, heartbeat=None):
+        self.stall, self.heartbeat_seconds = stall, heartbeat
+
+    def after_step(self, rank, step):
+        if (rank, step) == self.stall:
+            time.sleep(1e6)
+
+
+def main(argv):
+    if "--" not in argv:
+        raise SystemExit(__doc__)
+    options, train_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    faults = Faults()
+    for name, _, value in (option.partition("=") for option in options):
+        if name == "stall":
+            faults.stall = tuple(int(x) for x in value.split(":"))
+        elif name == "heartbeat":
+            faults.heartbeat_seconds = float(value)
+        else:
+            raise SystemExit(f"inject.py: unknown option {name}\n{__doc__}")
+    return run_command("train", train_args, hooks=faults)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

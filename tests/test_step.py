@@ -1,0 +1,71 @@
+"""The step function on one process (distributed.Local: no ranks launched)."""
+
+import numpy as np
+import tensorflow as tf
+
+from hvd_alexnet import distributed, optim
+from hvd_alexnet.model import build_alexnet
+from hvd_alexnet.step import DropoutSeeds, make_train_step
+
+CLASSES = 10
+
+
+def _trained(micro_batches, dropout=0.0, steps=1):
+    """Weights after `steps` steps on one fixed batch of 8, in `micro_batches` parts."""
+    tf.keras.utils.set_random_seed(0)
+    opt = optim.make_optimizer(0.01, 0.9)
+    seeds = DropoutSeeds(0, 0, opt.iterations, micro_batches)
+    model = build_alexnet(67, CLASSES, dropout, dropout_seed=seeds)
+    opt.build(model.trainable_variables)
+    step = make_train_step(model, opt, distributed.Local(), 1e-4, micro_batches, seeds)
+    g = tf.random.Generator.from_seed(1)
+    images = g.uniform([8, 67, 67, 3], -1.0, 1.0)
+    labels = g.uniform([8], 0, CLASSES, dtype=tf.int32)
+    losses = [float(step(images, labels, tf.constant(False))[0]) for _ in range(steps)]
+    return [v.numpy() for v in model.trainable_variables], losses, int(opt.iterations)
+
+
+def test_micro_batches_give_the_gradient_of_the_whole_batch():
+    """Without dropout, 2 or 4 micro-batches of a batch of 8 make the same update
+    as the batch at once: each micro-batch's mean loss, averaged."""
+    whole, loss1, it1 = _trained(1, steps=2)
+    for k in (2, 4):
+        parts, loss_k, it_k = _trained(k, steps=2)
+        assert it_k == it1 == 2  # one optimizer step per call, whatever K
+        assert np.allclose(loss_k, loss1, rtol=1e-4)
+        for a, b in zip(whole, parts):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_each_micro_batch_draws_its_own_dropout_masks():
+    """With dropout, the two halves of a batch are not the batch at once (each
+    micro-batch is seeded by its own index), yet the masks are reproducible
+    (the same up to the CPU kernels' summation order, as ops are not forced
+    to be deterministic here)."""
+    first, _, _ = _trained(2, dropout=0.5)
+    again, _, _ = _trained(2, dropout=0.5)
+    whole, _, _ = _trained(1, dropout=0.5)
+    close = lambda x, y: all(np.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(x, y))
+    assert close(first, again)
+    assert not close(first, whole)
+
+
+def test_dropout_seed_follows_the_optimizer_step_and_micro_batch():
+    step = tf.Variable(3, dtype=tf.int64)
+    seeds = DropoutSeeds(seed=2, rank=1, iterations=step, micro_batches=4)
+    seeds.micro = 1
+    assert seeds().numpy().tolist() == [2 * 1_000_003 + 1, 3 * 4 + 1]
+    step.assign(4)
+    seeds.micro = 0
+    assert seeds().numpy().tolist() == [2 * 1_000_003 + 1, 16]
+
+
+def test_a_stop_request_comes_back_from_the_step():
+    tf.keras.utils.set_random_seed(0)
+    opt = optim.make_optimizer(0.01, 0.9)
+    model = build_alexnet(67, CLASSES, 0.0)
+    opt.build(model.trainable_variables)
+    step = make_train_step(model, opt, distributed.Local(), 1e-4)
+    images, labels = tf.zeros([2, 67, 67, 3]), tf.constant([1, 2])
+    assert bool(step(images, labels, tf.constant(True))[1])
+    assert not bool(step(images, labels, tf.constant(False))[1])
