@@ -75,33 +75,41 @@ def _finish(proc, timeout=ATTEMPT_TIMEOUT):
 
 def _inject(proc, model_dir, fault, after_steps):
     """Waits until `after_steps` more steps are logged, then injects `fault`.
-    Returns False if the job ended first."""
+    Returns False if its moment did not come: the job ended first, or (for a
+    kill while saving) no save started before the job ended or within 120 s."""
     target = len(_steps(model_dir)) + after_steps
     while len(_steps(model_dir)) < target:
         if proc.poll() is not None:
             return False
         time.sleep(0.05)
-    pids = rank_pids(model_dir)
     if fault == "kill rank 0 while it saves":
-        ckpts = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+        ckpts = os.path.join(model_dir, CHECKPOINT_SUBDIR)  # made by the run's first save
         deadline = time.time() + 120
-        while not any(f.endswith("_temp") for f in os.listdir(ckpts)):
+        while not (os.path.isdir(ckpts) and any(f.endswith("_temp") for f in os.listdir(ckpts))):
             if proc.poll() is not None or time.time() > deadline:
-                return False  # no save seen: nothing injected
+                return False
             time.sleep(0.002)
-        os.kill(pids[0], signal.SIGKILL)
-    elif fault.startswith("kill rank"):
-        os.kill(pids[int(fault[-1])], signal.SIGKILL)
-    elif fault == "SIGTERM to the ranks":
-        for pid in pids.values():
-            os.kill(pid, signal.SIGTERM)
-    else:
-        os.kill(proc.pid, signal.SIGTERM)
-    return True
+    pids = rank_pids(model_dir)
+    targets = {"kill rank 0 while it saves": [pids.get(0)], "kill rank 0": [pids.get(0)],
+               "kill rank 1": [pids.get(1)], "SIGTERM to the ranks": list(pids.values()),
+               "SIGTERM to horovodrun": [proc.pid]}[fault]
+    sig = signal.SIGKILL if fault.startswith("kill") else signal.SIGTERM
+    hit = False
+    for pid in targets:
+        try:
+            if pid is not None and proc.poll() is None:
+                os.kill(pid, sig)
+                hit = True
+        except ProcessLookupError:  # it ended between the look and the kill
+            pass
+    return hit
 
 
-def run(data_dir, work_dir, faults, seed, extra):
-    rng = random.Random(seed)
+def run(data_dir, work_dir, faults, seed, extra, start=None, settle=1.0):
+    """Both runs and the verdict (True: the same steps and weights). `start(model_dir,
+    args)` starts one attempt (default: the 2-rank trainer; the tests pass a fake
+    job); `settle`: seconds for a job's ranks to go after it ended."""
+    rng, start = random.Random(seed), start or _start
     args = ["--flagfile=configs/demo.flags", f"--data_dir={data_dir}", "--deterministic",
             "--noeval", "--log_every=1", "--checkpoint_every_steps=10", *extra]
     straight, chaotic = os.path.join(work_dir, "straight"), os.path.join(work_dir, "chaos")
@@ -110,14 +118,14 @@ def run(data_dir, work_dir, faults, seed, extra):
             raise SystemExit(f"chaos: {d} exists; use a new --work_dir")
         os.makedirs(d)
     print(f"chaos: uninterrupted run in {straight} ...", flush=True)
-    if _finish(_start(straight, args)) != 0:
+    if _finish(start(straight, args)) != 0:
         raise SystemExit(f"chaos: the uninterrupted run failed; see {straight}.log")
     injected, restarts, codes = [], 0, []
     # Every kind of fault once (in random order) before any kind twice.
     schedule = [f for _ in range(faults // len(FAULTS) + 1) for f in rng.sample(FAULTS, len(FAULTS))]
     while True:
-        proc = _start(chaotic, args)
-        if len(injected) < faults:
+        proc = start(chaotic, args)
+        if len(injected) < faults:  # a fault whose moment did not come is tried again
             fault = schedule[len(injected)]
             if _inject(proc, chaotic, fault, rng.randint(3, 40)):
                 injected.append(fault)
@@ -125,23 +133,26 @@ def run(data_dir, work_dir, faults, seed, extra):
                       flush=True)
         code = _finish(proc)
         codes.append(code)
-        time.sleep(1)
+        time.sleep(settle)
         left = rank_pids(chaotic)
         if left:
             raise SystemExit(f"chaos: ranks {sorted(left)} still running after the job ended")
         if code == 0:  # done (a fault due after the end of the run is not injected)
             break
         restarts += 1
-    return report(straight, chaotic, injected, restarts, codes)
+    return report(straight, chaotic, injected, restarts, codes, faults)
 
 
-def report(straight, chaotic, injected, restarts, codes):
+def report(straight, chaotic, injected, restarts, codes, wanted):
     summary = lambda d: metrics_log.step_records(metrics_log.read(
         os.path.join(d, metrics_log.LOG_FILE)), length=0)[-1]["data"]
     want, got = summary(straight), summary(chaotic)
     steps = _steps(chaotic)
     lines = [
-        f"faults injected:   {len(injected)} ({', '.join(injected)})",
+        f"faults injected:   {len(injected)} of {wanted} ({', '.join(injected)})"
+        + (f"; {wanted - len(injected)} not: the run ended before their moment"
+           if len(injected) < wanted else ""),
+        "by kind:           " + ", ".join(f"{kind} x {injected.count(kind)}" for kind in FAULTS),
         f"restarts:          {restarts} (exit statuses {codes})",
         f"steps:             {got['steps']} of {want['steps']} "
         f"(lost: {want['steps'] - got['steps']})",
