@@ -28,6 +28,9 @@ class Hooks:
     def after_step(self, rank, step):
         """Called by every rank after each training step."""
 
+    def after_validation_batch(self):
+        """Called by rank 0 after each batch of a validation pass."""
+
 
 class StopRequest:
     """SIGTERM / SIGINT (what Slurm, Kubernetes and Ctrl-C send) ask for a clean

@@ -56,7 +56,7 @@ def run(cfg, log=print, hooks=None):
     report = Reporter(cfg.model_dir, dist.is_root, say, state.total, state.steps_per_epoch,
                       state.global_batch)
     announce(cfg, data, state, dist, threads, m.policy, report, timeline)
-    validation = Validation(m.model, cfg, data, threads, dist, report)
+    validation = Validation(m.model, cfg, data, threads, dist, report, hooks)
     ctx = types.SimpleNamespace(cfg=cfg, dist=dist, stop=StopRequest(), report=report,
                                 learning_rate=m.schedule, hooks=hooks,
                                 train_files=data.train_files, num_classes=data.num_classes,

@@ -13,8 +13,9 @@ from hvd_alexnet.progress import Ticker
 
 
 class Validation:
-    def __init__(self, model, cfg, data, threads, dist, report):
+    def __init__(self, model, cfg, data, threads, dist, report, hooks):
         self.cfg, self.data, self.threads, self.dist, self.report = cfg, data, threads, dist, report
+        self.hooks = hooks
         self.scorer = inference.Scorer(model, data.num_classes)
 
     def due(self, state, epoch):
@@ -34,6 +35,7 @@ class Validation:
         t0, ticker = time.perf_counter(), Ticker("validating", self.data.num_val, self.report.say)
 
         def after_batch(examples):
+            self.hooks.after_validation_batch()
             self.dist.solo_tick()  # HVD: keeps the waiting ranks' collectives alive
             ticker.update(examples)
 

@@ -1,4 +1,5 @@
-"""`python tests/inject.py [stall=RANK:STEP] [heartbeat=SECONDS] -- TRAIN_FLAGS`:
+"""`python tests/inject.py [stall=RANK:STEP] [heartbeat=SECONDS] [validation_delay=SECONDS]
+-- TRAIN_FLAGS`:
 `python -m hvd_alexnet train TRAIN_FLAGS` with faults injected through the
 trainer's hooks (hvd_alexnet.loop.Hooks), so that no test switch lives in the
 trainer itself.
@@ -7,6 +8,8 @@ trainer itself.
   heartbeat=SECONDS  rank 0 answers the waiting ranks this seldom while it
                      works alone (a large value shows the stall warning that
                      the heartbeat prevents)
+  validation_delay=SECONDS  rank 0 sleeps this long after each validation
+                     batch: a validation pass long by construction
 
 (Not --options: horovodrun reads the whole command line and takes any
 --word that abbreviates one of its own options, such as --stall.)
@@ -23,12 +26,15 @@ from hvd_alexnet.loop import Hooks  # noqa: E402
 
 
 class Faults(Hooks):
-    def __init__(self, stall=None, heartbeat=None):
-        self.stall, self.heartbeat_seconds = stall, heartbeat
+    def __init__(self):
+        self.stall, self.heartbeat_seconds, self.validation_delay = None, None, 0.0
 
     def after_step(self, rank, step):
         if (rank, step) == self.stall:
             time.sleep(1e6)
+
+    def after_validation_batch(self):
+        time.sleep(self.validation_delay)
 
 
 def main(argv):
@@ -41,6 +47,8 @@ def main(argv):
             faults.stall = tuple(int(x) for x in value.split(":"))
         elif name == "heartbeat":
             faults.heartbeat_seconds = float(value)
+        elif name == "validation_delay":
+            faults.validation_delay = float(value)
         else:
             raise SystemExit(f"inject.py: unknown option {name}\n{__doc__}")
     return run_command("train", train_args, hooks=faults)

@@ -124,12 +124,13 @@ def test_synthetic_mode_needs_no_files(tmp_path):
 
 @pytest.mark.parametrize("heartbeat", [True, False])
 def test_waiting_ranks_do_not_trip_the_stall_check(tiny_data, tmp_path, heartbeat):
-    """Rank 0 validates alone for ~9 s against a 1 s stall threshold. With the
-    heartbeat rank 1's wait is never reported; without it (the control, to show
-    the check is live) Horovod warns. The stall check reports under mpirun only.
-    Horovod's response cache is off: a cached tensor's stall is only reported
-    after a second check period (up to ~4 s), which made the control flaky with
-    a 2.6 s window. The validation set is the tiny one twice (two links)."""
+    """Rank 0 validates alone for at least 8 s (160 batches of one image, each
+    followed by an injected 0.05 s delay: long by construction, on any machine)
+    against a 1 s stall threshold. With the heartbeat rank 1's wait is never
+    reported; without it (the control, to show the check is live) Horovod
+    warns. The stall check reports under mpirun only. Horovod's response cache
+    is off: a cached tensor's stall is only reported after a second check
+    period (up to ~4 s). The validation set is the tiny one twice (two links)."""
     data = tmp_path / "data"
     data.mkdir()
     for name in os.listdir(tiny_data):
@@ -139,10 +140,10 @@ def test_waiting_ranks_do_not_trip_the_stall_check(tiny_data, tmp_path, heartbea
     for i in range(2):
         os.symlink(os.path.join(tiny_data, val), data / f"validation-0000{i}-of-00002")
     env = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "1", "HOROVOD_CACHE_CAPACITY": "0"}
+    faults = ["validation_delay=0.05"] + ([] if heartbeat else ["heartbeat=1000"])
     res = launch(["train", f"--data_dir={data}", f"--model_dir={tmp_path}/run", *SMALL,
-                  "--image_size=320", "--eval_batch_size=1", "--max_steps=2",
-                  "--num_classes=10"], np=2, launcher="mpi", env=env, timeout=300,
-                 faults=[] if heartbeat else ["heartbeat=1000"])
+                  "--eval_batch_size=1", "--max_steps=2", "--num_classes=10"], np=2,
+                 launcher="mpi", env=env, timeout=300, faults=faults)
     assert res.returncode == 0, res.stdout[-3000:]
     val = [r for r in metrics_log.read(os.path.join(tmp_path, "run", "dllogger.json"))
            if r.get("step") == [0]][0]

@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import random
 
-from hvd_alexnet.errors import DataError  # not the reader's module: no TensorFlow here
+from hvd_alexnet.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
@@ -70,7 +70,7 @@ def _jpeg_and_shape(path, tf):
 
 def write_shard(items, path):
     """Writes [(image path, label, synset, text)] to one TFRecord shard; returns its count."""
-    import tensorflow as tf  # in the worker process, so the parent can fork cheaply
+    import tensorflow as tf  # in the worker: each spawned worker loads its own
 
     from hvd_alexnet.data import schema
     tmp = path + ".tmp"
