@@ -77,7 +77,7 @@ def define(fv):
     # Validation, logging, checkpoints
     d.string("model_dir", None, "Where checkpoints and the DLLogger log go (required).")
     d.integer("eval_every_epochs", 1, "Validate every N epochs (0: only at the end).")
-    d.bool("eval", True, "Validate at all.")
+    d.bool("eval", None, "Validate at all (default: yes; --noeval: no).")
     d.integer("eval_batch_size", 64, "Images per validation batch (rank 0).")
     d.integer("log_every", 10, "Log loss, learning rate and images/sec every N steps.")
     d.integer("keep_checkpoints", 3, "Checkpoints kept in model_dir.")
@@ -87,8 +87,32 @@ def define(fv):
     d.integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
     d.bool("deterministic", False,
            "Deterministic ops and data order (slower; for reproducing runs exactly).")
+    d.integer("num_warmup_batches", 1,
+              "Steps at the start of each run (or resume) left out of the summary's images/s; "
+              "the first builds the graph.")
+    # The flags of tf_cnn_benchmarks and NVIDIA's ConvNets, where they mean the same here
+    # (README: "Coming from tf_cnn_benchmarks or DeepLearningExamples").
+    d.alias("num_batches", "max_steps")
+    d.alias("display_every", "log_every")
+    d.alias("grad_accum_steps", "accumulate_steps")
+    d.bool("use_fp16", False, "tf_cnn_benchmarks' name of --precision=mixed.")
+    d.bool("use_amp", False, "NVIDIA ConvNets' name of --precision=mixed.")
+    for name, (accepted, _) in FOREIGN.items():
+        d.string(name, None, f"tf_cnn_benchmarks' flag: "
+                             f"{'only ' + str(accepted) if accepted else 'refused'} here.")
     return fv
 
+
+# tf_cnn_benchmarks' flags that mean something else here, or nothing under Horovod:
+# the one value that fits this trainer (None: none does), and where to go instead.
+FOREIGN = {
+    "data_name": ("imagenet", "this trainer reads ImageNet-schema TFRecords from --data_dir"),
+    "model": ("alexnet", "this trainer trains AlexNet only"),
+    "num_gpus": ("1", "one process per GPU here: launch N ranks (horovodrun -np N), each with "
+                      "one GPU"),
+    "variable_update": ("horovod", "gradients are always averaged by Horovod's all-reduce"),
+    "train_dir": (None, "checkpoints and logs go to --model_dir"),
+}
 
 FLAGS = define(flags.FlagValues())
 
@@ -110,8 +134,24 @@ def checkpoint_bytes(parameters):
     return int(CHECKPOINT_FACTOR * parameters * 4)
 
 
+def _translate(cfg):
+    """tf_cnn_benchmarks' and ConvNets' flags into this trainer's; returns the
+    problems with the ones that do not fit."""
+    problems = [f"--{name}={getattr(cfg, name)}: {why}"
+                for name, (accepted, why) in FOREIGN.items()
+                if getattr(cfg, name) is not None and getattr(cfg, name) != accepted]
+    if cfg.eval:  # given as --eval: tf_cnn_benchmarks' "evaluate only"
+        problems.append("--eval: validation during training is on by default (--noeval turns "
+                        "it off); to evaluate a checkpoint only, as tf_cnn_benchmarks' --eval "
+                        "does, run python -m hvd_alexnet evaluate")
+    cfg.eval = cfg.eval is not False
+    if cfg.use_fp16 or cfg.use_amp:
+        cfg.precision = "mixed"
+    return problems
+
+
 def validate(cfg):
-    problems = []
+    problems = _translate(cfg)
     if not cfg.synthetic and not cfg.data_dir:
         problems.append("--data_dir is required (or --synthetic)")
     if not cfg.synthetic and cfg.data_dir and not os.path.isdir(cfg.data_dir):
@@ -121,7 +161,7 @@ def validate(cfg):
     if cfg.image_size < MIN_IMAGE_SIZE:
         problems.append(f"--image_size {cfg.image_size}: must be at least {MIN_IMAGE_SIZE}")
     for name in ("batch_size", "eval_batch_size", "epochs", "log_every", "keep_checkpoints",
-                 "accumulate_steps"):
+                 "accumulate_steps", "num_warmup_batches"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name} {getattr(cfg, name)}: must be at least 1")
     for name in ("max_steps", "eval_every_epochs", "threads", "warmup_epochs", "weight_decay",

@@ -25,8 +25,9 @@ class Hooks:
 
     heartbeat_seconds = None  # rank 0's answer period while it works alone (None: the default)
 
-    def after_step(self, rank, step):
-        """Called by every rank after each training step."""
+    def after_step(self, rank, step, stop_requested):
+        """Called by every rank after each training step (and its progress line);
+        `stop_requested()` tells whether a signal asked this rank to stop."""
 
     def after_validation_batch(self):
         """Called by rank 0 after each batch of a validation pass."""
@@ -94,31 +95,39 @@ def train_stretch(train_step, batches, n, state, ctx):
     window_t, window_steps, timed = time.perf_counter(), 0, 0  # the progress line's window
     loss = positions = None
     stopping = False
-    if state.step > state.start_step:
+    warmup = cfg.num_warmup_batches  # untimed steps of this process (the first traces)
+    if state.step - state.start_step >= warmup:
         speed.start()  # later stretches: the pipeline's start-up counts too
+    steps = iter(batches.take(n))
     try:
         watchdog.beat("reading the first batch of the epoch")
-        for images, labels, positions in batches.take(n):
+        for images, labels, positions in steps:
             watchdog.beat("in a training step (computing, or in the gradient all-reduce)")
             loss, stopping = train_step(images, labels, tf.constant(ctx.stop.requested))
             state.step += 1
             watchdog.beat("reading the next batch")
-            ctx.hooks.after_step(dist.rank, state.step)
             window_steps += 1
-            if speed.started is None:  # the run's first step traced the graph: not timed
+            if state.step - state.start_step <= warmup:  # not timed
                 float(loss)
-                speed.start()
                 window_t, window_steps = time.perf_counter(), 0
+                if state.step - state.start_step == warmup:
+                    speed.start()
             else:
                 timed += 1
             if state.step % cfg.log_every == 0 or state.step == state.total:
-                rate = window_steps * state.global_batch / max(time.perf_counter() - window_t, 1e-9)
-                _report(loss, rate, epoch, state, ctx)
-                window_t, window_steps = time.perf_counter(), 0
+                now = time.perf_counter()  # windows tile the timed region: their sum is its time
+                _report(loss, window_steps * state.global_batch / max(now - window_t, 1e-9),
+                        epoch, state, ctx)
+                window_t, window_steps = now, 0
+            ctx.hooks.after_step(dist.rank, state.step, lambda: ctx.stop.requested)
             if bool(stopping):
                 break
+        if loss is not None:
+            float(loss)  # wait for the last step before stopping the clock
+        speed.stop(timed * state.global_batch)
     except tf.errors.InvalidArgumentError as e:
         _diagnose(e, dist.rank, ctx.train_files, ctx.num_classes)
+    del steps  # the input pipeline's teardown, after the clock has stopped
     stopping = bool(stopping)
     if state.step - first < n and not stopping:  # would leave the other ranks waiting
         raise DataError(f"rank {dist.rank}: the reader ended after {state.step - first} of "
@@ -126,9 +135,6 @@ def train_stretch(train_step, batches, n, state, ctx):
     if cfg.skip_corrupt and state.step > first:  # positions are in order: gaps are skips
         read = int(tf.reduce_max(positions)) + 1 - offset * state.step_batch
         state.skipped += read - (state.step - first) * state.step_batch
-    if loss is not None:
-        float(loss)  # wait for the last step before stopping the clock
-    speed.stop(timed * state.global_batch)
     return stopping
 
 

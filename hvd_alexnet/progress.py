@@ -28,17 +28,19 @@ class Progress:
     """The training line: epoch, step of total, loss, learning rate, global
     images/s, and the time left in the epoch and in the run at that rate."""
 
-    def __init__(self, total_steps, steps_per_epoch, global_batch):
+    def __init__(self, total_steps, steps_per_epoch, global_batch, first_step=1):
         self.total, self.spe, self.batch = total_steps, steps_per_epoch, global_batch
         self.epochs = math.ceil(total_steps / steps_per_epoch)
+        self.first = first_step  # this process's first step: it builds the graph
 
     def line(self, step, loss, learning_rate, images_per_sec):
         epoch = (step - 1) // self.spe  # the epoch this step belongs to
         in_epoch = step - epoch * self.spe
         head = (f"epoch {epoch + 1}/{self.epochs}  step {step}/{self.total} "
                 f"({in_epoch}/{self.spe} of the epoch)  loss {loss:.4f}  lr {learning_rate:.3g}")
-        if images_per_sec <= 0:  # the run's first step, which builds the graph, is not timed
-            return head + "  (building the graph: not timed)"
+        if images_per_sec <= 0:  # the first steps (--num_warmup_batches) are not timed
+            return head + ("  (building the graph: not timed)" if step == self.first else
+                           "  (warm-up: not timed)")
         per_step = self.batch / images_per_sec
         epoch_left = min(self.spe - in_epoch, self.total - step) * per_step
         return (f"{head}  {images_per_sec:,.1f} img/s  epoch left {clock(epoch_left)}  "
@@ -108,11 +110,12 @@ class Reporter:
     """The run's events, each to the DLLogger file (MODEL_DIR/dllogger.json), the
     console and TensorBoard as it suits them. Rank 0 only: elsewhere a no-op."""
 
-    def __init__(self, model_dir, enabled, say, total_steps, steps_per_epoch, global_batch):
+    def __init__(self, model_dir, enabled, say, total_steps, steps_per_epoch, global_batch,
+                 first_step=1):
         self.say = say
         self.metrics = MetricsLog(os.path.join(model_dir, LOG_FILE), enabled=enabled)
         self.board = TensorBoard(os.path.join(model_dir, TENSORBOARD_SUBDIR), enabled=enabled)
-        self.progress = Progress(total_steps, steps_per_epoch, global_batch)
+        self.progress = Progress(total_steps, steps_per_epoch, global_batch, first_step)
 
     def parameters(self, values):
         self.metrics.log("PARAMETER", values)

@@ -54,7 +54,7 @@ def run(cfg, log=print, hooks=None):
     dist.broadcast_variables(m.model.variables + m.opt.variables)  # HVD
     state.resume_at(int(m.opt.iterations))
     report = Reporter(cfg.model_dir, dist.is_root, say, state.total, state.steps_per_epoch,
-                      state.global_batch)
+                      state.global_batch, state.start_step + 1)
     announce(cfg, data, state, dist, threads, m.policy, report, timeline)
     validation = Validation(m.model, cfg, data, threads, dist, report, hooks)
     ctx = types.SimpleNamespace(cfg=cfg, dist=dist, stop=StopRequest(), report=report,

@@ -1,10 +1,12 @@
-"""`python tests/inject.py [stall=RANK:STEP] [heartbeat=SECONDS] [validation_delay=SECONDS]
--- TRAIN_FLAGS`:
+"""`python tests/inject.py [stall=RANK:STEP] [hold=STEP] [heartbeat=SECONDS]
+[validation_delay=SECONDS] -- TRAIN_FLAGS`:
 `python -m hvd_alexnet train TRAIN_FLAGS` with faults injected through the
 trainer's hooks (hvd_alexnet.loop.Hooks), so that no test switch lives in the
 trainer itself.
 
   stall=RANK:STEP    that rank hangs after that step, as a stuck input would
+  hold=STEP          every rank waits after that step until a signal asks it to
+                     stop (at most 300 s): a signal that lands at a known step
   heartbeat=SECONDS  rank 0 answers the waiting ranks this seldom while it
                      works alone (a large value shows the stall warning that
                      the heartbeat prevents)
@@ -27,11 +29,14 @@ from hvd_alexnet.loop import Hooks  # noqa: E402
 
 class Faults(Hooks):
     def __init__(self):
-        self.stall, self.heartbeat_seconds, self.validation_delay = None, None, 0.0
+        self.stall, self.hold, self.heartbeat_seconds, self.validation_delay = None, None, None, 0.0
 
-    def after_step(self, rank, step):
+    def after_step(self, rank, step, stop_requested):
         if (rank, step) == self.stall:
             time.sleep(1e6)
+        deadline = time.monotonic() + 300
+        while step == self.hold and not stop_requested() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def after_validation_batch(self):
         time.sleep(self.validation_delay)
@@ -45,6 +50,8 @@ def main(argv):
     for name, _, value in (option.partition("=") for option in options):
         if name == "stall":
             faults.stall = tuple(int(x) for x in value.split(":"))
+        elif name == "hold":
+            faults.hold = int(value)
         elif name == "heartbeat":
             faults.heartbeat_seconds = float(value)
         elif name == "validation_delay":

@@ -30,7 +30,7 @@ def test_data_help_lists_the_data_commands():
     assert out.returncode == 0 and "data build" in out.stdout and "data photos" in out.stdout
 
 
-@pytest.mark.parametrize("name,foreign", [("train", "--output_dir=x"), ("train", "--train_dir=x"),
+@pytest.mark.parametrize("name,foreign", [("train", "--output_dir=x"), ("train", "--validation_fraction=0.1"),
                                           ("data build", "--data_dir=x"),
                                           ("data demo", "--train_dir=x"),
                                           ("evaluate", "--epochs=3"), ("plan", "--seed=1")])
@@ -60,3 +60,38 @@ def test_doctor_takes_the_flag_file_of_the_train_it_checks(tiny_data, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:]
     assert "smallest rank's share: 40 examples, batch 4" in out.stdout
     assert "ready to train" in out.stdout
+
+
+def test_a_command_line_in_the_style_of_tf_cnn_benchmarks_runs(tiny_data, tmp_path):
+    """The model card's tool's flags where they mean the same here (aliases), and
+    its fixed settings (--model=alexnet, --variable_update=horovod, one GPU a rank)."""
+    from hvd_alexnet import metrics_log
+    from helpers import step_records
+    out = launch(["train", "--data_name=imagenet", "--model=alexnet", "--num_gpus=1",
+                  "--variable_update=horovod", f"--data_dir={tiny_data}",
+                  f"--model_dir={tmp_path}", "--batch_size=4", "--num_batches=6",
+                  "--display_every=2", "--num_warmup_batches=2", "--use_fp16",
+                  "--grad_accum_steps=1", "--image_size=67", "--threads=1", "--noeval"],
+                 np=2, launcher="gloo", timeout=240)
+    assert out.returncode == 0, out.stdout[-3000:]
+    params = metrics_log.read(str(tmp_path / "dllogger.json"))[0]["data"]
+    assert (params["max_steps"], params["log_every"], params["precision"]) == (6, 2, "mixed")
+    assert params["policy"] == "mixed_bfloat16"  # mixed precision on a CPU
+    assert [r["step"][1] for r in step_records(str(tmp_path))] == [2, 4, 6]
+    assert "step 2/6 (2/10 of the epoch)" in out.stdout and "(warm-up: not timed)" in out.stdout
+    summary = step_records(str(tmp_path), length=0)[-1]["data"]
+    assert summary["steps"] == 6 and summary["train_images_per_sec"] > 0
+
+
+@pytest.mark.parametrize("flag,pointer", [
+    ("--num_gpus=8", "--num_gpus=8: one process per GPU here: launch N ranks (horovodrun -np N)"),
+    ("--variable_update=parameter_server",
+     "--variable_update=parameter_server: gradients are always averaged by Horovod's all-reduce"),
+    ("--train_dir=/tmp/ckpt", "--train_dir=/tmp/ckpt: checkpoints and logs go to --model_dir"),
+    ("--eval", "to evaluate a checkpoint only, as tf_cnn_benchmarks' --eval does, run "
+               "python -m hvd_alexnet evaluate"),
+    ("--data_name=cifar10", "--data_name=cifar10: this trainer reads ImageNet-schema TFRecords"),
+    ("--model=resnet50", "--model=resnet50: this trainer trains AlexNet only")])
+def test_tf_cnn_benchmarks_flags_that_mean_something_else_are_refused(tmp_path, flag, pointer):
+    out = _run(["train", "--synthetic", f"--model_dir={tmp_path}", flag])
+    assert out.returncode == 2 and pointer in out.stderr, out.stderr[-2000:]

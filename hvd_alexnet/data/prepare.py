@@ -69,7 +69,7 @@ def epoch_batches(cfg, data, step_batch, steps_per_epoch, epoch, offset, rank, t
     stretch after a periodic checkpoint)."""
     if cfg.synthetic:
         return reader.synthetic_dataset(step_batch, cfg.image_size, data.num_classes,
-                                        cfg.seed + rank)
+                                        cfg.seed + rank, threads)
     return reader.train_dataset(
         data.train_files, step_batch, cfg.image_size, data.num_classes, steps_per_epoch,
         seed=cfg.seed, epoch=epoch, rank=rank, skip_steps=offset, shuffle=cfg.shuffle,

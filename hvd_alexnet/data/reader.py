@@ -132,13 +132,15 @@ def eval_dataset(files, batch_size, image_size, num_classes, threads=None, skip_
     return ds.with_options(_options(threads, False))
 
 
-def synthetic_dataset(batch_size, image_size, num_classes, seed=0):
-    """One fixed random batch, repeated: the compute-only benchmark (no files, no decode)."""
+def synthetic_dataset(batch_size, image_size, num_classes, seed=0, threads=None):
+    """One fixed random batch, repeated: the compute-only benchmark (no files, no decode).
+    The same options as the real reader's (no autotuning: see _options)."""
     g = tf.random.Generator.from_seed(seed)
     images = g.uniform([batch_size, image_size, image_size, 3], -1.0, 1.0)
     labels = g.uniform([batch_size], 0, num_classes, dtype=tf.int32)
     positions = tf.zeros([batch_size], tf.int64)  # the shape of train_dataset's batches
-    return tf.data.Dataset.from_tensors((images, labels, positions)).repeat()
+    ds = tf.data.Dataset.from_tensors((images, labels, positions)).repeat()
+    return ds.with_options(_options(threads, False))
 
 
 def find_undecodable(files, num_classes):
