@@ -32,6 +32,9 @@ def define(fv):
     d.bool("synthetic", False, "Random in-memory data, no files: the compute-only benchmark.")
     d.integer("image_size", 227, f"Input height and width (at least {MIN_IMAGE_SIZE}).")
     d.integer("num_classes", None, "Classes (default: metadata.json's, else 1000).")
+    d.integer("first_label", 1,
+              "The first class's label in the data: 1 from ImageNet's converters (0 is the "
+              "unused background), 0 from TensorFlow Datasets' exports and some converters.")
     d.bool("augment", True, "Distorted crop and flip for training (off: central crop).")
     d.bool("flip", True, "Random left-right flips in training (off for digits, text).")
     d.bool("shuffle", True, "Shuffle shards and records within each rank every epoch.")
@@ -165,7 +168,7 @@ def validate(cfg):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name} {getattr(cfg, name)}: must be at least 1")
     for name in ("max_steps", "eval_every_epochs", "threads", "warmup_epochs", "weight_decay",
-                 "stall_timeout_sec", "checkpoint_every_steps"):
+                 "stall_timeout_sec", "checkpoint_every_steps", "first_label"):
         if getattr(cfg, name) < 0:
             problems.append(f"--{name} {getattr(cfg, name)}: must not be negative")
     if cfg.num_classes is not None and cfg.num_classes < 2:

@@ -28,6 +28,7 @@ d.enum("split", schema.VALIDATION, [schema.VALIDATION, schema.TRAIN],
        "Which shards to evaluate on.")
 d.integer("batch_size", 64, "Images per batch and rank.")
 d.integer("threads", 0, "CPU threads per rank (0: the host's cores / ranks on the host).")
+d.integer("first_label", 1, "The first class's label in the data (as for train).")
 USAGE = """Top-1 / top-5 accuracy of a training run's newest checkpoint (or --checkpoint)
 on the validation shards of --data_dir. Several ranks (horovodrun -np N /
 mpirun -np N) split the shards and sum exact counts."""
@@ -52,7 +53,8 @@ def main(argv):
     if mine:
         ticker = Ticker(f"evaluating (rank 0 of {dist.size})", on_disk, say)
         c1, c5, n = scorer.count(reader.eval_dataset(mine, args.batch_size, desc["image_size"],
-                                                     desc["num_classes"], threads),
+                                                     desc["num_classes"], threads,
+                                                     first_label=args.first_label),
                                  ticker.update)
     c1, c5 = dist.sum(c1, "hvd_alexnet.eval.top1"), dist.sum(c5, "hvd_alexnet.eval.top5")  # HVD
     n, on_disk = dist.sum(n, "hvd_alexnet.eval.n"), dist.sum(on_disk, "hvd_alexnet.eval.disk")

@@ -126,7 +126,7 @@ def train_stretch(train_step, batches, n, state, ctx):
             float(loss)  # wait for the last step before stopping the clock
         speed.stop(timed * state.global_batch)
     except tf.errors.InvalidArgumentError as e:
-        _diagnose(e, dist.rank, ctx.train_files, ctx.num_classes)
+        _diagnose(e, dist.rank, ctx.train_files, ctx.num_classes, cfg.first_label)
     del steps  # the input pipeline's teardown, after the clock has stopped
     stopping = bool(stopping)
     if state.step - first < n and not stopping:  # would leave the other ranks waiting
@@ -151,13 +151,15 @@ def _report(loss, rate, epoch, state, ctx):
                                          "images_per_sec": rate})
 
 
-def _diagnose(error, rank, files, num_classes):
-    """tf.data names no file when a JPEG does not decode: find the record."""
-    if "bad label" in error.message:  # the assertion names the file and record already
-        raise error
+def _diagnose(error, rank, files, num_classes, first_label):
+    """A bad label: the assertion names the file and record. tf.data names no
+    file when a JPEG does not decode: find the record."""
+    label = reader.bad_label(error.message)
+    if label:
+        raise DataError(f"rank {rank}: {label}") from None
     print(f"hvd_alexnet: rank {rank}: a training record did not decode; scanning this rank's "
           f"shards for it ...", file=sys.stderr, flush=True)
-    found = reader.find_undecodable(files, num_classes)
+    found = reader.find_undecodable(files, num_classes, first_label)
     where = f"{found[0]}: record {found[1]}: {found[2]}" if found else error.message
     raise DataError(f"rank {rank}: {where}; fix or remove it, or pass --skip_corrupt to skip "
                     f"such records") from None

@@ -31,7 +31,8 @@ class Validation:
         "validation_seconds"}."""
         ds = reader.eval_dataset(self.data.val_files, self.cfg.eval_batch_size,
                                  self.cfg.image_size, self.data.num_classes, self.threads,
-                                 skip_corrupt=self.cfg.skip_corrupt)
+                                 skip_corrupt=self.cfg.skip_corrupt,
+                                 first_label=self.cfg.first_label)
         t0, ticker = time.perf_counter(), Ticker("validating", self.data.num_val, self.report.say)
 
         def after_batch(examples):

@@ -3,6 +3,15 @@ r"""`data build`: a folder of JPEGs in class subfolders -> ImageNet-schema TFRec
     python -m hvd_alexnet data build --train_dir raw/train --validation_dir raw/val \
         --output_dir imagenet_tfrecord --train_shards 1024 --validation_shards 128
 
+ImageNet as downloaded (ILSVRC2012: validation images in one folder), with the
+inputs TensorFlow's build_imagenet_data.py takes:
+
+    python -m hvd_alexnet data build --train_dir ILSVRC2012/train \
+        --validation_dir ILSVRC2012/val \
+        --validation_labels_file imagenet_2012_validation_synset_labels.txt \
+        --bounding_box_file imagenet_2012_bounding_boxes.csv \
+        --imagenet_metadata_file imagenet_metadata.txt --output_dir imagenet_tfrecord
+
 Labels are 1..N in the sorted order of the class folder names (0 stays the unused
 "background", as in ImageNet). Shards are written in parallel worker processes,
 each to a temporary name renamed into place when complete.
@@ -40,6 +49,45 @@ def _read_labels_file(path):
     return texts
 
 
+def _flat_validation(folder, labels_file):
+    """ILSVRC2012's validation set as downloaded: every image in one folder and a
+    file with one synset a line, for the images in sorted name order (the
+    ground truth that TensorFlow's build_imagenet_data.py reads)."""
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: not a directory")
+    images = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    with open(labels_file) as f:
+        synsets = [line.strip() for line in f if line.strip()]
+    if len(synsets) != len(images):
+        raise DataError(f"{labels_file}: {len(synsets)} labels for {len(images)} images in "
+                        f"{folder} (want one synset a line, in the images' sorted order)")
+    by_class = {}
+    for image, synset in zip(images, synsets):
+        by_class.setdefault(synset, []).append(os.path.join(folder, image))
+    return by_class
+
+
+def _read_boxes(path):
+    """{image file name: [(xmin, ymin, xmax, ymax)]} from a bounding-box file as
+    TensorFlow's process_bounding_boxes.py writes it: `name,xmin,ymin,xmax,ymax`
+    a line, coordinates relative to the image (0..1)."""
+    boxes = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.strip().split(",")
+            try:
+                box = tuple(float(x) for x in parts[1:5])
+            except ValueError:
+                box = ()
+            if len(parts) != 5 or len(box) != 4 or not all(0 <= x <= 1 for x in box):
+                raise DataError(f"{path}: line {number}: want name,xmin,ymin,xmax,ymax with "
+                                f"coordinates in 0..1, got {line.strip()!r}")
+            boxes.setdefault(os.path.basename(parts[0]), []).append(box)
+    return boxes
+
+
 def _split(train, validation_fraction, rng):
     """Moves a fraction of each class into a validation set."""
     val = {}
@@ -69,35 +117,41 @@ def _jpeg_and_shape(path, tf):
 
 
 def write_shard(items, path):
-    """Writes [(image path, label, synset, text)] to one TFRecord shard; returns its count."""
+    """Writes [(image path, label, synset, text, boxes)] to one TFRecord shard;
+    returns its count."""
     import tensorflow as tf  # in the worker: each spawned worker loads its own
 
     from hvd_alexnet.data import schema
     tmp = path + ".tmp"
     with tf.io.TFRecordWriter(tmp) as writer:
-        for image_path, label, synset, text in items:
+        for image_path, label, synset, text, boxes in items:
             jpeg, h, w = _jpeg_and_shape(image_path, tf)
             example = schema.make_example(jpeg, label, synset, text, h, w,
-                                          os.path.basename(image_path))
+                                          os.path.basename(image_path), boxes)
             writer.write(example.SerializeToString())
     os.replace(tmp, path)
     return len(items)
 
 
-def _items(by_class, label_of, texts, rng):
-    items = [(p, label_of[c], c, texts.get(c, c)) for c, paths in by_class.items() for p in paths]
+def _items(by_class, label_of, texts, boxes, rng):
+    items = [(p, label_of[c], c, texts.get(c, c), boxes.get(os.path.basename(p), ()))
+             for c, paths in by_class.items() for p in paths]
     rng.shuffle(items)  # shards mix classes, so each rank's subset is representative
     return items
 
 
 def build(train_dir, output_dir, train_shards=8, validation_shards=2, validation_dir=None,
-          validation_fraction=0.0, labels_file=None, workers=None, seed=0, log=print):
-    """Writes train-*/validation-* shards and metadata.json; returns the metadata."""
+          validation_fraction=0.0, labels_file=None, workers=None, seed=0, log=print,
+          validation_labels_file=None, bounding_box_file=None):
+    """Writes train-*/validation-* shards and metadata.json; returns the metadata.
+    With `validation_labels_file`, `validation_dir` is ILSVRC2012's flat folder;
+    `bounding_box_file` adds boxes (image/object/bbox/*) to the images it names."""
     from hvd_alexnet.data import schema
     rng = random.Random(seed)
     train = _class_images(train_dir)
     if validation_dir:
-        val = _class_images(validation_dir)
+        val = (_flat_validation(validation_dir, validation_labels_file)
+               if validation_labels_file else _class_images(validation_dir))
         unknown = sorted(set(val) - set(train))
         if unknown:
             raise DataError(f"{validation_dir}: classes not in {train_dir}: {unknown[:5]}")
@@ -106,8 +160,9 @@ def build(train_dir, output_dir, train_shards=8, validation_shards=2, validation
     classes = sorted(train)
     label_of = {c: i + 1 for i, c in enumerate(classes)}
     texts = _read_labels_file(labels_file) if labels_file else {}
-    splits = {schema.TRAIN: (_items(train, label_of, texts, rng), train_shards),
-              schema.VALIDATION: (_items(val, label_of, texts, rng), validation_shards)}
+    boxes = _read_boxes(bounding_box_file) if bounding_box_file else {}
+    splits = {schema.TRAIN: (_items(train, label_of, texts, boxes, rng), train_shards),
+              schema.VALIDATION: (_items(val, label_of, texts, boxes, rng), validation_shards)}
     os.makedirs(output_dir, exist_ok=True)
     jobs = []
     for split, (items, shards) in splits.items():

@@ -10,6 +10,7 @@ from absl import flags
 
 from hvd_alexnet import command
 from hvd_alexnet.data import builder, demo, photos
+from hvd_alexnet.errors import UsageError
 
 
 def _common():
@@ -29,7 +30,15 @@ d.string("train_dir", None, "JPEGs in class subfolders (raw/train/n01440764/x.JP
 d.string("validation_dir", None, "Validation JPEGs in the same class subfolders.")
 d.float("validation_fraction", 0.0,
         "Without --validation_dir, move this fraction of each class to validation.")
-d.string("labels_file", None, "Lines of `synset human-readable text`.")
+d.string("labels_file", None, "Lines of `synset human-readable text` (ImageNet's "
+         "synset_words.txt, LOC_synset_mapping.txt or imagenet_metadata.txt).")
+d.alias("imagenet_metadata_file", "labels_file")  # build_imagenet_data.py's name
+d.string("validation_labels_file", None,
+         "ILSVRC2012's validation ground truth: one synset a line for the images of "
+         "--validation_dir (one flat folder) in sorted name order.")
+d.string("bounding_box_file", None,
+         "Boxes as TensorFlow's process_bounding_boxes.py writes them "
+         "(name,xmin,ymin,xmax,ymax, relative); the distorted crop uses them.")
 d.integer("workers", 0, "Parallel shard writers (0: one per core).")
 
 DEMO, d = _common()
@@ -44,9 +53,13 @@ def build_main(argv):
     command.parse(BUILD, argv, "data build", build_main.__doc__,
                   required=("train_dir", "output_dir"))
     f = BUILD
+    if f.validation_labels_file and not f.validation_dir:
+        raise UsageError("--validation_labels_file needs --validation_dir (the flat folder)")
     meta = builder.build(f.train_dir, f.output_dir, f.train_shards, f.validation_shards,
                          f.validation_dir, f.validation_fraction, f.labels_file,
-                         f.workers or None, f.build_seed)
+                         f.workers or None, f.build_seed,
+                         validation_labels_file=f.validation_labels_file,
+                         bounding_box_file=f.bounding_box_file)
     print(_summary(meta))
 
 

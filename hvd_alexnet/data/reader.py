@@ -6,6 +6,7 @@ its reader repeats its shards behind that, so uneven shards can never leave one
 rank waiting for a step that another never takes.
 """
 
+import re
 import struct
 
 import tensorflow as tf
@@ -46,12 +47,38 @@ def _records_with_origin(filename):
     return records.enumerate().map(lambda i, r: (filename, i, r))
 
 
-def _checked_label(label, filename, index, num_classes):
-    ok = tf.logical_and(label >= 1, label <= num_classes)
-    check = tf.debugging.Assert(ok, ["bad label (want 1..num_classes)", label, "num_classes",
+def _checked_label(label, filename, index, num_classes, first_label):
+    ok = tf.logical_and(label >= first_label, label < first_label + num_classes)
+    check = tf.debugging.Assert(ok, ["bad label", label, "first", first_label, "num_classes",
                                      num_classes, "file", filename, "record", index])
-    with tf.control_dependencies([check]):
-        return tf.cast(label - 1, tf.int32)  # 1..N on disk, 0..N-1 for the logits
+    with tf.control_dependencies([check]):  # first..first+N-1 on disk, 0..N-1 for the logits
+        return tf.cast(label - first_label, tf.int32)
+
+
+BAD_LABEL = re.compile(r"\[bad label\] \[(-?\d+)\] \[first\] \[(-?\d+)\] \[num_classes\] "
+                       r"\[(\d+)\] \[file\] \[(.*?)\] \[record\] \[(\d+)\]")
+
+
+def bad_label(message):
+    """The one line that says what is wrong, from the failed label check in a
+    TensorFlow error message (None if it is not one)."""
+    found = BAD_LABEL.search(message)
+    if not found:
+        return None
+    label, first, n, path, record = found.groups()
+    return label_problem(path, int(record), int(label), int(first), int(n))
+
+
+def label_problem(path, record, label, first_label, num_classes):
+    """What a label outside first..first+N-1 means, and the flag that fixes it."""
+    where = (f"{path}: record {record}: label {label} is outside {first_label}.."
+             f"{first_label + num_classes - 1}")
+    if label == first_label - 1:
+        return (f"{where}: the labels seem to start at {label} (as TensorFlow Datasets' "
+                f"exports and several converters write them): pass --first_label={label}")
+    if label >= first_label + num_classes:
+        return f"{where}: more classes than --num_classes={num_classes}?"
+    return f"{where} (--first_label={first_label}, --num_classes={num_classes})"
 
 
 def _options(threads, deterministic):
@@ -70,7 +97,7 @@ def _options(threads, deterministic):
 def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epoch=0,
                   rank=0, skip_steps=0, shuffle=True, augment=True, flip=True,
                   area_range=(0.05, 1.0), shuffle_buffer=10000, threads=None,
-                  deterministic=True, skip_corrupt=False):
+                  deterministic=True, skip_corrupt=False, first_label=1):
     """`steps` batches of (images, labels, positions) of one epoch for one rank,
     after skipping `skip_steps` (a resume).
 
@@ -105,7 +132,7 @@ def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epo
         image = preprocess.train_image(jpeg, boxes, image_size, seed=tf.stack(
             [tf.cast(epoch_seed, tf.int64), position]), area_range=area_range, augment=augment,
             flip=flip)
-        return image, _checked_label(label, filename, index, num_classes), position
+        return image, _checked_label(label, filename, index, num_classes, first_label), position
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE)
     if skip_corrupt:
@@ -114,7 +141,8 @@ def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epo
     return ds.with_options(_options(threads, deterministic))
 
 
-def eval_dataset(files, batch_size, image_size, num_classes, threads=None, skip_corrupt=False):
+def eval_dataset(files, batch_size, image_size, num_classes, threads=None, skip_corrupt=False,
+                 first_label=1):
     """Every validation record once, central crop, last batch possibly short."""
     ds = tf.data.Dataset.from_tensor_slices(list(files))
     ds = ds.interleave(_records_with_origin, cycle_length=min(len(files), 16),
@@ -122,8 +150,8 @@ def eval_dataset(files, batch_size, image_size, num_classes, threads=None, skip_
 
     def load(filename, index, record):
         jpeg, label, _ = schema.parse(record)
-        return preprocess.eval_image(jpeg, image_size), _checked_label(label, filename, index,
-                                                                       num_classes)
+        return preprocess.eval_image(jpeg, image_size), _checked_label(
+            label, filename, index, num_classes, first_label)
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
     if skip_corrupt:
@@ -143,15 +171,16 @@ def synthetic_dataset(batch_size, image_size, num_classes, seed=0, threads=None)
     return ds.with_options(_options(threads, False))
 
 
-def find_undecodable(files, num_classes):
+def find_undecodable(files, num_classes, first_label=1):
     """(file, record, reason) of the first record whose JPEG does not decode or whose
     label is out of range, scanning in order; None if all are fine. Slow: it is the
     diagnosis after a decode error, which tf.data reports without a file name."""
     for path in files:
         for index, record in enumerate(tf.data.TFRecordDataset(path)):
             jpeg, label, _ = schema.parse(record)
-            if not 1 <= int(label) <= num_classes:
-                return path, index, f"label {int(label)} not in 1..{num_classes}"
+            if not first_label <= int(label) < first_label + num_classes:
+                return path, index, (f"label {int(label)} not in {first_label}.."
+                                     f"{first_label + num_classes - 1}")
             try:
                 tf.io.decode_jpeg(jpeg, channels=3)
             except tf.errors.InvalidArgumentError as e:
@@ -181,3 +210,10 @@ def check_framing(path):
             f.seek(offset)
             index += 1
     return index
+
+
+def first_labels(path):
+    """(record 0, its label) of a shard, or None for a shard without records."""
+    for record in tf.data.TFRecordDataset(path).take(1):
+        return 0, int(schema.parse(record)[1])
+    return None
