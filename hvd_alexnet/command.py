@@ -2,7 +2,7 @@
 parses its own arguments with `parse()`.
 
     FLAGS = flags.FlagValues()
-    flags.DEFINE_string("model_dir", None, "...", flag_values=FLAGS)
+    command.definers(FLAGS).string("out_dir", None, "...")
 
     def main(argv):
         (model_dir,) = command.parse(FLAGS, argv, "report", __doc__, positional=["MODEL_DIR"])
@@ -39,9 +39,11 @@ def usage(fv, name, doc, positional=()):
     for flag in sorted(fv._flags().values(), key=lambda f: f.name):  # each flag once
         if flag.name in ("flagfile", "undefok") or fv._flags().get(flag.name) is not flag:
             continue
-        value = flag.default
-        shown = ",".join(map(str, value)) if isinstance(value, list) else str(value).lower() \
-            if isinstance(value, bool) else value
+        value = shown = flag.default
+        if isinstance(value, list):
+            shown = ",".join(map(str, value))
+        elif isinstance(value, bool):
+            shown = str(value).lower()
         default = "" if value is None else f" (default: {shown})"
         switch = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
         lines.append(textwrap.fill(f"{switch}: {flag.help}{default}", 100,
@@ -66,8 +68,7 @@ def parse(fv, argv, name, doc=None, positional=(), required=(), at_least=None):
     missing = [f"--{n} is required" for n in required if fv[n].value in (None, "", [])]
     if missing:
         raise UsageError("; ".join(missing))
-    fixed = [p for p in positional if not p.endswith("...")]
-    many = len(fixed) < len(positional)
+    many = any(p.endswith("...") for p in positional)
     least = len(positional) if at_least is None else at_least
     if len(rest) < least or (not many and len(rest) > len(positional)):
         want = " ".join(positional) or "no arguments"

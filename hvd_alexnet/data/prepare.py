@@ -60,7 +60,7 @@ def check_first_labels(files, first_label, num_classes):
     among ImageNet's 1,152 shards' first records about 2 times in 3; the reader
     checks every record as it goes)."""
     for path in files:
-        found = reader.first_labels(path)
+        found = reader.first_record_label(path)
         if found and not first_label <= found[1] < first_label + num_classes:
             raise DataError(reader.label_problem(path, found[0], found[1], first_label,
                                                  num_classes))

@@ -212,7 +212,7 @@ def check_framing(path):
     return index
 
 
-def first_labels(path):
+def first_record_label(path):
     """(record 0, its label) of a shard, or None for a shard without records."""
     for record in tf.data.TFRecordDataset(path).take(1):
         return 0, int(schema.parse(record)[1])
