@@ -85,14 +85,19 @@ class Dist:
     def solo_begin(self):
         self._last_beat = time.monotonic()
 
-    def solo_end(self):
+    def solo_end(self, failure=None):
+        """Rank 0's solo work is done, or failed (`failure`: one line saying why)."""
         if self.is_root and self.size > 1:
-            self.broadcast_int(1, "hvd_alexnet.solo")
+            self.broadcast_int(2 if failure else 1, "hvd_alexnet.solo")
+            if failure:
+                self.allgather_object(failure, "hvd_alexnet.solo.failure")
 
     def wait_for_root(self):
-        """Ranks other than 0: wait until rank 0 calls solo_end()."""
-        while self.broadcast_int(0, "hvd_alexnet.solo") == 0:
+        """Ranks other than 0: wait until rank 0 calls solo_end(); returns its
+        failure (None if it succeeded)."""
+        while (done := self.broadcast_int(0, "hvd_alexnet.solo")) == 0:
             self.watchdog.beat("waiting for rank 0 to validate and checkpoint")
+        return self.allgather_object(None, "hvd_alexnet.solo.failure")[0] if done == 2 else None
 
 
 def weights_digest(variables):

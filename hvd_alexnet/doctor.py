@@ -16,21 +16,27 @@ else (horovodrun --gloo) with Horovod's own all-gather.
 import os
 import shutil
 import socket
+import time
 
 import tensorflow as tf
 from absl import flags
 
 from hvd_alexnet import command, config, distributed
-from hvd_alexnet.data import prepare, reader, schema
+from hvd_alexnet.data import labels, prepare, reader, schema
 from hvd_alexnet.errors import DataError, UsageError
 
 
 FLAGS = config.define(flags.FlagValues())  # train's own flags: the same flag file works
+command.definers(FLAGS).integer(
+    "label_records", 100, "Records per shard whose labels and synsets doctor reads (0: every "
+    "record). It reads whole records, so the cost is their bytes: ImageNet's ~110 KB each.")
 USAGE = """Preflight of a training job: launch it exactly as you will launch train
 (horovodrun / mpirun / srun, same hosts, same flags or --flagfile). Prints one
 row per rank and the job's checks; exits 2 if anything would stop or slow the
 run. It reads --data_dir, --model_dir, --batch_size, --accumulate_steps,
---image_size, --num_classes and --threads; the other training flags are accepted."""
+--image_size, --num_classes, --first_label and --threads; the other training
+flags are accepted. --label_records sets how many records per shard have their
+labels checked (range, and synsets numbered alike)."""
 
 
 def rank_report(args, rank, size, local_rank, local_size):
@@ -44,16 +50,49 @@ def rank_report(args, rank, size, local_rank, local_size):
     try:
         files = schema.list_shards(args.data_dir, schema.TRAIN)
         if not files:
-            raise DataError(f"{args.data_dir}: no training shards (train-*) on this host")
+            raise DataError(schema.no_shards(args.data_dir, schema.TRAIN, " on this host"))
         mine = reader.rank_shards(files, rank, size)
         row["shards"] = len(mine)
         row["examples"] = sum(reader.check_framing(f) for f in mine)
-        for record in tf.data.TFRecordDataset(mine[:1]).take(1):  # one record decodes
+        for record in tf.data.TFRecordDataset(mine).take(1):  # one record decodes
             jpeg, label, _ = schema.parse(record)
             tf.io.decode_jpeg(jpeg)
+        row.update(read_labels(mine + schema.list_shards(args.data_dir, schema.VALIDATION)[
+            rank::size], args.label_records))
     except (DataError, tf.errors.OpError, OSError) as e:
         row["problem"] = str(getattr(e, "message", "") or e).splitlines()[0]
     return row
+
+
+def read_labels(files, per_shard):
+    """The labels and synsets of the first `per_shard` records of each file (all: 0):
+    {"labels_read", "label_seconds", "label_entries"}, the entries kept small (the
+    first of each label/synset pair)."""
+    t0, read, kept = time.perf_counter(), 0, {}
+    for path in files:
+        for e in labels.read(path, per_shard or None):
+            read += 1
+            kept.setdefault(e[2:4], e)
+    return {"labels_read": read, "label_seconds": time.perf_counter() - t0,
+            "label_entries": list(kept.values())}
+
+
+def label_check(args, rows, num_classes):
+    """(what, problem): the labels the ranks read are in range and numbered alike
+    (across shards, and as the model in --model_dir that a run would resume)."""
+    entries = [e for r in rows for e in r.get("label_entries", [])]
+    read = sum(r.get("labels_read", 0) for r in rows)
+    seconds = max(r.get("label_seconds", 0) for r in rows)
+    sample = (f"the first {args.label_records} of each shard" if args.label_records
+              else "every record")
+    what = (f"labels of {read} records ({sample}; --label_records sets it), read in "
+            f"{seconds:.1f} s: {len({e[2] for e in entries})} classes, in "
+            f"{args.first_label}..{args.first_label + num_classes - 1}")
+    from hvd_alexnet.inference import trained_classes
+    problem = (labels.range_problem(entries, args.first_label, num_classes)
+               or labels.disagreement(trained_classes(args.model_dir), entries,
+                                      f"the model in {args.model_dir}"))
+    return what, problem or ""
 
 
 def job_checks(args, rows, hvd_built):
@@ -67,10 +106,12 @@ def job_checks(args, rows, hvd_built):
     checks.append((f"{val} validation shards", "" if val else "none: add them or train --noeval"))
     fewest, batch = min(r["examples"] for r in rows), args.batch_size * args.accumulate_steps
     checks.append((f"smallest rank's share: {fewest} examples, batch {batch}",
-                   "" if fewest >= batch else "less than one batch"))
+                   "" if fewest >= batch else "less than one batch" if fewest else
+                   "that rank's training shards are all empty"))
     from hvd_alexnet.model import build_alexnet
     num_classes = args.num_classes or (schema.read_metadata(args.data_dir) or {}).get(
         "num_classes", prepare.DEFAULT_NUM_CLASSES)
+    checks.append(label_check(args, rows, num_classes))
     need = config.checkpoint_bytes(build_alexnet(args.image_size, num_classes).count_params())
     problem = "".join(config.check_model_dir(args.model_dir))
     if not problem:

@@ -14,7 +14,7 @@ evaluated differ from the records on disk: none missed, none counted twice.
 from absl import flags
 
 from hvd_alexnet import command, distributed, inference
-from hvd_alexnet.data import reader, schema
+from hvd_alexnet.data import labels, reader, schema
 from hvd_alexnet.errors import DataError
 from hvd_alexnet.progress import Ticker
 
@@ -42,8 +42,15 @@ def main(argv):
     path = inference.checkpoint_path(args.model_dir, args.checkpoint)
     files = schema.list_shards(args.data_dir, args.split)
     if not files:
-        raise DataError(f"{args.data_dir}: no {args.split} shards ({args.split}-*)")
+        raise DataError(schema.no_shards(args.data_dir, args.split))
     dist, threads = distributed.init(threads=args.threads)  # HVD
+    # The data numbers its classes as the model does (record 0 of each shard: every
+    # rank reads the same ones, so all reach the same verdict).
+    seen = [e for path in files for e in labels.read(path, 1)]
+    problem = (labels.disagreement(desc.get("synsets", []), seen, f"the model in {args.model_dir}")
+               or labels.range_problem(seen, args.first_label, desc["num_classes"]))
+    if problem:
+        raise DataError(problem)
     say = print if dist.is_root else (lambda *a, **k: None)
     mine = files[dist.rank::dist.size]  # a rank beyond the shard count reads nothing
     on_disk = sum(reader.check_framing(f) for f in mine)
@@ -63,7 +70,7 @@ def main(argv):
                                f"{on_disk} records")
     say(f"evaluated {path} on {n} {args.split} examples in {len(files)} shards, "
         f"{dist.size} rank(s)")
-    k = scorer.k
-    say(f"Accuracy @ 1 = {c1 / n:.4f} Accuracy @ {k} = {c5 / n:.4f} [{n} examples]")
-    say(f"top-1 hits {c1}, top-{k} hits {c5}, of {n}")
+    say(f"Accuracy @ 1 = {c1 / n:.4f} Accuracy @ 5 = {c5 / n:.4f} [{n} examples]"
+        f"{inference.top5_note(desc['num_classes'])}")
+    say(f"top-1 hits {c1}, top-5 hits {c5}, of {n}")
     return 0

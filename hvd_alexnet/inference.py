@@ -22,15 +22,16 @@ MODEL_FILE = "model.json"  # written by the trainer beside its checkpoints
 PREDICT_BATCH = 64
 
 
-def describe(image_size, num_classes, data_dir):
-    """What inference needs to rebuild the model: input size, classes and their names
-    (from the data's metadata.json, else 'class N')."""
-    meta = schema.read_metadata(data_dir) if data_dir else None
-    names = {int(c["label"]): c.get("text") or c.get("synset")
-             for c in (meta or {}).get("classes", [])}
+def describe(image_size, num_classes, classes=()):
+    """What inference needs to rebuild the model: input size, the classes' names
+    by label (from `classes`, [{"label", "synset", "text"}] as in metadata.json
+    or as read from the records; 'class N' where unknown), and those classes
+    (the label -> synset pairs that evaluate and a resume compare with their data)."""
+    names = {int(c["label"]): c.get("text") or c.get("synset") for c in classes}
     return {"image_size": image_size, "num_classes": num_classes,
             "classes": [names.get(label) or f"class {label}"
-                        for label in range(1, num_classes + 1)]}
+                        for label in range(1, num_classes + 1)],
+            "synsets": [{k: c.get(k) for k in ("label", "synset", "text")} for c in classes]}
 
 
 def write_description(model_dir, description):
@@ -52,7 +53,16 @@ def read_description(model_dir):
         raise UsageError(f"{model_dir}: neither {MODEL_FILE} nor {metrics_log.LOG_FILE}; give "
                          f"the --model_dir of a training run")
     p = params[-1]
-    return describe(p["image_size"], p["num_classes"], p.get("data_dir"))
+    meta = schema.read_metadata(p["data_dir"]) if p.get("data_dir") else None
+    return describe(p["image_size"], p["num_classes"], (meta or {}).get("classes", []))
+
+
+def trained_classes(model_dir):
+    """The label -> synset pairs of the model a run in `model_dir` would resume
+    ([] if there is no checkpoint to resume)."""
+    if not tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR)):
+        return []
+    return read_description(model_dir).get("synsets", [])
 
 
 def checkpoint_path(model_dir, checkpoint=None):
@@ -73,9 +83,15 @@ def load(model_dir, checkpoint=None):
     return model, desc, path
 
 
+def top5_note(num_classes):
+    """Said after a top-5 figure of a model with fewer than 5 classes."""
+    return f" (of {num_classes} classes: every label is in the top 5)" if num_classes < 5 else ""
+
+
 class Scorer:
-    """Top-1 and top-k hits of a model over a dataset of (images, labels) batches:
-    validation in the trainer and `evaluate` count alike."""
+    """Top-1 and top-5 hits of a model over a dataset of (images, labels) batches:
+    validation in the trainer and `evaluate` count alike. With fewer than 5
+    classes, top-5 counts every example (in_top_k with k = the classes)."""
 
     def __init__(self, model, num_classes):
         self.model, self.k = model, min(5, num_classes)

@@ -89,7 +89,8 @@ class RunState:
 def train_stretch(train_step, batches, n, state, ctx):
     """Runs `n` steps of `batches` (images, labels, positions); returns True when
     a stop was requested of any rank. `ctx`: cfg, dist, stop, report,
-    learning_rate(step), hooks. Raises Diverged or DataError."""
+    learning_rate(step), hooks. Raises Diverged, or DataError on every rank when
+    one rank's data fails (naming that rank)."""
     cfg, dist, speed, watchdog = ctx.cfg, ctx.dist, state.speed, ctx.dist.watchdog
     epoch, first, offset = state.epoch, state.step, state.step % state.steps_per_epoch
     window_t, window_steps, timed = time.perf_counter(), 0, 0  # the progress line's window
@@ -98,7 +99,7 @@ def train_stretch(train_step, batches, n, state, ctx):
     warmup = cfg.num_warmup_batches  # untimed steps of this process (the first traces)
     if state.step - state.start_step >= warmup:
         speed.start()  # later stretches: the pipeline's start-up counts too
-    steps = iter(batches.take(n))
+    steps, failure = iter(batches.take(n)), None
     try:
         watchdog.beat("reading the first batch of the epoch")
         for images, labels, positions in steps:
@@ -114,24 +115,30 @@ def train_stretch(train_step, batches, n, state, ctx):
                     speed.start()
             else:
                 timed += 1
+            if bool(stopping):  # before any other collective: a failing rank joins no more
+                break
             if state.step % cfg.log_every == 0 or state.step == state.total:
                 now = time.perf_counter()  # windows tile the timed region: their sum is its time
                 _report(loss, window_steps * state.global_batch / max(now - window_t, 1e-9),
                         epoch, state, ctx)
                 window_t, window_steps = now, 0
             ctx.hooks.after_step(dist.rank, state.step, lambda: ctx.stop.requested)
-            if bool(stopping):
-                break
         if loss is not None:
             float(loss)  # wait for the last step before stopping the clock
         speed.stop(timed * state.global_batch)
     except tf.errors.InvalidArgumentError as e:
-        _diagnose(e, dist.rank, ctx.train_files, ctx.num_classes, cfg.first_label)
+        failure = _diagnose(e, dist.rank, ctx.train_files, ctx.num_classes, cfg.first_label)
     del steps  # the input pipeline's teardown, after the clock has stopped
+    if not failure and state.step - first < n and not bool(stopping):
+        failure = f"rank {dist.rank}: the reader ended after {state.step - first} of {n} steps"
+    if failure:  # the other ranks wait in this step: it stops them, its update is never saved
+        images = tf.zeros([state.step_batch, cfg.image_size, cfg.image_size, 3])
+        _, stopping = train_step(images, tf.zeros([state.step_batch], tf.int32), tf.constant(True))
     stopping = bool(stopping)
-    if state.step - first < n and not stopping:  # would leave the other ranks waiting
-        raise DataError(f"rank {dist.rank}: the reader ended after {state.step - first} of "
-                        f"{n} steps")
+    if stopping:  # a signal or a rank's failure: every rank learns which, and why
+        failures = [f for f in dist.allgather_object(failure, "hvd_alexnet.failure") if f]  # HVD
+        if failures:
+            raise DataError("; ".join(failures))
     if cfg.skip_corrupt and state.step > first:  # positions are in order: gaps are skips
         read = int(tf.reduce_max(positions)) + 1 - offset * state.step_batch
         state.skipped += read - (state.step - first) * state.step_batch
@@ -152,14 +159,14 @@ def _report(loss, rate, epoch, state, ctx):
 
 
 def _diagnose(error, rank, files, num_classes, first_label):
-    """A bad label: the assertion names the file and record. tf.data names no
-    file when a JPEG does not decode: find the record."""
+    """What a reader's error means, in one line. A bad label: the assertion names
+    the file and record. tf.data names no file when a JPEG does not decode: find
+    the record."""
     label = reader.bad_label(error.message)
     if label:
-        raise DataError(f"rank {rank}: {label}") from None
+        return f"rank {rank}: {label}"
     print(f"hvd_alexnet: rank {rank}: a training record did not decode; scanning this rank's "
           f"shards for it ...", file=sys.stderr, flush=True)
     found = reader.find_undecodable(files, num_classes, first_label)
     where = f"{found[0]}: record {found[1]}: {found[2]}" if found else error.message
-    raise DataError(f"rank {rank}: {where}; fix or remove it, or pass --skip_corrupt to skip "
-                    f"such records") from None
+    return f"rank {rank}: {where}; fix or remove it, or pass --skip_corrupt to skip such records"

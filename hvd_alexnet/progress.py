@@ -129,11 +129,11 @@ class Reporter:
         self.say(self.progress.line(step, values["loss"], values["learning_rate"],
                                     values["images_per_sec"]))
 
-    def validation(self, epoch, step, result, k):
+    def validation(self, epoch, step, result, note=""):
         self.metrics.log([epoch], result)
         self.board.scalars("validation", step, {"top1": result["top1"], "top5": result["top5"]})
-        self.say(f"Accuracy @ 1 = {result['top1']:.4f} Accuracy @ {k} = {result['top5']:.4f} "
-                 f"[{result['validation_examples']} examples]")
+        self.say(f"Accuracy @ 1 = {result['top1']:.4f} Accuracy @ 5 = {result['top5']:.4f} "
+                 f"[{result['validation_examples']} examples]{note}")
 
     def log(self, step, values):
         self.metrics.log(step, values)

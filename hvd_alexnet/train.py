@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from hvd_alexnet import checkpoint, command, config, distributed, inference, optim
 from hvd_alexnet.data import prepare
-from hvd_alexnet.errors import Preempted
+from hvd_alexnet.errors import DataError, Preempted
 from hvd_alexnet.loop import Hooks, RunState, StopRequest, train_stretch
 from hvd_alexnet.model import build_alexnet
 from hvd_alexnet.progress import Reporter
@@ -43,7 +43,8 @@ def run(cfg, log=print, hooks=None):
     tf.keras.utils.set_random_seed(cfg.seed)
     # 2. Agree on the data, and so on the steps: every rank takes as many.
     data = prepare.prepare_data(cfg, dist.rank, dist.size, lambda mine: dist.allgather_object(
-        mine, "hvd_alexnet.preflight"))  # HVD
+        mine, "hvd_alexnet.preflight"),  # HVD
+        inference.trained_classes(cfg.model_dir) if dist.is_root else [])
     state = RunState(*prepare.plan_steps(cfg, data, dist.size))
     # 3. Model and optimizer; rank 0 restores the newest checkpoint, all start identical.
     m = build(cfg, data.num_classes, state, dist)
@@ -107,7 +108,8 @@ def build(cfg, num_classes, state, dist):
 
 def announce(cfg, data, state, dist, threads, policy, report, timeline):
     """The PARAMETER record, model.json for inference, and rank 0's opening lines."""
-    report.parameters({**vars(cfg), "num_classes": data.num_classes, "ranks": dist.size,
+    report.parameters({**vars(cfg), "num_classes": data.num_classes,
+                       "num_classes_from": data.classes_from or "default", "ranks": dist.size,
                        "global_batch": state.global_batch,
                        "steps_per_epoch": state.steps_per_epoch, "total_steps": state.total,
                        "train_examples": data.num_train, "rank_examples": data.rank_examples,
@@ -117,7 +119,7 @@ def announce(cfg, data, state, dist, threads, policy, report, timeline):
     if not dist.is_root:
         return
     inference.write_description(cfg.model_dir, inference.describe(  # what predict etc. need
-        cfg.image_size, data.num_classes, None if cfg.synthetic else cfg.data_dir))
+        cfg.image_size, data.num_classes, data.classes))
     say, spe, batch = report.say, state.steps_per_epoch, state.global_batch
     if cfg.horovod_timeline:
         say(f"Horovod timeline: {timeline} (open in chrome://tracing or ui.perfetto.dev)")
@@ -125,6 +127,9 @@ def announce(cfg, data, state, dist, threads, policy, report, timeline):
     say(f"hvd_alexnet: {dist.size} ranks x batch {cfg.batch_size}{micro} = {batch}, {spe} "
         f"steps/epoch, {state.total} steps, {data.num_train} training images, "
         f"{data.num_classes} classes, {policy}, {threads} threads/rank")
+    if not data.classes_from and not cfg.synthetic:
+        say(f"note: {data.num_classes} classes is the default (ImageNet's): neither "
+            f"--num_classes nor {cfg.data_dir}/metadata.json gives the count")
     say(f"hvd_alexnet: all {dist.size} ranks joined, on {len(set(dist.hosts))} host(s): "
         f"{distributed.describe_hosts(dist.hosts)}")
     if spe * batch < 0.95 * data.num_train and not cfg.synthetic:
@@ -137,12 +142,18 @@ def pause(dist, ckpts, state, validate, due):
     """Rank 0 checkpoints and, if `due`, validates, while the other ranks wait
     in the heartbeat loop. Returns the validation's result (or None)."""
     if not dist.is_root:
-        dist.wait_for_root()  # HVD
+        failure = dist.wait_for_root()  # HVD
+        if failure:
+            raise DataError(failure)
         return None
     dist.solo_begin()
     ckpts.save(state.step, state.examples_seen)
     dist.solo_tick(force=True)
-    result = validate() if due else None
+    try:
+        result = validate() if due else None
+    except DataError as e:  # the waiting ranks exit with the same line
+        dist.solo_end(failure=str(e))  # HVD
+        raise
     dist.solo_end()  # HVD
     return result
 

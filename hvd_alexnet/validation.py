@@ -7,7 +7,10 @@ their collectives answered (see distributed.py) and this rank's watchdog fed.
 
 import time
 
+import tensorflow as tf
+
 from hvd_alexnet import inference
+from hvd_alexnet.errors import DataError
 from hvd_alexnet.data import reader
 from hvd_alexnet.progress import Ticker
 
@@ -40,8 +43,13 @@ class Validation:
             self.dist.solo_tick()  # HVD: keeps the waiting ranks' collectives alive
             ticker.update(examples)
 
-        c1, c5, n = self.scorer.count(ds, after_batch)
+        try:
+            c1, c5, n = self.scorer.count(ds, after_batch)
+        except tf.errors.InvalidArgumentError as e:  # a bad label names its file and record
+            first = (e.message or "").strip().splitlines()[:1] or [type(e).__name__]
+            raise DataError(f"rank 0, validating: {reader.bad_label(e.message) or first[0]}") \
+                from None
         result = {"top1": c1 / n, "top5": c5 / n, "validation_examples": n,
                   "validation_seconds": time.perf_counter() - t0}
-        self.report.validation(epoch, step, result, self.scorer.k)
+        self.report.validation(epoch, step, result, inference.top5_note(self.data.num_classes))
         return result

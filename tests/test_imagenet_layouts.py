@@ -116,7 +116,7 @@ def _zero_based(out, first_record_label=0):
                 for i in range(per):
                     label = first_record_label if (split, s, i) == ("train", 0, 0) else \
                         int(rng.integers(0, 4))
-                    w.write(schema.make_example(_jpeg(i), label, "s", "t", 40, 56,
+                    w.write(schema.make_example(_jpeg(i), label, f"n{label:08d}", "t", 40, 56,
                                                 f"{i}.jpg").SerializeToString())
     return str(out)
 

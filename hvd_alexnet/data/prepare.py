@@ -4,66 +4,71 @@ Horovod-free: the caller passes `gather(obj)`, which returns every rank's
 `obj` by rank (the trainer passes Horovod's all-gather).
 """
 
+import os
 import types
 
-from hvd_alexnet.data import reader, schema
+from hvd_alexnet.data import labels, reader, schema
 from hvd_alexnet.errors import DataError
 
 SYNTHETIC_EPOCH = 1281167  # examples per synthetic "epoch": ImageNet's training set
 DEFAULT_NUM_CLASSES = 1000  # ImageNet's, when neither --num_classes nor metadata.json says
 
 
-def prepare_data(cfg, rank, size, gather):
+def prepare_data(cfg, rank, size, gather, known_classes=()):
     """Shard lists, counts and classes, the same on every rank.
 
     Each rank checks its own training shards (framing only: cheap, and it counts
-    the records) and rank 0 the validation shards; any rank's problem is gathered
-    and raised on every rank, so all of them exit together with the same message.
+    the records) and rank 0 the validation shards; each reads the label and
+    synset of every such shard's first record, and rank 0 compares them with
+    `known_classes` (those of the model it resumes). Any rank's problem is
+    gathered and raised on every rank, so all of them exit together with the
+    same message.
     """
     d = types.SimpleNamespace(train_files=[], val_files=[], rank_examples=[],
-                              num_train=SYNTHETIC_EPOCH, num_val=0,
-                              num_classes=cfg.num_classes or DEFAULT_NUM_CLASSES)
+                              num_train=SYNTHETIC_EPOCH, num_val=0, classes=[],
+                              num_classes=cfg.num_classes or DEFAULT_NUM_CLASSES,
+                              classes_from="--num_classes" if cfg.num_classes else None)
     if cfg.synthetic:
         return d
-    problem, mine = "", 0
+    problem, mine, seen = "", 0, []
     try:
         files = schema.list_shards(cfg.data_dir, schema.TRAIN)
         if not files:
-            raise DataError(f"{cfg.data_dir}: no training shards (train-*)")
+            raise DataError(schema.no_shards(cfg.data_dir, schema.TRAIN))
         d.train_files = reader.rank_shards(files, rank, size)
         d.val_files = schema.list_shards(cfg.data_dir, schema.VALIDATION)
         if cfg.eval and not d.val_files:
-            raise DataError(f"{cfg.data_dir}: no validation shards (validation-*); "
-                            f"add them or pass --noeval")
+            raise DataError(schema.no_shards(cfg.data_dir, schema.VALIDATION,
+                                             "; add them or pass --noeval"))
         mine = sum(reader.check_framing(path) for path in d.train_files)
+        checked = list(d.train_files)
         if rank == 0 and cfg.eval:
             d.num_val = sum(reader.check_framing(path) for path in d.val_files)
-        meta = schema.read_metadata(cfg.data_dir) or {}
-        if cfg.num_classes is None and "num_classes" in meta:
-            d.num_classes = int(meta["num_classes"])
-        check_first_labels(d.train_files + (d.val_files if rank == 0 and cfg.eval else []),
-                           cfg.first_label, d.num_classes)
+            if not d.num_val:
+                raise DataError(f"{cfg.data_dir}: the validation shards hold no records; add "
+                                f"some or pass --noeval")
+            checked += d.val_files
+        seen = [e for path in checked for e in labels.read(path, 1)]  # record 0 of each
+        problem = labels.disagreement(known_classes, seen, f"the model in {cfg.model_dir}")
     except DataError as e:
         problem = str(e)
-    gathered = gather((problem, mine))
-    problems = sorted(set(p for p, _ in gathered if p))
+    gathered = gather((problem or "", mine, seen))
+    problems = sorted(set(p for p, _, _ in gathered if p))
     if problems:
         raise DataError("; ".join(problems))
-    d.rank_examples = [n for _, n in gathered]
+    seen = [e for _, _, entries in gathered for e in entries]
+    d.rank_examples = [n for _, n, _ in gathered]
     d.num_train = sum(d.rank_examples)
+    meta = schema.read_metadata(cfg.data_dir) or {}
+    if cfg.num_classes is None and "num_classes" in meta:
+        d.num_classes = int(meta["num_classes"])
+        d.classes_from = os.path.join(cfg.data_dir, schema.METADATA_FILE)
+    problem = (labels.disagreement([], seen, "") or
+               labels.range_problem(seen, cfg.first_label, d.num_classes))
+    if problem:  # the same data on every rank: the same verdict
+        raise DataError(problem)
+    d.classes = meta.get("classes") or labels.classes(seen)
     return d
-
-
-def check_first_labels(files, first_label, num_classes):
-    """The first record of each shard has a label in first..first+N-1: one record a
-    shard, and data whose labels start at 0 is named before any work (a 0 is
-    among ImageNet's 1,152 shards' first records about 2 times in 3; the reader
-    checks every record as it goes)."""
-    for path in files:
-        found = reader.first_record_label(path)
-        if found and not first_label <= found[1] < first_label + num_classes:
-            raise DataError(reader.label_problem(path, found[0], found[1], first_label,
-                                                 num_classes))
 
 
 def plan_steps(cfg, data, size):

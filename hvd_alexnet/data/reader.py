@@ -34,6 +34,10 @@ def steps_per_epoch(rank_examples, batch_size):
     larger rank reads a fresh random subset of its examples each epoch."""
     fewest = min(rank_examples)
     steps = fewest // batch_size
+    if fewest == 0:
+        raise DataError(f"rank {rank_examples.index(fewest)}'s training shards are all empty "
+                        f"(0 records; empty shards are valid, but every rank needs examples): "
+                        f"run fewer ranks or re-shard the data")
     if steps < 1:
         raise DataError(f"rank {rank_examples.index(fewest)}'s shards hold {fewest} training "
                         f"examples, fewer than one batch ({batch_size}); lower --batch_size, "
@@ -191,10 +195,9 @@ def find_undecodable(files, num_classes, first_label=1):
 def check_framing(path):
     """Walks a TFRecord file's record headers (no payload read), returns its record
     count, and raises DataError naming the file and record if it is truncated.
-    Cheap: one seek per record."""
-    size = tf.io.gfile.stat(path).length
-    if size == 0:
-        raise DataError(f"{path}: empty shard")
+    Cheap: one seek per record. A 0-byte file is a shard of 0 records (the TPU
+    converter's fixed 1,024 shards leave many empty on a small set)."""
+    size = tf.io.gfile.stat(path).length  # 0 bytes: a valid shard without records
     offset, index = 0, 0
     with tf.io.gfile.GFile(path, "rb") as f:
         while offset < size:
@@ -211,9 +214,3 @@ def check_framing(path):
             index += 1
     return index
 
-
-def first_record_label(path):
-    """(record 0, its label) of a shard, or None for a shard without records."""
-    for record in tf.data.TFRecordDataset(path).take(1):
-        return 0, int(schema.parse(record)[1])
-    return None

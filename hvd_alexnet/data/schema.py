@@ -69,8 +69,26 @@ def shard_name(split, index, count):
 
 
 def list_shards(data_dir, split):
-    """Sorted shard paths of one split; the order every rank agrees on."""
-    return sorted(tf.io.gfile.glob(os.path.join(data_dir, f"{split}-*")))
+    """Sorted shard paths of one split, the order every rank agrees on: DIR/split-*,
+    or DIR/split/split-* where there are none (the TPU repository's
+    imagenet_to_gcs.py writes train/ and validation/ subfolders)."""
+    for folder in (data_dir, os.path.join(data_dir, split)):
+        found = sorted(tf.io.gfile.glob(os.path.join(folder, f"{split}-*")))
+        if found:
+            return found
+    return []
+
+
+def no_shards(data_dir, split, hint=""):
+    """What to say when list_shards() found none: where they were looked for, and
+    any folder one level down that holds them."""
+    what = "training" if split == TRAIN else split
+    elsewhere = sorted({os.path.dirname(p) for p in tf.io.gfile.glob(
+        os.path.join(data_dir, "*", f"{split}-*"))})
+    found = (f"; found some in {', '.join(elsewhere[:3])}: pass that folder as --data_dir"
+             if elsewhere else "")
+    return (f"{data_dir}: no {what} shards ({split}-* in {data_dir} or "
+            f"{os.path.join(data_dir, split)}){found}{hint}")
 
 
 def read_metadata(data_dir):
