@@ -14,7 +14,8 @@ PYTEST_ARGS     ?=
 CHAOS_ARGS      ?=
 IMAGE           ?= hvd-alexnet
 
-.PHONY: install train demo-data bench-data bench test chaos docker-build docker-test clean
+.PHONY: install train demo-data bench-data bench test chaos docker-build docker-test clean \
+	gpu-check check-gpu-build
 
 install:
 	@TF_REQUIREMENTS=$(TF_REQUIREMENTS) VENV=$(VENV) bash scripts/install.sh
@@ -44,6 +45,19 @@ bench-data: install
 # Every throughput figure (about 15 minutes on 2 cores), written to docs/benchmarks.{md,json}.
 bench: bench-data demo-data
 	$(PY) -m hvd_alexnet bench --data_dir $(BENCH_DIR) --demo_dir $(DEMO_DIR) $(BENCH_ARGS)
+
+# Horovod built with NCCL (its GPU all-reduce) into .venv-gpu, with TensorFlow's CUDA
+# wheels, and `horovodrun --check-build` must list NCCL. Not part of `make test`: ~3 GB
+# of downloads, 5 GB on disk. Needs an nvcc (README: no CUDA 12 one on this machine).
+check-gpu-build:
+	@VENV=.venv-gpu TF_REQUIREMENTS=requirements-gpu.txt HOROVOD_GPU_OPERATIONS=NCCL \
+	    bash scripts/install.sh
+
+# On a GPU host: is the GPU path ready, and how fast (a few minutes, no data needed).
+# Without a GPU it runs the same on the CPU and says so.
+GPU_CHECK_ARGS  ?=
+gpu-check: install
+	bash bin/gpu_check.sh $(GPU_CHECK_ARGS)
 
 # Not part of `make test`: random rank kills and preemptions in a 2-rank demo
 # run, restarted from its checkpoints, compared with an uninterrupted run (~10 min).

@@ -51,7 +51,9 @@ class Checkpoints:
                      f"{seen // max(saved_step, 1)}; on {ranks} ranks (global batch "
                      f"{global_batch}) that is step {step}, epoch {step // steps_per_epoch}")
             self.opt.iterations.assign(step)
-        self.say(f"resumed from {latest} at step {step}")
+        scale = (f", loss scale {float(self.opt.loss_scale):g}"
+                 if isinstance(self.opt, tf.keras.mixed_precision.LossScaleOptimizer) else "")
+        self.say(f"resumed from {latest} at step {step}{scale}")
         return step
 
     def save(self, step, examples_seen):

@@ -18,7 +18,7 @@ from hvd_alexnet.errors import UsageError
 from hvd_alexnet.model import MIN_IMAGE_SIZE
 
 SCHEDULES = ("step", "cosine", "constant")
-PRECISIONS = ("fp32", "mixed")
+PRECISIONS = ("fp32", "mixed", "fp16", "bf16")
 # A checkpoint holds the weights and SGD's momentum (one slot per weight), plus
 # TensorFlow's index and the write of the next one before the oldest is deleted.
 CHECKPOINT_FACTOR = 2.2
@@ -59,7 +59,14 @@ def define(fv):
     d.float("weight_decay", 1e-4, "L2 weight decay on the kernels (not the biases).")
     d.float("dropout", 0.5, "Dropout rate of the two hidden FC layers.")
     d.enum("precision", "fp32", PRECISIONS,
-           "mixed: mixed_bfloat16 on CPU, mixed_float16 (with loss scaling) on GPU.")
+           "fp32; fp16: mixed float16 with dynamic loss scaling (what GPUs run fast; on a CPU "
+           "it runs, slowly); bf16: mixed bfloat16 (fast on CPUs with AMX/AVX512-BF16, and on "
+           "A100 and newer); mixed: the device's best (fp16 on a GPU, bf16 on a CPU).")
+    d.float("initial_loss_scale", 2.0 ** 15,
+            "fp16: the dynamic loss scale's start (halved after each step whose gradients "
+            "overflow, that step skipped on every rank; doubled after 2000 good steps).")
+    d.bool("xla", False, "Compile the forward and backward pass with XLA (jit_compile); the "
+           "all-reduce and the update stay outside it.")
     # Horovod
     d.float("fusion_threshold_mb", None,
             "Horovod tensor-fusion buffer in MiB (default: $HOROVOD_FUSION_THRESHOLD, else "

@@ -50,6 +50,14 @@ class StopRequest:
         print(f"hvd_alexnet: {signal.Signals(signum).name}: stopping after this step "
               f"(checkpoint first); send it again to stop at once", file=sys.stderr, flush=True)
 
+    def settle(self):
+        """The stop's checkpoint is written and the rank is exiting: from here a
+        signal changes nothing. (The first rank to exit 75 makes `srun
+        --kill-on-bad-exit`, mpirun and horovodrun signal the others; as a
+        second signal it would kill them with 143 instead of 75.)"""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+
 
 @dataclasses.dataclass
 class RunState:
@@ -89,8 +97,8 @@ class RunState:
 def train_stretch(train_step, batches, n, state, ctx):
     """Runs `n` steps of `batches` (images, labels, positions); returns True when
     a stop was requested of any rank. `ctx`: cfg, dist, stop, report,
-    learning_rate(step), hooks. Raises Diverged, or DataError on every rank when
-    one rank's data fails (naming that rank)."""
+    learning_rate(step), hooks, loss_scale() (or None). Raises Diverged, or
+    DataError on every rank when one rank's data fails (naming that rank)."""
     cfg, dist, speed, watchdog = ctx.cfg, ctx.dist, state.speed, ctx.dist.watchdog
     epoch, first, offset = state.epoch, state.step, state.step % state.steps_per_epoch
     window_t, window_steps, timed = time.perf_counter(), 0, 0  # the progress line's window
@@ -153,9 +161,11 @@ def _report(loss, rate, epoch, state, ctx):
         raise Diverged(f"the loss is {loss_value} at step {state.step}: training diverged; "
                        f"lower --base_lr or lengthen --warmup_epochs (the last checkpoint is in "
                        f"{ctx.checkpoint_dir})")
-    ctx.report.train(epoch, state.step, {"loss": loss_value,
-                                         "learning_rate": float(ctx.learning_rate(state.step - 1)),
-                                         "images_per_sec": rate})
+    values = {"loss": loss_value, "learning_rate": float(ctx.learning_rate(state.step - 1)),
+              "images_per_sec": rate}
+    if ctx.loss_scale:  # float16: the same on every rank (the step skips alike)
+        values["loss_scale"] = ctx.loss_scale()
+    ctx.report.train(epoch, state.step, values)
 
 
 def _diagnose(error, rank, files, num_classes, first_label):

@@ -42,8 +42,22 @@ class Schedule(tf.keras.optimizers.schedules.LearningRateSchedule):
         return dict(self.kwargs)
 
 
-def make_optimizer(schedule, momentum, loss_scale=False):
+def make_optimizer(schedule, momentum, loss_scale=None):
+    """SGD with momentum; with `loss_scale` (the initial scale), wrapped in Keras'
+    dynamic LossScaleOptimizer: float16 needs it, bfloat16 has float32's range."""
     opt = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
-    if loss_scale:  # float16 needs it; bfloat16 has float32's range and does not
-        opt = tf.keras.mixed_precision.LossScaleOptimizer(opt)
+    if loss_scale:
+        opt = tf.keras.mixed_precision.LossScaleOptimizer(opt, initial_scale=loss_scale)
     return opt
+
+
+def state_variables(opt):
+    """Every optimizer variable the ranks must hold alike (broadcast after a
+    restore): the step and the slots, and for float16 the loss scale and its
+    counter, which the LossScaleOptimizer leaves out of `variables` although its
+    checkpoint holds them. A rank that resumed with another loss scale would
+    unscale the averaged gradients differently from the others."""
+    extra = []
+    if isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer) and opt.dynamic:
+        extra = [opt._loss_scale.current_loss_scale, opt.dynamic_counter]  # Keras 2.15
+    return list(opt.variables) + extra

@@ -32,10 +32,23 @@ class DropoutSeeds:
         return tf.stack([tf.constant(self.base, tf.int64), step])
 
 
-def make_train_step(model, opt, dist, weight_decay, micro_batches=1, seeds=None):
+POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
+
+
+def policy(precision, gpu):
+    """Keras' dtype policy for --precision; "mixed" is the device's best."""
+    if precision == "mixed":
+        precision = "fp16" if gpu else "bf16"
+    return POLICIES[precision]
+
+
+def make_train_step(model, opt, dist, weight_decay, micro_batches=1, seeds=None, xla=False):
     """A tf.function (images, labels, stop) -> (loss, stop on any rank) that
     updates `model` once. The batch holds `micro_batches` micro-batches;
-    `seeds`, the model's DropoutSeeds, learns which one is being traced."""
+    `seeds`, the model's DropoutSeeds, learns which one is being traced. With
+    `xla`, the forward and backward passes are one XLA computation (jit_compile)
+    and the all-reduce and the update run outside it (Horovod's ops have no XLA
+    kernels on the CPU)."""
     loss_scale = isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer)
 
     def scaled_loss(images, labels, micro):
@@ -44,25 +57,32 @@ def make_train_step(model, opt, dist, weight_decay, micro_batches=1, seeds=None)
         value = loss(model, images, labels, weight_decay)
         return value, (opt.get_scaled_loss(value) if loss_scale else value)
 
+    def local_gradients(images, labels):
+        """The mean loss and this rank's (scaled) gradients summed over the micro-batches."""
+        sums, values = None, []
+        for i, (x, y) in enumerate(zip(tf.split(images, micro_batches),
+                                       tf.split(labels, micro_batches))):
+            with tf.control_dependencies(sums or []), tf.GradientTape() as tape:
+                value, scaled = scaled_loss(x, y, i)
+            values.append(value)
+            g = tape.gradient(scaled, model.trainable_variables)
+            sums = g if sums is None else [a + b for a, b in zip(sums, g)]
+        return tf.add_n(values) / micro_batches, [s / micro_batches for s in sums]
+
+    if xla:
+        local_gradients = tf.function(local_gradients, jit_compile=True)
+
     @tf.function
     def train_step(images, labels, stop):
         variables = model.trainable_variables
-        if micro_batches == 1:
+        if micro_batches == 1 and not xla:  # each gradient's all-reduce starts when it is ready
             with tf.GradientTape() as tape:
                 value, scaled = scaled_loss(images, labels, 0)
             grads = dist.gradient_tape(tape).gradient(scaled, variables)  # HVD: averaged
-        else:  # K micro-batches one after the other, then one all-reduce: amortised
-            sums, values = None, []
-            for i, (x, y) in enumerate(zip(tf.split(images, micro_batches),
-                                           tf.split(labels, micro_batches))):
-                with tf.control_dependencies(sums or []), tf.GradientTape() as tape:
-                    value, scaled = scaled_loss(x, y, i)
-                values.append(value)
-                g = tape.gradient(scaled, variables)
-                sums = g if sums is None else [a + b for a, b in zip(sums, g)]
-            value = tf.add_n(values) / micro_batches
-            grads = dist.average([s / micro_batches for s in sums])  # HVD
-        if loss_scale:
+        else:  # K micro-batches (or one XLA computation), then one all-reduce
+            value, sums = local_gradients(images, labels)
+            grads = dist.average(sums)  # HVD
+        if loss_scale:  # a step whose gradients overflow is skipped (alike on every rank)
             grads = opt.get_unscaled_gradients(grads)
         opt.apply_gradients(zip(grads, variables))
         return value, dist.any_rank(stop)  # HVD: a stop asked of any rank stops all

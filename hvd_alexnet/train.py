@@ -17,13 +17,12 @@ import types
 
 import tensorflow as tf
 
-from hvd_alexnet import checkpoint, command, config, distributed, inference, optim
+from hvd_alexnet import checkpoint, command, config, distributed, inference, optim, step
 from hvd_alexnet.data import prepare
 from hvd_alexnet.errors import DataError, Preempted
 from hvd_alexnet.loop import Hooks, RunState, StopRequest, train_stretch
 from hvd_alexnet.model import build_alexnet
 from hvd_alexnet.progress import Reporter
-from hvd_alexnet.step import DropoutSeeds, make_train_step
 from hvd_alexnet.validation import Validation
 
 TIMELINE_FILE = "horovod_timeline.json"
@@ -52,14 +51,16 @@ def run(cfg, log=print, hooks=None):
     if dist.is_root:
         config.check_disk(cfg.model_dir, config.checkpoint_bytes(m.model.count_params()))
         ckpts.restore(state.global_batch, state.steps_per_epoch, dist.size)
-    dist.broadcast_variables(m.model.variables + m.opt.variables)  # HVD
+    dist.broadcast_variables(m.model.variables + optim.state_variables(m.opt))  # HVD
     state.resume_at(int(m.opt.iterations))
     report = Reporter(cfg.model_dir, dist.is_root, say, state.total, state.steps_per_epoch,
                       state.global_batch, state.start_step + 1)
     announce(cfg, data, state, dist, threads, m.policy, report, timeline)
     validation = Validation(m.model, cfg, data, threads, dist, report, hooks)
     ctx = types.SimpleNamespace(cfg=cfg, dist=dist, stop=StopRequest(), report=report,
-                                learning_rate=m.schedule, hooks=hooks,
+                                learning_rate=m.schedule, hooks=hooks, loss_scale=(
+                                    (lambda: float(m.opt.loss_scale))
+                                    if m.policy == "mixed_float16" else None),
                                 train_files=data.train_files, num_classes=data.num_classes,
                                 checkpoint_dir=ckpts.directory)
     final = {}
@@ -77,6 +78,7 @@ def run(cfg, log=print, hooks=None):
         due = not stopping and validation.due(state, epoch)
         final = pause(dist, ckpts, state, lambda: validation.run(epoch, state.step), due) or final
         if stopping:
+            ctx.stop.settle()
             report.log([epoch, state.step], {"preempted": True})
             raise Preempted(f"stopped at step {state.step} on request; the checkpoint of this "
                             f"step is in {ckpts.directory}: run the same command again to resume")
@@ -88,20 +90,21 @@ def run(cfg, log=print, hooks=None):
 def build(cfg, num_classes, state, dist):
     """The model, its optimizer and schedule, the precision policy and the step
     function, for this job's global batch and steps."""
-    policy = "float32" if cfg.precision == "fp32" else (
-        "mixed_float16" if distributed.has_gpu() else "mixed_bfloat16")
+    policy = step.policy(cfg.precision, distributed.has_gpu())
     tf.keras.mixed_precision.set_global_policy(policy)
     schedule = optim.Schedule(steps_per_epoch=state.steps_per_epoch,  # HVD: the rate x ranks
                               peak=cfg.base_lr * dist.size * cfg.accumulate_steps,
                               warmup_epochs=cfg.warmup_epochs, schedule=cfg.lr_schedule,
                               epochs=cfg.epochs, decay_epochs=tuple(cfg.lr_decay_epochs),
                               decay_factor=cfg.lr_decay_factor)
-    opt = optim.make_optimizer(schedule, cfg.momentum, loss_scale=policy == "mixed_float16")
+    opt = optim.make_optimizer(schedule, cfg.momentum, loss_scale=(
+        cfg.initial_loss_scale if policy == "mixed_float16" else None))
     # Dropout masks seeded by (seed, rank, step, micro-batch): the same after a resume.
-    seeds = DropoutSeeds(cfg.seed, dist.rank, opt.iterations, cfg.accumulate_steps)
+    seeds = step.DropoutSeeds(cfg.seed, dist.rank, opt.iterations, cfg.accumulate_steps)
     model = build_alexnet(cfg.image_size, num_classes, cfg.dropout, dropout_seed=seeds)
     opt.build(model.trainable_variables)  # momentum slots exist before the broadcast
-    train_step = make_train_step(model, opt, dist, cfg.weight_decay, cfg.accumulate_steps, seeds)
+    train_step = step.make_train_step(model, opt, dist, cfg.weight_decay, cfg.accumulate_steps,
+                                      seeds, cfg.xla)
     return types.SimpleNamespace(model=model, opt=opt, schedule=schedule, policy=policy,
                                  train_step=train_step)
 
@@ -115,6 +118,7 @@ def announce(cfg, data, state, dist, threads, policy, report, timeline):
                        "train_examples": data.num_train, "rank_examples": data.rank_examples,
                        "validation_examples": data.num_val, "policy": policy,
                        "threads_per_rank": threads, "start_step": state.start_step,
+                       "cpu_affinity": len(os.sched_getaffinity(0)),
                        "hosts": dist.hosts})
     if not dist.is_root:
         return

@@ -11,7 +11,32 @@ PYTHON=${PYTHON:-python3.11}
 TF_REQUIREMENTS=${TF_REQUIREMENTS:-requirements-cpu.txt}
 STAMP="$VENV/.installed"
 
-# 1. System MPI (Horovod's MPI controller and mpi4py build against it).
+# 1. For the two-host test (tests/test_multihost.py: sshd, iproute2) and the
+#    Slurm test (tests/test_launchers.py: a one-node Slurm with munge). Only
+#    installed as root (both tests need root: network namespaces, slurmd).
+if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  optional=()
+  for pkg in openssh-server iproute2 slurmd slurmctld slurm-client munge; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || optional+=("$pkg")
+  done
+  if ((${#optional[@]})); then
+    echo "install: apt-get install ${optional[*]} (for the two-host and Slurm tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${optional[@]}"
+  fi
+fi
+
+# 2. The virtual environment, rebuilt only when a requirements file changed. When
+#    it is up to date nothing is built, so no compiler or -dev package is needed
+#    (the GPU image's final stage has none).
+inputs=(requirements.txt "$TF_REQUIREMENTS" requirements-mpi.txt scripts/install.sh)
+want=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
+if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
+  echo "install: $VENV is up to date"
+  exit 0
+fi
+
+# 3. System MPI (Horovod's MPI controller and mpi4py build against it).
 missing=()
 for pkg in libopenmpi-dev openmpi-bin; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -28,46 +53,62 @@ if ((${#missing[@]})); then
   fi
 fi
 
-# 1b. For the two-host test (tests/test_multihost.py: sshd, iproute2) and the
-#     Slurm test (tests/test_launchers.py: a one-node Slurm with munge). Only
-#     installed as root (both tests need root: network namespaces, slurmd).
-if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-  optional=()
-  for pkg in openssh-server iproute2 slurmd slurmctld slurm-client munge; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || optional+=("$pkg")
-  done
-  if ((${#optional[@]})); then
-    echo "install: apt-get install ${optional[*]} (for the two-host and Slurm tests)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${optional[@]}"
-  fi
-fi
-
-# 2. The virtual environment, rebuilt only when a requirements file changed.
-inputs=(requirements.txt "$TF_REQUIREMENTS" requirements-mpi.txt scripts/install.sh)
-want=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
-if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
-  echo "install: $VENV is up to date"
-  exit 0
-fi
 command -v "$PYTHON" >/dev/null || { echo "install: $PYTHON not found (TensorFlow 2.15 needs Python 3.9-3.11)" >&2; exit 1; }
 [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade "pip<25" "setuptools<70" wheel cmake==3.27.9
 "${PIP[@]}" install -q -r "$TF_REQUIREMENTS" -r requirements.txt
 
-# 3. Horovod from source, against this TensorFlow and the system MPI. (mpi4py's
+# 4. Horovod from source, against this TensorFlow and the system MPI. (mpi4py's
 #    wheel finds the system Open MPI at run time; building it takes 15 GB of RAM.)
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
 export HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 export MAKEFLAGS="-j$(nproc)"
 export PATH="$(cd "$VENV" && pwd)/bin:$PATH"   # the venv's cmake and python for the build
+if [[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]]; then
+  # 4a. NCCL: the system's (NVIDIA's CUDA images hold one), else the one TensorFlow's
+  #     CUDA wheels brought (nvidia-nccl-cu12, which has no libnccl.so link: made here).
+  if [[ -z ${HOROVOD_NCCL_HOME:-}${HOROVOD_NCCL_INCLUDE:-} && ! -e /usr/include/nccl.h ]]; then
+    wheel=$("$VENV/bin/python" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))')
+    mkdir -p "$VENV/nccl"
+    ln -sfn "$wheel/include" "$VENV/nccl/include"
+    mkdir -p "$VENV/nccl/lib" && ln -sf "$wheel/lib/libnccl.so.2" "$VENV/nccl/lib/libnccl.so"
+    ln -sf "$wheel/lib/libnccl.so.2" "$VENV/nccl/lib/libnccl.so.2"
+    export HOROVOD_NCCL_INCLUDE="$(cd "$VENV/nccl/include" && pwd)" HOROVOD_NCCL_LINK=SHARED
+    export HOROVOD_NCCL_LIB="$(cd "$VENV/nccl/lib" && pwd)"
+    echo "install: NCCL from TensorFlow's wheel: $wheel"
+  fi
+  # 4b. nvcc: Horovod's GPU operations include CUDA kernels. TensorFlow's CUDA wheels
+  #     (nvidia-cuda-nvcc-cu12) carry ptxas but no nvcc: it comes from a CUDA toolkit.
+  nvcc=${HOROVOD_CUDA_HOME:+$HOROVOD_CUDA_HOME/bin/nvcc}
+  nvcc=${nvcc:-$(command -v nvcc || true)}
+  if [[ -z $nvcc || ! -x $nvcc ]]; then
+    echo "install: HOROVOD_GPU_OPERATIONS=NCCL needs nvcc (a CUDA 12 toolkit, e.g. NVIDIA's" \
+         "cuda-nvcc-12-2 package, or HOROVOD_CUDA_HOME): none found" >&2
+    exit 1
+  fi
+  if [[ -z ${HOROVOD_CUDA_HOME:-} ]]; then  # nvcc may be a wrapper: its toolkit has the headers
+    for home in "$(dirname "$(dirname "$(readlink -f "$nvcc")")")" /usr/local/cuda; do
+      if [[ -x $home/bin/nvcc && -e $home/include/cuda_runtime.h ]]; then
+        export HOROVOD_CUDA_HOME=$home
+        break
+      fi
+    done
+  fi
+  cuda=$("$nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
+  echo "install: nvcc $nvcc (CUDA $cuda, toolkit ${HOROVOD_CUDA_HOME:-not found})"
+  [[ $cuda == 12.* ]] || echo "install: WARNING: TensorFlow 2.15 is built for CUDA 12.2, this" \
+    "nvcc is CUDA $cuda: Horovod's kernels and its static CUDA runtime will be $cuda's (a driver" \
+    "for CUDA $cuda is then needed, and CUDA 13 compiles for Turing and newer only)" >&2
+fi
 "${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod -r requirements-mpi.txt
 
-# 4. Check the build: Horovod must have TensorFlow, MPI and Gloo.
+# 5. Check the build: Horovod must have TensorFlow, MPI and Gloo (and NCCL when asked).
 report=$(TF_CPP_MIN_LOG_LEVEL=2 "$VENV/bin/horovodrun" --check-build)
 echo "$report"
-for want_line in "\[X\] TensorFlow" "\[X\] MPI" "\[X\] Gloo"; do
+want_lines=("\[X\] TensorFlow" "\[X\] MPI" "\[X\] Gloo")
+[[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]] && want_lines+=("\[X\] NCCL")
+for want_line in "${want_lines[@]}"; do
   grep -q "$want_line" <<<"$report" || { echo "install: Horovod build lacks ${want_line//\\/}" >&2; exit 1; }
 done
 echo "$want" > "$STAMP"

@@ -134,6 +134,5 @@ def test_framing_check_finds_truncation(tmp_path):
     open(path, "wb").write(data[:-40])
     with pytest.raises(reader.DataError, match=r"train-00000-of-00001: truncated in record 2"):
         reader.check_framing(path)
-    open(path, "wb").write(b"")
-    with pytest.raises(reader.DataError, match="empty"):
-        reader.check_framing(path)
+    open(path, "wb").write(b"")  # a valid shard without records (the TPU converter's)
+    assert reader.check_framing(path) == 0

@@ -146,3 +146,19 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tiny_data, tmp_path)
     assert not any(f.endswith("_temp") for f in os.listdir(ckpt_dir))
     steps = [r["step"][1] for r in step_records(model_dir)]
     assert steps[-40:] == list(range(21, 61))  # the restart logged steps 21..60 once each
+
+
+@pytest.mark.parametrize("settled", [False, True])
+def test_a_second_signal_stops_at_once_unless_the_stop_is_settled(settled):
+    """Before the stop's checkpoint a second SIGTERM kills the rank at once; after it
+    (settle(), as the trainer does before exiting 75) a launcher's SIGTERM, sent
+    because another rank already exited 75, leaves the status at 75."""
+    import subprocess
+    import sys
+    code = ("import os, signal, sys\nfrom hvd_alexnet.loop import StopRequest\n"
+            "stop = StopRequest()\nos.kill(os.getpid(), signal.SIGTERM)\nassert stop.requested\n"
+            + ("stop.settle()\n" if settled else "")
+            + "os.kill(os.getpid(), signal.SIGTERM)\nsys.exit(75)\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), capture_output=True, text=True, timeout=120)
+    assert res.returncode == (75 if settled else -signal.SIGTERM), res.stderr[-2000:]

@@ -16,7 +16,7 @@ import yaml
 
 import slurm
 from helpers import ROOT, SMALL, checkpoints, require
-from hvd_alexnet import config, distributed
+from hvd_alexnet import config, distributed, metrics_log
 
 # --- the launcher's ranks against Horovod's ----------------------------------------
 
@@ -74,7 +74,7 @@ def sbatch_args(model_dir, data, steps, env=None):
                 if not k.startswith(("OMPI_", "PMI_", "PMIX_", "HOROVOD_", "SLURM_"))}
     full_env.update(PYTHON=sys.executable, DATA_DIR=data, MODEL_DIR=model_dir,
                     TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
-    args = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-task=0",
+    args = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0",
             "--cpus-per-task=1", os.path.join(ROOT, "bin", "slurm_train_alexnet.sbatch"),
             *SMALL, f"--max_steps={steps}", "--noeval", "--num_classes=10"]
     return args, full_env
@@ -90,6 +90,37 @@ def test_sbatch_script_trains_through_srun_pmix(cluster, tiny_data, tmp_path):
     assert code == 0, out[-4000:]
     assert "all 2 ranks joined, on 1 host(s)" in out, out[-4000:]
     assert "identical on all 2 ranks" in out and "steps : 2 " in out
+
+
+def test_sbatch_script_asks_for_the_nodes_gpus_and_passes_the_cpus_on():
+    text = open(os.path.join(ROOT, "bin", "slurm_train_alexnet.sbatch")).read()
+    options = re.findall(r"^#SBATCH (--[a-z-]+)", text, re.M)
+    assert "--gpus-per-node" in options and "--gpus-per-task" not in options
+    lines = text.splitlines()
+    export = next(i for i, l in enumerate(lines) if l.startswith("export SRUN_CPUS_PER_TASK="))
+    assert "SLURM_CPUS_PER_TASK" in lines[export]
+    assert export < next(i for i, l in enumerate(lines) if l.startswith("srun "))
+
+
+@pytest.mark.timeout(600)
+def test_each_rank_is_bound_to_the_cpus_asked_for(cluster, tiny_data, tmp_path):
+    """The test cluster binds tasks to CPUs (task/affinity, the usual site setting).
+    Since Slurm 22.05 srun no longer takes --cpus-per-task from sbatch, so the
+    script must pass it on, or each rank is bound to one core and the trainer,
+    which reads its affinity, takes one thread."""
+    cpus = os.cpu_count() or 1
+    if cpus < 2:
+        pytest.skip("one core: one CPU per task is all there is")
+    model_dir = str(tmp_path / "run")
+    args, env = sbatch_args(model_dir, tiny_data, 2)
+    args = [a for a in args if not a.startswith(("--ntasks-per-node", "--cpus-per-task",
+                                                 "--threads"))]
+    code, out = cluster.sbatch(["--ntasks-per-node=1", f"--cpus-per-task={cpus}", *args], env,
+                               timeout=300, cwd=ROOT)
+    assert code == 0, out[-4000:]
+    params = [r["data"] for r in metrics_log.read(os.path.join(model_dir, "dllogger.json"))
+              if r.get("step") == "PARAMETER"][0]
+    assert params["cpu_affinity"] == cpus and params["threads_per_rank"] == cpus, params
 
 
 @pytest.mark.timeout(600)
@@ -207,16 +238,50 @@ def test_dockerfile_installs_like_make_install_as_a_user(path):
     # The Python stack comes only from the pinned requirements files, through the
     # same script as `make install`, with this image's TensorFlow file.
     assert "COPY --chown=1000:1000 requirements*.txt /app/" in instructions
-    assert "RUN bash scripts/install.sh" in instructions
+    install = [line for line in instructions
+               if line.startswith("RUN ") and "bash scripts/install.sh" in line]
+    assert len(install) == 1
     assert f"ENV TF_REQUIREMENTS={DOCKERFILES[path]}" in " ".join(instructions)
     assert os.path.exists(os.path.join(ROOT, DOCKERFILES[path]))
     assert not any("pip install" in line for line in instructions)
     # Everything from the install on runs as the unprivileged user.
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1] == "1000:1000"
-    assert instructions.index(f"USER {users[-1]}") < instructions.index(
-        "RUN bash scripts/install.sh")
+    assert instructions.index(f"USER {users[-1]}") < instructions.index(install[0])
     # ssh ready for multi-host mpirun, set up by the shared script.
     assert "openssh-server" in text and "RUN bash /tmp/setup-user-ssh.sh" in text
     assert "libopenmpi-dev openmpi-bin" in text
 
+
+
+def _stages(path):
+    """[(FROM line, [instructions])] of a Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", open(os.path.join(ROOT, path)).read())
+    stages = []
+    for line in (l.strip() for l in text.splitlines()):
+        if line.startswith("FROM "):
+            stages.append((line, []))
+        elif line and not line.startswith("#") and stages:
+            stages[-1][1].append(line)
+    return stages
+
+
+def test_gpu_dockerfile_builds_as_horovods_own_image():
+    """NCCL is the CUDA image's (installed and held there), the build sees the
+    driver's stub for its own RUN only, pip keeps no cache, and the final stage
+    is NVIDIA's runtime image without the compiler or -dev packages."""
+    (build_from, build), (final_from, final) = _stages("docker/Dockerfile")
+    assert re.match(r"FROM nvidia/cuda:\$\{CUDA_IMAGE\}-devel-ubuntu22\.04 AS build$", build_from)
+    assert final_from == "FROM nvidia/cuda:${CUDA_IMAGE}-runtime-ubuntu22.04"
+    apt = [l for l in build + final if "apt-get install" in l]
+    assert apt and not any("nccl" in l and "--allow-change-held-packages" not in l for l in apt)
+    install = next(l for l in build if "bash scripts/install.sh" in l)
+    assert "/usr/local/cuda/lib64/stubs/libcuda.so" in install and "libcuda.so.1" in install
+    assert "LD_LIBRARY_PATH=" in install and "rm -r" in install  # this RUN only
+    assert not any("stubs" in l for l in build + final if l.startswith(("ENV", "ARG")))
+    for stage in (build, final):
+        assert any(l.startswith("ENV ") and "PIP_NO_CACHE_DIR=1" in l for l in stage)
+    final_apt = next(l for l in final if "apt-get install" in l).split()
+    assert not [p for p in final_apt if p.endswith("-dev") or p in ("g++", "gcc", "build-essential")]
+    assert "COPY --from=build --chown=1000:1000 /app /app" in final
+    assert any("setup-user-ssh.sh" in l for l in final) and "USER 1000:1000" in final

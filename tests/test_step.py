@@ -3,21 +3,21 @@
 import numpy as np
 import tensorflow as tf
 
-from hvd_alexnet import distributed, optim
+from hvd_alexnet import distributed, optim, step
 from hvd_alexnet.model import build_alexnet
 from hvd_alexnet.step import DropoutSeeds, make_train_step
 
 CLASSES = 10
 
 
-def _trained(micro_batches, dropout=0.0, steps=1):
+def _trained(micro_batches, dropout=0.0, steps=1, xla=False):
     """Weights after `steps` steps on one fixed batch of 8, in `micro_batches` parts."""
     tf.keras.utils.set_random_seed(0)
     opt = optim.make_optimizer(0.01, 0.9)
     seeds = DropoutSeeds(0, 0, opt.iterations, micro_batches)
     model = build_alexnet(67, CLASSES, dropout, dropout_seed=seeds)
     opt.build(model.trainable_variables)
-    step = make_train_step(model, opt, distributed.Local(), 1e-4, micro_batches, seeds)
+    step = make_train_step(model, opt, distributed.Local(), 1e-4, micro_batches, seeds, xla)
     g = tf.random.Generator.from_seed(1)
     images = g.uniform([8, 67, 67, 3], -1.0, 1.0)
     labels = g.uniform([8], 0, CLASSES, dtype=tf.int32)
@@ -69,3 +69,27 @@ def test_a_stop_request_comes_back_from_the_step():
     images, labels = tf.zeros([2, 67, 67, 3]), tf.constant([1, 2])
     assert bool(step(images, labels, tf.constant(True))[1])
     assert not bool(step(images, labels, tf.constant(False))[1])
+
+
+def test_xla_makes_the_same_update():
+    """--xla: the forward and backward pass as one XLA computation, the update outside."""
+    plain, loss_plain, _ = _trained(1, steps=2)
+    for k in (1, 2):
+        compiled, loss_xla, it = _trained(k, steps=2, xla=True)
+        assert it == 2 and np.allclose(loss_xla, loss_plain, rtol=1e-3)
+        for a, b in zip(plain, compiled):
+            np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-5)
+
+
+def test_precision_policies_and_the_loss_scale_travels_with_the_optimizer():
+    assert step.policy("fp16", gpu=False) == "mixed_float16"
+    assert step.policy("bf16", gpu=True) == "mixed_bfloat16"
+    assert step.policy("mixed", gpu=True) == "mixed_float16"
+    assert step.policy("mixed", gpu=False) == "mixed_bfloat16"
+    opt = optim.make_optimizer(0.01, 0.9, loss_scale=1024.0)
+    model = build_alexnet(67, CLASSES)
+    opt.build(model.trainable_variables)
+    names = [v.name for v in optim.state_variables(opt)]
+    assert float(opt.loss_scale) == 1024.0
+    assert any("current_loss_scale" in n for n in names) and any("good_steps" in n for n in names)
+    assert len(names) == len(opt.variables) + 2

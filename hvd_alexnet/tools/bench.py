@@ -67,6 +67,8 @@ def rows(data_dir):
             ["--synthetic", "--fusion_threshold_mb=128", "--fp16_allreduce"]),
         Row("cycle_1ms", "2 ranks synthetic, Horovod cycle 1 ms (Horovod's default; the "
             "trainer's on CPU is 10)", "train", 2, ["--synthetic", "--cycle_time_ms=1"]),
+        Row("xla_1", "trainer, synthetic, 1 rank, --xla (XLA's CPU backend)", "train",
+            args=["--synthetic", "--xla"]),
         Row("fp32_b64", "1 rank synthetic, fp32, batch 64", "train", args=["--synthetic"],
             batch=64),
         Row("bf16_b64", "1 rank synthetic, bf16, batch 64", "train",
@@ -78,7 +80,8 @@ def rows(data_dir):
     ]
 
 
-def _launch(cmd, ranks, launcher, timeout):
+def run_job(cmd, ranks, launcher, timeout):
+    """`python CMD` as `ranks` processes: its output (RuntimeError if it failed)."""
     if ranks == 1 and launcher != "gloo":
         launcher = None  # one plain process
     cmd = job_command(cmd, ranks, launcher or ("gloo" if ranks > 1 else None),
@@ -109,14 +112,14 @@ def measure(row, a):
         cmd = [*py, "hvd_alexnet.tools.probes", *row.args, f"--image={a.image_size}",
                f"--batch={row.batch}", f"--warmup={a.warmup}", f"--windows={a.windows}",
                f"--per_window={per_window}"]
-        out = _launch(cmd, row.ranks, row.launcher if row.ranks > 1 else None, a.timeout)
+        out = run_job(cmd, row.ranks, row.launcher if row.ranks > 1 else None, a.timeout)
         found = [json.loads(l[l.index("{"):]) for l in out.splitlines() if "PROBE {" in l]
         if row.args[0] == "bare" and len(found) > 1:  # independent processes: add them up
             return {**found[0], "windows": [sum(w) for w in zip(*(f["windows"] for f in found))]}
         return next(f for f in found if f["rank"] == 0)
     if row.kind == "demo":  # the demo's accuracy under a changed setting
         with tempfile.TemporaryDirectory() as model_dir:
-            _launch([*py, "hvd_alexnet", "train", "--flagfile=configs/demo.flags",
+            run_job([*py, "hvd_alexnet", "train", "--flagfile=configs/demo.flags",
                      f"--data_dir={a.demo_dir}", f"--model_dir={model_dir}", *row.args],
                     row.ranks, row.launcher, a.timeout)
             summary = metrics_log.read(os.path.join(model_dir, metrics_log.LOG_FILE))[-1]["data"]
@@ -144,7 +147,7 @@ def _train(row, a, per_window):
                f"--max_steps={warmup + a.windows * per_window}", f"--log_every={per_window}",
                f"--num_warmup_batches={warmup}", "--noeval", "--keep_checkpoints=1",
                "--num_classes=1000"]  # the same model for every row
-        _launch(cmd, row.ranks, row.launcher, a.timeout)
+        run_job(cmd, row.ranks, row.launcher, a.timeout)
         return metrics_log.read(os.path.join(model_dir, metrics_log.LOG_FILE))
 
 
@@ -164,6 +167,7 @@ def targets(r):
         ("all-reduce: Horovod / mpi4py (same bytes, mpirun)", m("allreduce_hvd_mpi"),
          m("allreduce_mpi4py"), 0.8),
         ("mixed precision: bf16 / fp32 at batch 64", m("bf16_b64"), m("fp32_b64"), 1.7),
+        ("(not a target) XLA / without, synthetic 1 rank", m("xla_1"), m("synthetic_1"), 1.0),
         ("mixed precision: demo top-1 with bf16", m("demo_bf16"), 1.0, 0.95),
         ("summary images/s of 5 fresh processes: slowest / fastest", *spread("synthetic_1_fresh"),
          0.95),

@@ -4,6 +4,7 @@
     python -m hvd_alexnet.tools.probes pipeline --data_dir data/bench --batch 32 --image 227
     mpirun -np 2 python -m hvd_alexnet.tools.probes allreduce --image 227    # Horovod, fused
     mpirun -np 2 python -m hvd_alexnet.tools.probes mpi_allreduce --image 227  # plain mpi4py
+    horovodrun -np 8 python -m hvd_alexnet.tools.probes devices  # each rank's device
 
 Each process prints one JSON line: {"probe", "rank", "unit", "windows": [rate per
 timed window], ...}, windows timed after `--warmup` untimed ones. `bare` launched
@@ -123,8 +124,22 @@ def mpi_allreduce(a):
             "windows": [a.per_window * nbytes / s / 1e9 for s in secs]}
 
 
+def devices(a):
+    """Where this rank runs: its host, local rank and the device that the trainer's
+    start-up (distributed.init) pins it to."""
+    import socket
+
+    import tensorflow as tf
+
+    from hvd_alexnet import distributed
+    dist, _ = distributed.init()
+    gpus = tf.config.get_visible_devices("GPU")
+    return {"unit": "", "windows": [0], "host": socket.gethostname(),
+            "local_rank": dist.local_rank, "device": gpus[0].name if gpus else "CPU"}
+
+
 PROBES = {"bare": bare, "pipeline": pipeline, "allreduce": allreduce,
-          "mpi_allreduce": mpi_allreduce}
+          "mpi_allreduce": mpi_allreduce, "devices": devices}
 
 
 FLAGS = flags.FlagValues()

@@ -1,0 +1,172 @@
+"""`bash bin/gpu_check.sh` (`make gpu-check`): on a host with 1 to 8 GPUs, in a few
+minutes and with no data set, whether this project's GPU path works and how fast.
+
+It prints what TensorFlow and Horovod were built with and see (GPUs, driver,
+CUDA and cuDNN, Horovod's NCCL / MPI / Gloo), one row per rank with the device
+that rank is pinned to, the trainer's synthetic images/s at fp32 and at mixed
+precision on 1 rank and on all of them (with the scaling efficiency), Horovod's
+all-reduce of AlexNet's gradients, and `plan`'s prediction for the N-rank step
+from the 1-rank rate and that all-reduce beside the measurement; then one check
+a line and a verdict (exit 0: ready, 2: a problem).
+
+On a host without a GPU it runs the same on the CPU, one rank per core (mixed
+means bfloat16 there), and says so; the tests run it that way.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+
+from absl import flags
+
+from hvd_alexnet import command
+from hvd_alexnet.tools import bench, plan
+from hvd_alexnet.tools.launch import BIN, ROOT
+
+MIN_EFFICIENCY = 0.8  # N GPUs / (N x 1 GPU), fp32: below it the all-reduce or the host limits
+
+
+def host_facts():
+    """What TensorFlow and Horovod were built with and see on this host."""
+    code = ("import json, tensorflow as tf; b = tf.sysconfig.get_build_info(); print(json.dumps("
+            "{'tensorflow': tf.__version__, 'cuda': b.get('cuda_version'), 'cudnn': "
+            "b.get('cudnn_version'), 'gpus': [d.name for d in "
+            "tf.config.list_physical_devices('GPU')]}))")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=300, check=True).stdout
+    facts = json.loads(out.strip().splitlines()[-1])
+    build = subprocess.run([os.path.join(BIN, "horovodrun"), "--check-build"],
+                           capture_output=True, text=True, env=env, timeout=300).stdout
+    facts["horovod"] = {name: bool(re.search(rf"\[X\] {name}\b", build))
+                        for name in ("NCCL", "MPI", "Gloo", "TensorFlow")}
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=60)
+        facts["nvidia_smi"] = smi.stdout.strip().splitlines() if smi.returncode == 0 else []
+    except OSError:
+        facts["nvidia_smi"] = []
+    return facts
+
+
+def rank_devices(ranks, timeout):
+    """[{"rank", "host", "local_rank", "device"}] of `ranks` ranks started as training is."""
+    out = bench.run_job(["-m", "hvd_alexnet.tools.probes", "devices"], ranks, "gloo", timeout)
+    found = [json.loads(l[l.index("{"):]) for l in out.splitlines() if "PROBE {" in l]
+    return sorted(found, key=lambda r: r["rank"])
+
+
+def rows(ranks, gpu, batch):
+    mixed = "mixed float16" if gpu else "mixed bfloat16"
+    synthetic = lambda precision: ["--synthetic", f"--precision={precision}"]
+    return [
+        bench.Row("fp32_1", "1 rank, fp32", "train", 1, synthetic("fp32"), batch=batch),
+        bench.Row("mixed_1", f"1 rank, {mixed}", "train", 1, synthetic("mixed"), batch=batch),
+        bench.Row("fp32_n", f"{ranks} ranks, fp32 (aggregate)", "train", ranks,
+                  synthetic("fp32"), batch=batch),
+        bench.Row("mixed_n", f"{ranks} ranks, {mixed} (aggregate)", "train", ranks,
+                  synthetic("mixed"), batch=batch),
+        bench.Row("allreduce", f"all-reduce of the gradients, {ranks} ranks"
+                  f"{' (NCCL)' if gpu else ''}", "probe", ranks, ["allreduce"], batch=batch),
+    ]
+
+
+def predicted(r, ranks, gpu, a):
+    """plan's step for `ranks` ranks: forward + max(backward, all-reduce), the compute
+    from the 1-rank fp32 rate (on a CPU the ranks share the cores that 1 rank had
+    alone) and the all-reduce as measured. Images/s."""
+    fwd_flops, params = plan.model_costs(a.image_size)
+    per_rank = r["fp32_1"]["median"] * (1 if gpu else 1 / ranks)  # images/s of one rank
+    flops_per_sec = per_rank * 3 * fwd_flops  # forward + backward (2x) per image
+    nbytes = r["allreduce"]["bytes"]
+    comm = nbytes / (r["allreduce"]["median"] * 1e9)
+    fwd, bwd = a.batch * fwd_flops / flops_per_sec, 2 * a.batch * fwd_flops / flops_per_sec
+    return ranks * a.batch / (fwd + max(bwd, comm))
+
+
+def checks(facts, devices, r, ranks, gpu, prediction):
+    """[(what, problem or '')]; on a CPU only that everything ran."""
+    out = []
+    if gpu:
+        out.append(("Horovod built with NCCL", "" if facts["horovod"]["NCCL"] else
+                    "rebuild: make install TF_REQUIREMENTS=requirements-gpu.txt "
+                    "HOROVOD_GPU_OPERATIONS=NCCL"))
+        per_host = {}
+        for d in devices:
+            per_host.setdefault(d["host"], []).append(d["device"])
+        shared = [h for h, devs in per_host.items() if len(set(devs)) < len(devs)]
+        out.append(("every rank on its own GPU", f"ranks share a GPU on {', '.join(shared)}"
+                    if shared or any(d["device"] == "CPU" for d in devices) else ""))
+        speedup = r["mixed_1"]["median"] / r["fp32_1"]["median"]
+        out.append((f"mixed float16 / fp32 on 1 GPU: x{speedup:.2f}",
+                    "" if speedup > 1 else "float16 is not faster: Tensor Cores unused?"))
+    eff = r["fp32_n"]["median"] / (ranks * r["fp32_1"]["median"])
+    judged = gpu and ranks > 1
+    out.append((f"scaling, fp32: {ranks} ranks / ({ranks} x 1 rank) = {eff:.2f}"
+                + ("" if judged else " (not judged: the ranks share one CPU's cores)"),
+                "" if not judged or eff >= MIN_EFFICIENCY else
+                f"below {MIN_EFFICIENCY}: the all-reduce (see its row) or the host limits"))
+    out.append((f"measured / predicted ({ranks} ranks, fp32): "
+                f"{r['fp32_n']['median'] / prediction:.2f}", ""))
+    return out
+
+
+FLAGS = flags.FlagValues()
+d = command.definers(FLAGS)
+d.integer("ranks", 0, "Ranks for the N-rank rows (0: every GPU; on a CPU, its cores).")
+d.integer("image_size", 227, "Image side.")
+d.integer("batch", 64, "Images per rank and step.")
+d.integer("warmup", 1, "Untimed windows first.")
+d.integer("windows", 3, "Timed windows per row.")
+d.integer("window_images", 0, "Images per window (0: 10 steps' worth).")
+d.integer("timeout", 600, "Seconds per measurement.")
+
+
+def main(argv=None):
+    command.parse(FLAGS, sys.argv[1:] if argv is None else argv, "gpu_check", __doc__)
+    facts = host_facts()
+    gpu = bool(facts["gpus"])
+    ranks = FLAGS.ranks or len(facts["gpus"]) or os.cpu_count() or 1
+    a = types.SimpleNamespace(image_size=FLAGS.image_size, batch=FLAGS.batch,
+                              warmup=FLAGS.warmup, windows=FLAGS.windows, timeout=FLAGS.timeout,
+                              window_images=FLAGS.window_images or 10 * FLAGS.batch)
+    hvd_built = ", ".join(k for k, v in facts["horovod"].items() if v and k != "TensorFlow")
+    print(f"hvd_alexnet gpu check: {len(facts['gpus'])} GPU(s)"
+          + (f" ({'; '.join(facts['nvidia_smi'])})" if facts["nvidia_smi"] else "")
+          + f"; TensorFlow {facts['tensorflow']} built for CUDA {facts['cuda'] or '-'}, "
+            f"cuDNN {facts['cudnn'] or '-'}; Horovod built with {hvd_built or 'nothing'}")
+    if not gpu:
+        print(f"CPU mode: no GPU found, so the same checks run on the CPU ({ranks} ranks share "
+              f"its {os.cpu_count()} cores; mixed is bfloat16; NCCL is not needed)")
+    devices = rank_devices(ranks, a.timeout)
+    width = max(len(dev["host"]) for dev in devices)
+    print(f"\nrank  {'host':<{width}}  local_rank  device")
+    for dev in devices:
+        print(f"{dev['rank']:<4}  {dev['host']:<{width}}  {dev['local_rank']:<10}  {dev['device']}")
+    r = {}
+    print(f"\n| measurement ({a.image_size}x{a.image_size}, batch {a.batch} per rank, "
+          f"synthetic) | median | spread | unit |\n|---|---|---|---|")
+    for row in rows(ranks, gpu, a.batch):
+        r[row.key] = m = bench.measure(row, a)
+        m["median"] = sorted(m["windows"])[len(m["windows"]) // 2]
+        print(f"| {row.label} | {m['median']:.2f} | {min(m['windows']):.2f}-"
+              f"{max(m['windows']):.2f} | {m['unit']} |", flush=True)
+    prediction = predicted(r, ranks, gpu, a)
+    print(f"| plan's prediction, {ranks} ranks, fp32 (from the 1-rank rate and the "
+          f"all-reduce above) | {prediction:.2f} | | images/s |\n")
+    found = checks(facts, devices, r, ranks, gpu, prediction)
+    for what, problem in found:
+        print(f"  {'PROBLEM' if problem else 'ok':7}  {what}{': ' + problem if problem else ''}")
+    problems = [p for _, p in found if p]
+    verdict = (f"{len(problems)} problem(s)" if problems else
+               "ready: the GPU path works on this host" if gpu else
+               "CPU mode: every measurement ran; run this on a GPU host for the GPU verdict")
+    print(f"\nhvd_alexnet gpu check: {verdict}")
+    return 2 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
