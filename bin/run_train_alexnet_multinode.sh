@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # AlexNet on ImageNet across hosts with mpirun and a hostfile, one rank per GPU.
-#   NP=16 HOSTFILE=hostfiles/mpirun.hosts IFACE=eth0 bash bin/run_train_alexnet_multinode.sh [--flag=value ...]
+#   HOSTFILE=hostfiles/mpirun.hosts IFACE=eth0 bash bin/run_train_alexnet_multinode.sh [--flag=value ...]
+#   HOSTFILE=... IFACE=eth0 bash bin/run_train_alexnet_multinode.sh doctor   # the preflight, launched alike
+# NP defaults to the sum of the hostfile's slots; a first argument `doctor` (or
+# `train`, the default) picks the command, which gets the same flags.
 # runs: mpirun -np 16 --hostfile hostfiles/mpirun.hosts -bind-to none -map-by slot
 #         -mca pml ob1 -mca btl ^openib -x PATH -x NCCL_SOCKET_IFNAME=eth0 ...
 #         -mca btl_tcp_if_include eth0 -mca oob_tcp_if_include eth0 .venv/bin/python -m hvd_alexnet train ...
@@ -13,8 +16,13 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
-NP=${NP:-16}
 HOSTFILE=${HOSTFILE:-$ROOT/hostfiles/mpirun.hosts}
+COMMAND=train
+if [[ ${1:-} == train || ${1:-} == doctor ]]; then COMMAND=$1; shift; fi
+slots=0
+for n in $(grep -v '^\s*#' "$HOSTFILE" | sed -n 's/.*slots=\([0-9]*\).*/\1/p'); do slots=$((slots + n)); done
+NP=${NP:-$slots}
+((NP > 0)) || { echo "$0: no slots in $HOSTFILE: set NP or give each host slots=N" >&2; exit 2; }
 extra=()
 if [[ -n ${IFACE:-} ]]; then
   export NCCL_SOCKET_IFNAME="$IFACE"
@@ -33,7 +41,7 @@ exec mpirun -np "$NP" --hostfile "$HOSTFILE" \
   -bind-to none -map-by slot \
   -mca pml ob1 -mca btl ^openib \
   "${extra[@]}" \
-  "$PYTHON" -m hvd_alexnet train \
+  "$PYTHON" -m hvd_alexnet "$COMMAND" \
   --data_dir="${DATA_DIR:-$ROOT/imagenet_tfrecord}" \
   --model_dir="${MODEL_DIR:-$ROOT/runs/alexnet_multinode}" \
   --batch_size=32 --epochs=90 "$@"

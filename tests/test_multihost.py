@@ -58,3 +58,23 @@ def test_training_across_two_hosts(two_hosts, launcher, tiny_data, tmp_path):
     # 2 ranks sends each host about one model's worth of bytes over hvd0.
     received = [after - b for after, b in zip(two_hosts.rx_bytes(), before)]
     assert min(received) >= 0.9 * STEPS * model_bytes(), received
+
+
+@pytest.mark.timeout(600)
+def test_multinode_script_counts_ranks_from_the_hostfile_and_runs_doctor(
+        two_hosts, tiny_data, tmp_path):
+    """No NP: the hostfile's slots give the ranks; `doctor` as the first argument runs
+    the preflight through the same mpirun, hosts and interface as training."""
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# a comment with slots=8 is not a host\n"
+                        + "".join(f"{h} slots=1\n" for h in netns.HOSTS))
+    env = {k: v for k, v in os.environ.items() if k != "NP"}
+    env.update(PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2", DATA_DIR=tiny_data,
+               MODEL_DIR=str(tmp_path / "run"), IFACE=netns.IFACE,
+               SSH_PORT=str(netns.SSH_PORT), HOSTFILE=str(hostfile))
+    result = two_hosts.run_on(0, ["bash", os.path.join(ROOT, "bin/run_train_alexnet_multinode.sh"),
+                                  "doctor", "--batch_size=4"], timeout=300, env=env, cwd="/")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "hvd_alexnet doctor: 2 ranks on 2 host(s), gathered with mpi4py" in out, out[-4000:]
+    assert "ready to train" in out
