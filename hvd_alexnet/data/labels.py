@@ -13,6 +13,8 @@ An entry is (path, record index, label, synset, text).
 
 import tensorflow as tf
 
+from hvd_alexnet.data.reader import label_problem
+
 IMAGENET_CLASSES = 1000
 _FEATURES = {
     "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
@@ -40,7 +42,6 @@ def range_problem(entries, first_label, num_classes):
     """One line about labels outside first..first+N-1 (None if all are in range):
     a label one below the range suggests --first_label, labels above it say how
     far they run and suggest the class count."""
-    from hvd_alexnet.data.reader import label_problem
     last = first_label + num_classes - 1
     low = [e for e in entries if e[2] < first_label]
     if low:

@@ -16,6 +16,7 @@ means bfloat16 there), and says so; the tests run it that way.
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import types
@@ -151,7 +152,7 @@ def main(argv=None):
           f"synthetic) | median | spread | unit |\n|---|---|---|---|")
     for row in rows(ranks, gpu, a.batch):
         r[row.key] = m = bench.measure(row, a)
-        m["median"] = sorted(m["windows"])[len(m["windows"]) // 2]
+        m["median"] = statistics.median(m["windows"])
         print(f"| {row.label} | {m['median']:.2f} | {min(m['windows']):.2f}-"
               f"{max(m['windows']):.2f} | {m['unit']} |", flush=True)
     prediction = predicted(r, ranks, gpu, a)
