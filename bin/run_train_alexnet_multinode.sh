@@ -8,8 +8,14 @@
 #         -mca pml ob1 -mca btl ^openib -x PATH -x NCCL_SOCKET_IFNAME=eth0 ...
 #         -mca btl_tcp_if_include eth0 -mca oob_tcp_if_include eth0 .venv/bin/python -m hvd_alexnet train ...
 # The launching host needs passwordless ssh to every host in HOSTFILE (SSH_PORT sets
-# ssh's port), and every host this checkout, its .venv and DATA_DIR at the same paths
+# ssh's port, added to any OMPI_MCA_plm_rsh_args already set, such as the MPI
+# Operator's), and every host this checkout, its .venv and DATA_DIR at the same paths
 # (a shared filesystem or a copy per host). Only rank 0 writes MODEL_DIR.
+# A SIGTERM to mpirun (Ctrl-C, Kubernetes evicting the launcher pod) reaches the ranks
+# SIGKILL_TIMEOUT seconds later (default 30), and they get as long again to
+# checkpoint before mpirun's SIGKILL (odls_base_sigkill_timeout; Open MPI's default,
+# 1 s, kills them mid-checkpoint). The price: a job whose rank died takes twice that
+# to end. Signalling the ranks themselves (bin/k8s_worker.sh does) has no such delay.
 # IFACE (e.g. eth0, ib0) pins MPI's and NCCL's traffic to one interface. PATH,
 # LD_LIBRARY_PATH, PYTHONPATH and every HOROVOD_*, NCCL_* and TF_* variable set here
 # are passed to the ranks (-x).
@@ -28,7 +34,10 @@ if [[ -n ${IFACE:-} ]]; then
   export NCCL_SOCKET_IFNAME="$IFACE"
   extra+=(-mca btl_tcp_if_include "$IFACE" -mca oob_tcp_if_include "$IFACE")
 fi
-[[ -n ${SSH_PORT:-} ]] && extra+=(-mca plm_rsh_args "-p $SSH_PORT")
+if [[ -n ${SSH_PORT:-} ]]; then  # -mca plm_rsh_args would replace the environment's value
+  export OMPI_MCA_plm_rsh_args="${OMPI_MCA_plm_rsh_args:+$OMPI_MCA_plm_rsh_args }-p $SSH_PORT"
+fi
+extra+=(-mca odls_base_sigkill_timeout "${SIGKILL_TIMEOUT:-30}")
 [[ $(id -u) -eq 0 ]] && extra+=(--allow-run-as-root)
 for name in $(compgen -e); do
   case $name in

@@ -32,6 +32,9 @@ class Hooks:
     def after_validation_batch(self):
         """Called by rank 0 after each batch of a validation pass."""
 
+    def before_save(self):
+        """Called by rank 0 before it writes a checkpoint."""
+
 
 class StopRequest:
     """SIGTERM / SIGINT (what Slurm, Kubernetes and Ctrl-C send) ask for a clean

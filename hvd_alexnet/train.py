@@ -76,7 +76,8 @@ def run(cfg, log=print, hooks=None):
             state.skipped_all = dist.sum(state.skipped, "hvd_alexnet.skipped")  # HVD
             report.log([epoch, state.step], {"skipped_corrupt_records": state.skipped_all})
         due = not stopping and validation.due(state, epoch)
-        final = pause(dist, ckpts, state, lambda: validation.run(epoch, state.step), due) or final
+        final = pause(dist, ckpts, state, lambda: validation.run(epoch, state.step), due,
+                      hooks) or final
         if stopping:
             ctx.stop.settle()
             report.log([epoch, state.step], {"preempted": True})
@@ -142,7 +143,7 @@ def announce(cfg, data, state, dist, threads, policy, report, timeline):
             f"share: {spe * batch} of {data.num_train} images, a fresh subset each epoch")
 
 
-def pause(dist, ckpts, state, validate, due):
+def pause(dist, ckpts, state, validate, due, hooks):
     """Rank 0 checkpoints and, if `due`, validates, while the other ranks wait
     in the heartbeat loop. Returns the validation's result (or None)."""
     if not dist.is_root:
@@ -151,6 +152,7 @@ def pause(dist, ckpts, state, validate, due):
             raise DataError(failure)
         return None
     dist.solo_begin()
+    hooks.before_save()
     ckpts.save(state.step, state.examples_seen)
     dist.solo_tick(force=True)
     try:

@@ -36,23 +36,36 @@ if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
   exit 0
 fi
 
-# 3. System MPI (Horovod's MPI controller and mpi4py build against it).
-missing=()
-for pkg in libopenmpi-dev openmpi-bin; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
+# 3. What the build needs from the system, checked by what it does rather than by
+#    package name (the CPU image's Python is not Debian's): a C++ compiler and make,
+#    Python 3.11 with its headers and venv (Debian and Ubuntu split them off), Open
+#    MPI's compiler wrapper and mpirun (Horovod's MPI controller and mpi4py build
+#    against them). CMake comes from the pinned wheel below. Installed as root with
+#    apt-get, else named.
+py=${PYTHON##*/}
+need=()
+command -v g++ >/dev/null && command -v make >/dev/null || need+=(build-essential)
+if command -v "$PYTHON" >/dev/null; then
+  "$PYTHON" -c 'import os, sysconfig; os.stat(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
+    2>/dev/null || need+=("$py-dev")
+  "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || need+=("$py-venv")
+else
+  need+=("$py" "$py-dev" "$py-venv")
+fi
+command -v mpicc >/dev/null || need+=(libopenmpi-dev)
+command -v mpirun >/dev/null || need+=(openmpi-bin)
+if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    echo "install: apt-get install ${missing[*]}"
+    echo "install: apt-get install ${need[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   else
-    echo "install: missing system packages: ${missing[*]}" >&2
-    echo "install: run: sudo apt-get install -y ${missing[*]}" >&2
+    echo "install: the build needs system packages: ${need[*]}" >&2
+    echo "install: run: sudo apt-get install -y ${need[*]}  (Debian 12; Ubuntu 22.04:" \
+         "python3.11 is in universe), then make install again" >&2
     exit 1
   fi
 fi
-
 command -v "$PYTHON" >/dev/null || { echo "install: $PYTHON not found (TensorFlow 2.15 needs Python 3.9-3.11)" >&2; exit 1; }
 [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
@@ -100,6 +113,19 @@ if [[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]]; then
   [[ $cuda == 12.* ]] || echo "install: WARNING: TensorFlow 2.15 is built for CUDA 12.2, this" \
     "nvcc is CUDA $cuda: Horovod's kernels and its static CUDA runtime will be $cuda's (a driver" \
     "for CUDA $cuda is then needed, and CUDA 13 compiles for Turing and newer only)" >&2
+fi
+# A Horovod built against another TensorFlow refuses to load (HorovodVersionMismatchError),
+# and pip keeps it when its own version is unchanged: uninstall it, so it is built again.
+built_for=$("$VENV/bin/python" -c 'import importlib.util as u, json, os
+s = u.find_spec("horovod")
+print(json.load(open(os.path.join(os.path.dirname(s.origin), "metadata.json"))).get("tensorflow", "")
+      if s else "")')
+if [[ -n $built_for ]]; then
+  tf_version=$(TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/python" -c 'import tensorflow as tf; print(tf.__version__)')
+  if [[ $built_for != "$tf_version" ]]; then
+    echo "install: Horovod was built for TensorFlow $built_for, this is $tf_version: building it again"
+    "${PIP[@]}" uninstall -q -y horovod
+  fi
 fi
 "${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod -r requirements-mpi.txt
 

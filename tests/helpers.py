@@ -6,7 +6,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 
 import pytest
 
@@ -68,6 +70,28 @@ def finish(proc, timeout):
         pytest.fail(f"{' '.join(proc.cmd)} still running after {timeout}s (hang?)\n"
                     f"{output(proc)[-4000:]}")
     return subprocess.CompletedProcess(proc.cmd, proc.returncode, output(proc), None)
+
+
+def wait_for_step(model_dir, step, proc, timeout=120):
+    """Blocks until rank 0 has logged training step `step` (or fails)."""
+    path, deadline = os.path.join(model_dir, "dllogger.json"), time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, output(proc)[-3000:]
+        if os.path.exists(path) and any(r["step"][1] >= step for r in step_records(model_dir)):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"step {step} not reached in {timeout}s\n{output(proc)[-3000:]}")
+
+
+def injected_python(tmp_path, *faults):
+    """A $PYTHON for the launch scripts that trains with `faults` (inject.py's
+    options, e.g. hold=3): `PY -m hvd_alexnet train FLAGS` runs
+    `PY tests/inject.py FAULTS -- FLAGS` (exec: the rank keeps the wrapper's pid)."""
+    path, options = tmp_path / "python-injected", " ".join(faults)
+    path.write_text(f'#!/bin/bash\n[[ "$1 $2 $3" == "-m hvd_alexnet train" ]] || exit 9\n'
+                    f'shift 3\nexec {sys.executable} {INJECT} {options} -- "$@"\n')
+    path.chmod(0o755)
+    return str(path)
 
 
 def launch(args, np=1, launcher=None, timeout=240, env=None, faults=()):

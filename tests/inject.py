@@ -1,17 +1,20 @@
-"""`python tests/inject.py [stall=RANK:STEP] [hold=STEP] [heartbeat=SECONDS]
-[validation_delay=SECONDS] -- TRAIN_FLAGS`:
+"""`python tests/inject.py [stall=RANK:STEP] [hold=STEP[:RANK]] [heartbeat=SECONDS]
+[validation_delay=SECONDS] [save_delay=SECONDS] -- TRAIN_FLAGS`:
 `python -m hvd_alexnet train TRAIN_FLAGS` with faults injected through the
 trainer's hooks (hvd_alexnet.loop.Hooks), so that no test switch lives in the
 trainer itself.
 
   stall=RANK:STEP    that rank hangs after that step, as a stuck input would
-  hold=STEP          every rank waits after that step until a signal asks it to
-                     stop (at most 300 s): a signal that lands at a known step
+  hold=STEP[:RANK]   every rank (or that rank) waits after that step until a
+                     signal asks it to stop (at most 300 s): a signal that lands
+                     at a known step
   heartbeat=SECONDS  rank 0 answers the waiting ranks this seldom while it
                      works alone (a large value shows the stall warning that
                      the heartbeat prevents)
   validation_delay=SECONDS  rank 0 sleeps this long after each validation
                      batch: a validation pass long by construction
+  save_delay=SECONDS rank 0 sleeps this long before each checkpoint it writes: a
+                     save slow by construction (as 0.5 GB to a network disk is)
 
 (Not --options: horovodrun reads the whole command line and takes any
 --word that abbreviates one of its own options, such as --stall.)
@@ -30,16 +33,21 @@ from hvd_alexnet.loop import Hooks  # noqa: E402
 class Faults(Hooks):
     def __init__(self):
         self.stall, self.hold, self.heartbeat_seconds, self.validation_delay = None, None, None, 0.0
+        self.hold_rank, self.save_delay = None, 0.0
 
     def after_step(self, rank, step, stop_requested):
         if (rank, step) == self.stall:
             time.sleep(1e6)
         deadline = time.monotonic() + 300
-        while step == self.hold and not stop_requested() and time.monotonic() < deadline:
+        held = step == self.hold and self.hold_rank in (None, rank)
+        while held and not stop_requested() and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def after_validation_batch(self):
         time.sleep(self.validation_delay)
+
+    def before_save(self):
+        time.sleep(self.save_delay)
 
 
 def main(argv):
@@ -51,11 +59,14 @@ def main(argv):
         if name == "stall":
             faults.stall = tuple(int(x) for x in value.split(":"))
         elif name == "hold":
-            faults.hold = int(value)
+            step, _, rank = value.partition(":")
+            faults.hold, faults.hold_rank = int(step), (int(rank) if rank else None)
         elif name == "heartbeat":
             faults.heartbeat_seconds = float(value)
         elif name == "validation_delay":
             faults.validation_delay = float(value)
+        elif name == "save_delay":
+            faults.save_delay = float(value)
         else:
             raise SystemExit(f"inject.py: unknown option {name}\n{__doc__}")
     return run_command("train", train_args, hooks=faults)

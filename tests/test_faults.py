@@ -7,20 +7,10 @@ import time
 
 import pytest
 
-from helpers import SMALL, checkpoints, final_weights, finish, output, start, step_records
+from helpers import (SMALL, checkpoints, final_weights, finish, output, start, step_records,
+                     wait_for_step)
 from hvd_alexnet import metrics_log
 from hvd_alexnet.tools.chaos import rank_pids
-
-
-def wait_for_step(model_dir, step, proc, timeout=120):
-    """Blocks until rank 0 has logged training step `step` (or fails)."""
-    path, deadline = os.path.join(model_dir, "dllogger.json"), time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, output(proc)[-3000:]
-        if os.path.exists(path) and any(r["step"][1] >= step for r in step_records(model_dir)):
-            return
-        time.sleep(0.5)
-    pytest.fail(f"step {step} not reached in {timeout}s\n{output(proc)[-3000:]}")
 
 
 LONG = SMALL + ["--epochs=1000", "--noeval"]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import slurm
-from helpers import ROOT, SMALL, checkpoints, require
+from helpers import ROOT, SMALL, checkpoints, injected_python, require
 from hvd_alexnet import config, distributed, metrics_log
 
 # --- the launcher's ranks against Horovod's ----------------------------------------
@@ -135,27 +135,60 @@ def test_srun_without_pmi_is_refused_with_the_fix(cluster, tiny_data, tmp_path):
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
-@pytest.mark.timeout(600)
-def test_slurm_signal_before_the_time_limit_checkpoints_and_resubmitting_resumes(
+def digest(out):
+    return re.findall(r"weights digest (\w+), identical on all", out)
+
+
+@pytest.mark.timeout(900)
+def test_slurm_time_limit_signals_checkpoints_requeues_and_resumes_to_the_same_weights(
         cluster, tiny_data, tmp_path):
-    """What --signal=TERM@300 does near the time limit: SIGTERM to srun's tasks."""
+    """A real time limit: 3 minutes, SIGTERM 60 s before it (--signal; Slurm sends it
+    up to a minute early). The ranks hold after step 3 (injected) until that signal,
+    so it lands there on any machine; they checkpoint and exit 75, the script
+    requeues the job, Slurm starts it again, and it resumes and finishes with the
+    weights of an uninterrupted run (--deterministic: dropout seeded by step)."""
+    steps, limit = 6, ["--time=3", "--signal=TERM@60"]
     model_dir = str(tmp_path / "run")
-    job = cluster.submit(*sbatch_args(model_dir, tiny_data, 400), cwd=ROOT)
+    args, env = sbatch_args(model_dir, tiny_data, steps)
+    code, out = cluster.sbatch([*limit, *args, "--deterministic"],
+                               {**env, "PYTHON": injected_python(tmp_path, "hold=3")}, timeout=600, cwd=ROOT)
+    assert code == 0, out[-5000:]  # sbatch --wait follows the job through its requeue
+    assert "job" in out and "start 1," in out and "start 2," in out, out[-5000:]
+    assert "stopped at step 4 on request" in out, out[-5000:]
+    assert "(status 75): job" in out and "requeued" in out
+    assert "at step 4" in out and f"steps : {steps} " in out  # resumed, then finished
+    assert checkpoints(model_dir)[0] == 4
+
+    straight = str(tmp_path / "straight")
+    args, env = sbatch_args(straight, tiny_data, steps)
+    code, plain = cluster.sbatch([*args, "--deterministic"], env, timeout=300, cwd=ROOT)
+    assert code == 0, plain[-4000:]
+    assert digest(out)[-1:] == digest(plain), (digest(out), digest(plain))
+
+
+@pytest.mark.timeout(600)
+def test_slurm_signal_without_requeue_exits_75_and_resubmitting_resumes(
+        cluster, tiny_data, tmp_path):
+    """REQUEUE=0: the job ends with the ranks' status 75, and the same sbatch
+    command resumes it. The ranks hold after step 3 until the signal."""
+    model_dir = str(tmp_path / "run")
+    args, env = sbatch_args(model_dir, tiny_data, 400)
+    job = cluster.submit(args, {**env, "REQUEUE": "0", "PYTHON": injected_python(tmp_path, "hold=3")},
+                         cwd=ROOT)
     deadline = time.monotonic() + 240
-    while not re.search(r"step ([3-9]|\d\d+)/400", cluster.output(job)) and job.poll() is None:
+    while "step 3/400" not in cluster.output(job) and job.poll() is None:
         assert time.monotonic() < deadline, cluster.output(job)[-3000:]
         time.sleep(0.5)
     assert job.poll() is None, cluster.output(job)[-3000:]  # still training
     cluster.signal(job, "TERM")
     code, out = cluster.wait(job, timeout=240)
     assert code == 75, out[-4000:]  # EXIT_PREEMPTED, from srun through the batch script
-    stopped = int(re.search(r"stopped at step (\d+) on request", out).group(1))
-    assert 3 <= stopped < 400 and checkpoints(model_dir)[-1] == stopped
+    assert "stopped at step 4 on request" in out and checkpoints(model_dir)[-1] == 4
+    assert "requeued" not in out
 
-    code, out = cluster.sbatch(*sbatch_args(model_dir, tiny_data, stopped + 2), timeout=300,
-                               cwd=ROOT)
+    code, out = cluster.sbatch(*sbatch_args(model_dir, tiny_data, 6), timeout=300, cwd=ROOT)
     assert code == 0, out[-4000:]
-    assert f"at step {stopped}" in out and f"steps : {stopped + 2} " in out
+    assert "at step 4" in out and "steps : 6 " in out
 
 
 # --- Kubernetes: docker/mpijob.yaml -------------------------------------------------
@@ -193,20 +226,44 @@ def test_mpijob_manifest_has_what_the_operator_requires():
     worker = replicas["Worker"]["template"]["spec"]
     (container,) = worker["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == slots  # one rank per GPU
-    # Workers only serve ssh; the config they name is the one the images write, and
-    # the operator's key mount is where that config looks for its keys.
-    assert container["command"] == ["/usr/sbin/sshd", "-De", "-f", "/home/hvd/.sshd_config"]
+    # Workers serve ssh through the script that passes SIGTERM on to their ranks; the
+    # sshd config it starts is the one the images write, and the operator's key
+    # mount is where that config looks for its keys.
+    assert container["command"] == ["bash", "/app/bin/k8s_worker.sh"]
+    entry = open(os.path.join(ROOT, "bin", "k8s_worker.sh")).read()
+    assert "SSHD_CONFIG=${SSHD_CONFIG:-/home/hvd/.sshd_config}" in entry
     setup = open(os.path.join(ROOT, "docker", "setup-user-ssh.sh")).read()
     assert "cat > /home/hvd/.sshd_config" in setup
     assert f"HostKey {spec['sshAuthMountPath']}/id_rsa" in setup
+    # The operator's conventions: sshd on 2222 (a user cannot bind a port below
+    # 1024; no file capability to count on), a readiness probe on that port, and the
+    # launcher created only once every worker is ready.
+    (port,) = (int(p) for p in re.findall(r"^Port (\d+)$", setup, re.M))
+    assert port == 2222 and not re.search(r"^setcap", setup, re.M)
+    assert container["readinessProbe"]["tcpSocket"]["port"] == port
+    assert spec["launcherCreationPolicy"] == "WaitForWorkersReady"
+    # Time to checkpoint before Kubernetes' SIGKILL: the worker waits STOP_TIMEOUT for
+    # its ranks; mpirun gives them SIGKILL_TIMEOUT twice over (see the script).
+    worker_env = {e["name"]: e["value"] for e in container["env"]}
+    assert worker["terminationGracePeriodSeconds"] > int(worker_env["STOP_TIMEOUT"])
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"] for v in worker["volumes"]}
     assert set(mounts) <= volumes
 
-    (launcher,) = replicas["Launcher"]["template"]["spec"]["containers"]
+    launcher_pod = replicas["Launcher"]["template"]["spec"]
+    (launcher,) = launcher_pod["containers"]
     env = {e["name"]: e["value"] for e in launcher["env"]}
     assert int(env["NP"]) == workers * slots
     assert env["HOSTFILE"] == "/etc/mpi/hostfile"  # written by the operator
+    assert int(env["SSH_PORT"]) == port
+    assert launcher_pod["terminationGracePeriodSeconds"] > 2 * int(env["SIGKILL_TIMEOUT"])
+    # The example of the operator's hostfile names this job's workers and slots.
+    hosts = [line.split() for line in open(os.path.join(ROOT, "hostfiles", "mpijob.hosts"))
+             if line.strip() and not line.startswith("#")]
+    name = job["metadata"]["name"]
+    assert [h for h, _ in hosts] == [f"{name}-worker-{i}.{name}.default.svc"
+                                     for i in range(workers)]
+    assert sum(int(s.split("=")[1]) for _, s in hosts) == int(env["NP"])
     script = launcher["command"][1]
     assert launcher["command"][0] == "bash" and script.startswith("/app/")
     assert os.path.exists(os.path.join(ROOT, script[len("/app/"):]))

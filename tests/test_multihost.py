@@ -5,12 +5,19 @@ pinned to the namespaces' interface. Skipped where namespaces cannot be made
 (not root, no sshd), unless HVD_ALEXNET_REQUIRE_MULTIHOST=1 (CI sets it)."""
 
 import os
+import re
+import signal
+import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 
-from helpers import ROOT, SMALL, require
+from helpers import ROOT, SMALL, checkpoints, finish, injected_python, output, require, wait_for_step
 import netns
+
+SCRIPT = "bin/run_train_alexnet_multinode.sh"
 
 STEPS = 3
 
@@ -64,17 +71,104 @@ def test_training_across_two_hosts(two_hosts, launcher, tiny_data, tmp_path):
 def test_multinode_script_counts_ranks_from_the_hostfile_and_runs_doctor(
         two_hosts, tiny_data, tmp_path):
     """No NP: the hostfile's slots give the ranks; `doctor` as the first argument runs
-    the preflight through the same mpirun, hosts and interface as training."""
+    the preflight through the same mpirun, hosts and interface as training. SSH_PORT
+    is added to the ssh options already in OMPI_MCA_plm_rsh_args (the MPI Operator
+    sets its own there): here they make ssh run a command that leaves a mark."""
+    mark, marker = tmp_path / "ssh-options-kept", tmp_path / "mark.sh"
+    marker.write_text(f"#!/bin/sh\ntouch {mark}\n")
+    marker.chmod(0o755)
     hostfile = tmp_path / "hosts"
     hostfile.write_text("# a comment with slots=8 is not a host\n"
                         + "".join(f"{h} slots=1\n" for h in netns.HOSTS))
     env = {k: v for k, v in os.environ.items() if k != "NP"}
     env.update(PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2", DATA_DIR=tiny_data,
                MODEL_DIR=str(tmp_path / "run"), IFACE=netns.IFACE,
-               SSH_PORT=str(netns.SSH_PORT), HOSTFILE=str(hostfile))
-    result = two_hosts.run_on(0, ["bash", os.path.join(ROOT, "bin/run_train_alexnet_multinode.sh"),
-                                  "doctor", "--batch_size=4"], timeout=300, env=env, cwd="/")
+               SSH_PORT=str(netns.SSH_PORT), HOSTFILE=str(hostfile),
+               OMPI_MCA_plm_rsh_args=f"-o PermitLocalCommand=yes -o LocalCommand={marker}")
+    result = two_hosts.run_on(0, ["bash", os.path.join(ROOT, SCRIPT), "doctor", "--batch_size=4"],
+                              timeout=300, env=env, cwd="/")
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
+    assert mark.exists()
     assert "hvd_alexnet doctor: 2 ranks on 2 host(s), gathered with mpi4py" in out, out[-4000:]
     assert "ready to train" in out
+
+
+# --- Eviction: SIGTERM to a worker pod's first process, or to the launcher's mpirun ---
+
+
+def start_on(hosts, i, cmd, env):
+    """Starts `cmd` on host i in its own process group, its output in a file."""
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(hosts.command(i, cmd), env=env, cwd="/", text=True, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc.cmd, proc.log = cmd, log
+    return proc
+
+
+def ssh_reaches(hosts, i):
+    return hosts.run_on(0, ["ssh", "-p", str(netns.SSH_PORT), netns.HOSTS[i], "true"],
+                        timeout=30).returncode == 0
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("evicted", ["worker", "launcher"])
+def test_evicted_pod_checkpoints_and_every_rank_exits_75(two_hosts, evicted, tiny_data, tmp_path):
+    """host2 plays a worker pod of the MPI Operator: its sshd runs under
+    bin/k8s_worker.sh, as docker/mpijob.yaml starts it. host1 is the launcher, with
+    mpirun through bin/run_train_alexnet_multinode.sh. Kubernetes evicts a pod by a
+    SIGTERM to its first process: the worker script must pass it to the rank it
+    hosts; the launcher's mpirun must give its ranks time to checkpoint
+    (odls_base_sigkill_timeout). The rank the signal reaches first holds after step
+    3 (injected) until it comes, so every rank stops at step 4, on any machine, and
+    rank 0 takes 3 s to save (injected), as a real checkpoint to a network disk
+    would: longer than Open MPI's default 1 s before its SIGKILL."""
+    pid_file = os.path.join(two_hosts.dir, "sshd-host2.pid")
+    with open(pid_file) as f:  # host2's plain sshd makes way for the worker script's
+        os.kill(int(f.read()), signal.SIGTERM)
+    worker = start_on(two_hosts, 1, ["bash", os.path.join(ROOT, "bin/k8s_worker.sh")],
+                      {**os.environ, "SSHD_CONFIG": "/etc/ssh/sshd_config"})
+    job = None
+    try:
+        deadline = time.monotonic() + 60
+        while not ssh_reaches(two_hosts, 1):
+            assert worker.poll() is None and time.monotonic() < deadline, output(worker)
+            time.sleep(0.5)
+        hostfile = tmp_path / "hosts"
+        hostfile.write_text("".join(f"{h} slots=1\n" for h in netns.HOSTS))
+        model_dir = str(tmp_path / "run")
+        # The rank the signal reaches first holds: host2's from the worker script;
+        # from mpirun, its own host's (rank 0): it signals its daemons' ranks later.
+        held = f"hold=3:{1 if evicted == 'worker' else 0}"
+        env = {**os.environ, "PYTHON": injected_python(tmp_path, held, "save_delay=3"), "TF_CPP_MIN_LOG_LEVEL": "2",
+               "DATA_DIR": tiny_data, "MODEL_DIR": model_dir, "IFACE": netns.IFACE,
+               "SSH_PORT": str(netns.SSH_PORT), "HOSTFILE": str(hostfile),
+               "SIGKILL_TIMEOUT": "10"}
+        job = start_on(two_hosts, 0, ["bash", os.path.join(ROOT, SCRIPT), *SMALL,
+                                      "--max_steps=400", "--noeval", "--num_classes=10"], env)
+        wait_for_step(model_dir, 3, job, timeout=240)
+        if evicted == "worker":
+            os.kill(worker.pid, signal.SIGTERM)
+        else:
+            launcher = two_hosts.run_on(0, ["pgrep", "-x", "-s", str(job.pid), "mpirun"],
+                                        timeout=30).stdout.split()
+            assert len(launcher) == 1, launcher
+            os.kill(int(launcher[0]), signal.SIGTERM)
+        res = finish(job, timeout=240)
+        out = res.stdout
+        # Both ranks stop at the same step, rank 0 checkpoints it, both exit 75.
+        stops = re.findall(r"hvd_alexnet train: stopped at step (\d+) on request", out)
+        assert stops == ["4", "4"], out[-4000:]
+        assert checkpoints(model_dir)[-1] == 4
+        assert res.returncode == 75 or evicted == "launcher", out[-4000:]
+        assert "exited on signal" not in out, out[-4000:]
+        if evicted == "worker":
+            assert finish(worker, timeout=60).returncode == 0, output(worker)
+            assert "forwarding it to 1 rank(s) here" in output(worker), output(worker)
+            assert "the ranks here have exited" in output(worker)
+    finally:
+        for proc in (job, worker):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        two_hosts.run_on(1, ["/usr/sbin/sshd", "-f", "/etc/ssh/sshd_config"], timeout=30,
+                         check=True)
