@@ -15,7 +15,7 @@ CHAOS_ARGS      ?=
 IMAGE           ?= hvd-alexnet
 
 .PHONY: install train demo-data bench-data bench test chaos docker-build docker-test clean \
-	gpu-check check-gpu-build
+	gpu-check check-gpu-build bench-scaling
 
 install:
 	@TF_REQUIREMENTS=$(TF_REQUIREMENTS) VENV=$(VENV) bash scripts/install.sh
@@ -45,6 +45,12 @@ bench-data: install
 # Every throughput figure (about 15 minutes on 2 cores), written to docs/benchmarks.{md,json}.
 bench: bench-data demo-data
 	$(PY) -m hvd_alexnet bench --data_dir $(BENCH_DIR) --demo_dir $(DEMO_DIR) $(BENCH_ARGS)
+
+# As root: 2 namespace hosts, 1 rank each, the link between them shaped to several
+# rates with tc; measured images/s beside the planner's (about 15 minutes).
+SCALING_ARGS    ?=
+bench-scaling: install
+	$(PY) -m hvd_alexnet.tools.scaling $(SCALING_ARGS)
 
 # Horovod built with NCCL (its GPU all-reduce) into .venv-gpu, with TensorFlow's CUDA
 # wheels, and `horovodrun --check-build` must list NCCL. Not part of `make test`: ~3 GB

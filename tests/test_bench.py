@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 
 from helpers import ROOT
@@ -42,3 +43,11 @@ def test_bench_writes_every_chosen_row_and_the_targets(tiny_data, tmp_path):
     text = open(tmp_path / "benchmarks.md").read()
     assert "| trainer, synthetic, 1 rank |" in text and "not measured" in text
     assert "Reference: 1,833.9 images/s" in text and results["machine"]["cores"] == os.cpu_count()
+
+
+def test_bench_scaling_refuses_clearly_where_it_cannot_run(monkeypatch):
+    from hvd_alexnet.errors import UsageError
+    from hvd_alexnet.tools import scaling
+    monkeypatch.setattr(scaling.netns, "unavailable", lambda: "needs root (network namespaces)")
+    with pytest.raises(UsageError, match="bench-scaling cannot run here: needs root"):
+        scaling.main(["--rates=500"])

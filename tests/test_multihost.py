@@ -15,7 +15,7 @@ import time
 import pytest
 
 from helpers import ROOT, SMALL, checkpoints, finish, injected_python, output, require, wait_for_step
-import netns
+from hvd_alexnet.tools import netns
 
 SCRIPT = "bin/run_train_alexnet_multinode.sh"
 
@@ -172,3 +172,49 @@ def test_evicted_pod_checkpoints_and_every_rank_exits_75(two_hosts, evicted, tin
                 os.killpg(proc.pid, signal.SIGKILL)
         two_hosts.run_on(1, ["/usr/sbin/sshd", "-f", "/etc/ssh/sshd_config"], timeout=30,
                          check=True)
+
+
+# --- The link shaped to a rate (the scaling benchmark's) -----------------------------
+
+
+def test_shaped_link_carries_the_shaped_rate_and_unshapes(two_hosts):
+    free = two_hosts.stream_mbit(1.0)
+    try:
+        two_hosts.shape(400)
+        assert all("tbf" in q and "rate 400Mbit" in q for q in two_hosts.qdiscs())
+        shaped = two_hosts.stream_mbit(2.0)
+    finally:
+        two_hosts.unshape()
+    assert 0.8 * 400 <= shaped <= 1.05 * 400, shaped
+    assert not any("tbf" in q for q in two_hosts.qdiscs())
+    assert free > 2 * 400, free  # unshaped, the veth pair is far faster
+
+
+@pytest.mark.timeout(300)
+def test_bench_scaling_removes_its_hosts_when_interrupted(tmp_path):
+    """SIGTERM while it measures: the namespaces (and their qdiscs) and their
+    /etc/netns files are gone afterwards, and it exits non-zero."""
+    require(netns.unavailable(), "two-host test")
+    proc = subprocess.Popen([sys.executable, "-m", "hvd_alexnet.tools.scaling", "--rates=500",
+                             "--image_size=67", "--windows=1", f"--out_dir={tmp_path}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    tag = f"hvdt{proc.pid % 100000}"
+    mine = lambda: [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                              text=True).stdout.split() if n.startswith(tag)]
+    try:
+        deadline = time.monotonic() + 120
+        while len(mine()) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        time.sleep(2)  # into the measuring
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "SIGTERM: removing the hosts" in err, err[-3000:]
+    assert mine() == []
+    assert not [n for n in os.listdir("/etc/netns") if n.startswith(tag)] \
+        if os.path.isdir("/etc/netns") else True
+    assert not os.path.exists(tmp_path / "scaling.md")

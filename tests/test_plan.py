@@ -49,3 +49,28 @@ def test_cli_prints_the_table_and_the_reference(capsys):
     out = capsys.readouterr().out
     assert out.count("| fp32 |") == 3 and out.count("| fp16 |") == 3
     assert "1,833.9 images/s on 8 accelerators" in out and "3.3 GB/s ring" in out
+
+
+def test_two_hosts_from_a_measured_rate_and_link_by_hand():
+    # One rank: 32 images in 1.0 s (forward 1/3 s, backward 2/3 s). 1e8 bytes of
+    # gradients over 100 MB/s between 2 hosts: 2 * 1/2 * 1e8 / 1e8 = 1 s > backward.
+    t, ips = plan.two_hosts(32.0, 32, 1e8, 1e8, 0)
+    assert t == pytest.approx(1 / 3 + 1.0) and ips == pytest.approx(64 / (4 / 3))
+    # A fast link hides it: the step is one rank's, twice the images.
+    t, ips = plan.two_hosts(32.0, 32, 1e8, 1e10, 1e-3)
+    assert t == pytest.approx(1.0) and ips == pytest.approx(64.0)
+    # Without overlap the all-reduce follows the whole step: 1 s + 1 s.
+    t, ips = plan.two_hosts(32.0, 32, 1e8, 1e8, 0, overlap=False)
+    assert t == pytest.approx(2.0) and ips == pytest.approx(32.0)
+
+
+def test_cli_predicts_two_hosts_from_measurements(capsys):
+    # AlexNet's 61,838,248 parameters: 247.4 MB fp32 over 1000 Mbit/s (125 MB/s) take
+    # 1.979 s; with a measured 32 images/s (1 s steps) the step is 1/3 + 1.979 s.
+    assert plan.main(["--measured_images_per_sec=32", "--link_mbit=1000",
+                      "--link_latency_us=0"]) == 0
+    out = capsys.readouterr().out
+    fp32 = 61_838_248 * 4 / 125e6
+    assert f"| fp32 | {fp32 * 1e3:.0f} | {(1 / 3 + fp32) * 1e3:.0f} | " \
+           f"{64 / (1 / 3 + fp32):.1f} |" in out, out
+    assert f"| fp16 | {fp32 / 2 * 1e3:.0f} |" in out

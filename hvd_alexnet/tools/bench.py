@@ -104,16 +104,32 @@ def run_job(cmd, ranks, launcher, timeout):
     return res.stdout
 
 
+def per_window(row, a):
+    """Steps per timed window: about `a.window_images` images."""
+    return max(1, a.window_images // (row.batch * row.ranks))
+
+
+def probe_command(row, a):
+    return ["-m", "hvd_alexnet.tools.probes", *row.args, f"--image={a.image_size}",
+            f"--batch={row.batch}", f"--warmup={a.warmup}", f"--windows={a.windows}",
+            f"--per_window={per_window(row, a)}"]
+
+
+def probe_results(out):
+    """The JSON objects the probe's processes printed (each after "PROBE "; a
+    launcher may put another rank's output on the same line)."""
+    decoder = json.JSONDecoder()
+    return [decoder.raw_decode(part)[0] for part in out.split("PROBE ")[1:]
+            if part.startswith("{")]
+
+
 def measure(row, a):
     """{"windows": [...], "unit": ..., and extras} for one row."""
     py = ["-m"]
-    per_window = max(1, a.window_images // (row.batch * row.ranks))
     if row.kind == "probe":
-        cmd = [*py, "hvd_alexnet.tools.probes", *row.args, f"--image={a.image_size}",
-               f"--batch={row.batch}", f"--warmup={a.warmup}", f"--windows={a.windows}",
-               f"--per_window={per_window}"]
-        out = run_job(cmd, row.ranks, row.launcher if row.ranks > 1 else None, a.timeout)
-        found = [json.loads(l[l.index("{"):]) for l in out.splitlines() if "PROBE {" in l]
+        out = run_job(probe_command(row, a), row.ranks,
+                      row.launcher if row.ranks > 1 else None, a.timeout)
+        found = probe_results(out)
         if row.args[0] == "bare" and len(found) > 1:  # independent processes: add them up
             return {**found[0], "windows": [sum(w) for w in zip(*(f["windows"] for f in found))]}
         return next(f for f in found if f["rank"] == 0)
@@ -126,28 +142,37 @@ def measure(row, a):
         return {"unit": "top-1", "windows": [summary["top1"]], "top5": summary["top5"],
                 "images_per_sec": summary["train_images_per_sec"]}
     if row.kind == "fresh":  # the summary's images/s of several fresh processes
-        runs = [_train(row, a, per_window) for _ in range(FRESH_PROCESSES)]
+        runs = [_train(row, a) for _ in range(FRESH_PROCESSES)]
         return {"unit": "images/s", "windows": [r[-1]["data"]["train_images_per_sec"]
                                                 for r in runs]}
-    records = _train(row, a, per_window)
+    return train_result(_train(row, a), a)
+
+
+def train_result(records, a):
+    """The row's result from a trainer run's DLLogger records: its last windows."""
     windows = [r["data"]["images_per_sec"] for r in metrics_log.step_records(records)]
     summary = records[-1]["data"]
     return {"unit": "images/s", "windows": windows[-a.windows:],
             "peak_rss_mb_per_rank": summary["peak_rss_mb_per_rank"]}
 
 
-def _train(row, a, per_window):
-    """The DLLogger records of one trainer run: the first step and `a.warmup`
-    windows untimed (also in the summary's images/s), then `a.windows` windows."""
+def train_command(row, a, model_dir):
+    """The trainer's flags for a row: the first step and `a.warmup` windows untimed
+    (also in the summary's images/s), then `a.windows` windows."""
     micro = next((int(x.split("=")[1]) for x in row.args if x.startswith("--accumulate_steps")), 1)
+    steps = per_window(row, a)
+    warmup = a.warmup * steps + 1  # +1: the traced first step
+    return ["-m", "hvd_alexnet", "train", f"--model_dir={model_dir}", *row.args,
+            f"--image_size={a.image_size}", f"--batch_size={row.batch // micro}",
+            f"--max_steps={warmup + a.windows * steps}", f"--log_every={steps}",
+            f"--num_warmup_batches={warmup}", "--noeval", "--keep_checkpoints=1",
+            "--num_classes=1000"]  # the same model for every row
+
+
+def _train(row, a):
+    """The DLLogger records of one trainer run on this host."""
     with tempfile.TemporaryDirectory() as model_dir:
-        warmup = a.warmup * per_window + 1  # +1: the traced first step
-        cmd = ["-m", "hvd_alexnet", "train", f"--model_dir={model_dir}", *row.args,
-               f"--image_size={a.image_size}", f"--batch_size={row.batch // micro}",
-               f"--max_steps={warmup + a.windows * per_window}", f"--log_every={per_window}",
-               f"--num_warmup_batches={warmup}", "--noeval", "--keep_checkpoints=1",
-               "--num_classes=1000"]  # the same model for every row
-        run_job(cmd, row.ranks, row.launcher, a.timeout)
+        run_job(train_command(row, a, model_dir), row.ranks, row.launcher, a.timeout)
         return metrics_log.read(os.path.join(model_dir, metrics_log.LOG_FILE))
 
 

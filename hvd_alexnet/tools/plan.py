@@ -12,6 +12,11 @@ The bandwidth is the slowest link of the ring: within a host up to
 --per_host accelerators, between hosts beyond. Every figure is a model, not a
 measurement; the hardware defaults are a V100-class GPU with NVLink-less PCIe
 and 100 Gb/s Ethernet, and are printed with the table.
+
+With --measured_images_per_sec (one rank's trainer, measured) and --link_mbit
+(a link's measured rate) it predicts instead 2 hosts x 1 rank over that link,
+fp32 and fp16 gradients: the prediction the scaling benchmark (make
+bench-scaling) sets beside its measurements.
 """
 
 import math
@@ -21,6 +26,7 @@ import types
 from absl import flags
 
 from hvd_alexnet import command
+from hvd_alexnet.errors import UsageError
 
 REFERENCE = {"accelerators": 8, "images_per_sec": 1833.9, "batch": 32}
 
@@ -60,6 +66,36 @@ def hiding_batch(comm, fwd_flops, flops_per_sec):
     return max(1, math.ceil(comm * flops_per_sec / (2 * fwd_flops)))
 
 
+def two_hosts(images_per_sec, batch, nbytes, link_bytes_per_sec, latency, overlap=True):
+    """(step s, images/s) of 2 ranks on 2 hosts, one link between them, from one
+    rank's measured rate alone: its step time split 1:2 into forward and backward.
+    overlap=False: the all-reduce follows the backward pass instead of hiding
+    behind it, as measured where a rank has a single CPU core for both (its
+    TCP stack and Horovod's copies take the core the backward pass needs)."""
+    t1 = batch / images_per_sec
+    fwd, bwd = t1 / 3, 2 * t1 / 3
+    comm = ring_seconds(2, nbytes, link_bytes_per_sec, latency)
+    t = fwd + (max(bwd, comm) if overlap else bwd + comm)
+    return t, 2 * batch / t
+
+
+def measured_report(a, params):
+    lines = [f"2 hosts x 1 rank, batch {a.batch}: one rank alone measured at "
+             f"{a.measured_images_per_sec} images/s, link {a.link_mbit} Mbit/s + "
+             f"{a.link_latency_us} us, the all-reduce "
+             f"{'hidden behind' if a.overlap else 'after'} the backward pass.", "",
+             "| gradients | all-reduce ms | step ms | images/s | efficiency |",
+             "|---|---|---|---|---|"]
+    for name, size in (("fp32", 4), ("fp16", 2)):
+        bw = a.link_mbit * 1e6 / 8
+        t, ips = two_hosts(a.measured_images_per_sec, a.batch, params * size, bw,
+                           a.link_latency_us * 1e-6, a.overlap)
+        comm = ring_seconds(2, params * size, bw, a.link_latency_us * 1e-6)
+        lines.append(f"| {name} | {comm * 1e3:.0f} | {t * 1e3:.0f} | {ips:.1f} | "
+                     f"{ips / (2 * a.measured_images_per_sec):.2f} |")
+    return "\n".join(lines)
+
+
 def table(a, fwd_flops, params):
     flops_per_sec = a.peak_tflops * 1e12 * a.utilisation
     out = []
@@ -93,6 +129,10 @@ def implied_bandwidth(fwd_flops, params, a):
 def report(a):
     """The model's table for the figures `a` (see FLAGS), as Markdown text."""
     fwd_flops, params = model_costs(a.image_size, a.num_classes)
+    if a.measured_images_per_sec:
+        if not a.link_mbit:
+            raise UsageError("--measured_images_per_sec needs --link_mbit")
+        return measured_report(a, params)
     lines = [
         f"AlexNet {a.image_size}x{a.image_size}, {a.num_classes} classes: {fwd_flops / 1e9:.2f} "
         f"GFLOP forward, {3 * fwd_flops / 1e9:.2f} GFLOP per trained image, {params:,} "
@@ -132,6 +172,12 @@ d.float("intra_gbps", 10.0, "GB/s within a host.")
 d.float("intra_latency_us", 10.0, "Latency within a host, in microseconds.")
 d.float("inter_gbps", 12.5, "GB/s between hosts.")
 d.float("inter_latency_us", 25.0, "Latency between hosts, in microseconds.")
+d.float("measured_images_per_sec", None, "One rank's measured images/s: predict 2 hosts x 1 "
+        "rank over --link_mbit instead of the table.")
+d.float("link_mbit", None, "The link's measured Mbit/s (with --measured_images_per_sec).")
+d.float("link_latency_us", 50.0, "The link's latency in microseconds.")
+d.bool("overlap", True, "The all-reduce overlaps the backward pass (GPU hosts); --nooverlap "
+       "where a rank's one CPU core does both (make bench-scaling measured it so).")
 
 
 def _values(value_of):

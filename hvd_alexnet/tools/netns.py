@@ -1,7 +1,10 @@
-"""Two hosts on one machine, for the multi-host tests: two network namespaces
-joined by a veth pair (10.77.0.1 = host1, 10.77.0.2 = host2, interface `hvd0`
-on both), each with its own host name and an sshd on port 2222 that takes a key
-made for the test. Needs root, iproute2, util-linux's unshare and openssh-server.
+"""Two hosts on one machine, for the multi-host tests and the scaling benchmark:
+two network namespaces joined by a veth pair (10.77.0.1 = host1, 10.77.0.2 =
+host2, interface `hvd0` on both), each with its own host name and an sshd on
+port 2222 that takes a key made for the purpose. Needs root, iproute2,
+util-linux's unshare and openssh-server. `shape(mbit)` limits the link to a
+rate with a token bucket (tc's tbf, on both ends), `stream_mbit()` measures what
+a TCP stream gets through it.
 
 `ip netns exec NS` bind-mounts /etc/netns/NS/* over /etc: that is how each host
 gets its own /etc/hosts and /etc/ssh (sshd's config and keys, and an ssh client
@@ -13,11 +16,40 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 
 HOSTS = ("host1", "host2")
 ADDRESSES = ("10.77.0.1", "10.77.0.2")
 IFACE = "hvd0"
 SSH_PORT = 2222
+STREAM_PORT = 5201
+
+# One TCP stream host1 -> host2 for a given time; host2 prints the Mbit/s it received.
+_RECEIVE = """
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+n, t0 = 0, None
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    t0 = t0 or time.perf_counter()
+    n += len(b)
+print(n * 8 / (time.perf_counter() - t0) / 1e6, flush=True)
+"""
+_SEND = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+buf, end = b"x" * (1 << 20), time.perf_counter() + float(sys.argv[3])
+while time.perf_counter() < end:
+    s.sendall(buf)
+s.close()
+"""
 
 
 def unavailable():
@@ -126,6 +158,42 @@ class TwoHosts:
                                  check=True, capture_output=True, text=True).stdout
             counts.append(json.loads(out)[0]["stats64"]["rx"]["bytes"])
         return counts
+
+    def shape(self, mbit):
+        """Limits the link to `mbit` Mbit/s each way: a token bucket on both ends
+        (burst a quarter of a millisecond's worth, at least 256 kB; 50 ms queue)."""
+        for ns in self.made:
+            _sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", IFACE, "root",
+                "tbf", "rate", f"{mbit}mbit", "burst", f"{max(256, int(mbit) // 4)}kb",
+                "latency", "50ms")
+
+    def unshape(self):
+        for ns in self.made:
+            subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", IFACE,
+                            "root"], capture_output=True)
+
+    def qdiscs(self):
+        """`tc qdisc show` of hvd0 on each host."""
+        return [subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", IFACE],
+                               check=True, capture_output=True, text=True).stdout.strip()
+                for ns in self.made]
+
+    def stream_mbit(self, seconds=2.0):
+        """Mbit/s that one TCP stream from host1 gets to host2 in `seconds`."""
+        server = ADDRESSES[1], str(STREAM_PORT)
+        receiver = subprocess.Popen(self.command(1, [sys.executable, "-c", _RECEIVE, *server]),
+                                    stdout=subprocess.PIPE, text=True)
+        try:
+            if receiver.stdout.readline().strip() != "ready":
+                raise RuntimeError("the stream's receiver on host2 did not start")
+            self.run_on(0, [sys.executable, "-c", _SEND, *server, str(seconds)],
+                        timeout=seconds + 60, check=True)
+            out, _ = receiver.communicate(timeout=60)
+            return float(out)
+        finally:
+            if receiver.poll() is None:
+                receiver.kill()
+                receiver.wait()
 
     def kill_all(self):
         """Every process left in the namespaces (sshd, ranks of a failed run)."""
