@@ -178,16 +178,18 @@ def test_evicted_pod_checkpoints_and_every_rank_exits_75(two_hosts, evicted, tin
 
 
 def test_shaped_link_carries_the_shaped_rate_and_unshapes(two_hosts):
-    free = two_hosts.stream_mbit(1.0)
+    """The shaping helper's promise is a rate, so a rate is compared: 100 Mbit/s,
+    far below what any machine pushes through a veth pair (13 Gbit/s here), so
+    that only the shaping, not the machine's speed, can decide the outcome."""
     try:
-        two_hosts.shape(400)
-        assert all("tbf" in q and "rate 400Mbit" in q for q in two_hosts.qdiscs())
-        shaped = two_hosts.stream_mbit(2.0)
+        two_hosts.shape(100)
+        assert all("tbf" in q and "rate 100Mbit" in q for q in two_hosts.qdiscs())
+        shaped = two_hosts.stream_mbit(3.0)
     finally:
         two_hosts.unshape()
-    assert 0.8 * 400 <= shaped <= 1.05 * 400, shaped
+    assert 0.8 * 100 <= shaped <= 1.05 * 100, shaped
     assert not any("tbf" in q for q in two_hosts.qdiscs())
-    assert free > 2 * 400, free  # unshaped, the veth pair is far faster
+    assert two_hosts.stream_mbit(1.0) > 2 * 100  # unshaped again
 
 
 @pytest.mark.timeout(300)
@@ -202,12 +204,14 @@ def test_bench_scaling_removes_its_hosts_when_interrupted(tmp_path):
     tag = f"hvdt{proc.pid % 100000}"
     mine = lambda: [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                               text=True).stdout.split() if n.startswith(tag)]
+    pids = lambda ns: subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                     text=True).stdout.split()
     try:
         deadline = time.monotonic() + 120
-        while len(mine()) < 2:
+        # Into the measuring: host1 runs more than its sshd (the first measurement's job).
+        while len(mine()) < 2 or len(pids(f"{tag}1")) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.2)
-        time.sleep(2)  # into the measuring
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:

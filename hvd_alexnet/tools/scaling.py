@@ -28,11 +28,10 @@ import signal
 import statistics
 import sys
 import tempfile
-import types
 
 from absl import flags
 
-from hvd_alexnet import command, metrics_log
+from hvd_alexnet import command, config, metrics_log
 from hvd_alexnet.errors import UsageError
 from hvd_alexnet.tools import bench, netns, plan
 from hvd_alexnet.tools.launch import ROOT, job_env
@@ -166,7 +165,7 @@ def _stop(signum, frame):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     command.parse(FLAGS, argv, "bench-scaling", __doc__)
-    a = types.SimpleNamespace(**{name: FLAGS[name].value for name in FLAGS})
+    a = config.values(FLAGS)
     a.rates = [int(r) for r in a.rates]
     why = unavailable()
     if why:
