@@ -83,6 +83,13 @@ def define(fv):
            "all-reduce, per rank) to MODEL_DIR/horovod_timeline.json; open it in "
            "chrome://tracing or https://ui.perfetto.dev. Large on long runs: use it "
            "with --max_steps.")
+    d.bool("elastic", False,
+           "Elastic training: the job goes on when hosts are lost and grows when they come "
+           "back (launch with bin/run_train_alexnet_elastic.sh: horovodrun --min-np/--max-np "
+           "and a host-discovery script).")
+    d.integer("elastic_commit_every", 50,
+              "--elastic: copy the state to host memory every N steps (and at each pause); "
+              "a lost host costs the steps since the last commit.")
     d.integer("threads", 0, "CPU threads per rank (0: the host's cores / ranks on the host).")
     # Validation, logging, checkpoints
     d.string("model_dir", None, "Where checkpoints and the DLLogger log go (required).")
@@ -171,7 +178,7 @@ def validate(cfg):
     if cfg.image_size < MIN_IMAGE_SIZE:
         problems.append(f"--image_size {cfg.image_size}: must be at least {MIN_IMAGE_SIZE}")
     for name in ("batch_size", "eval_batch_size", "epochs", "log_every", "keep_checkpoints",
-                 "accumulate_steps", "num_warmup_batches"):
+                 "accumulate_steps", "num_warmup_batches", "elastic_commit_every"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name} {getattr(cfg, name)}: must be at least 1")
     for name in ("max_steps", "eval_every_epochs", "threads", "warmup_epochs", "weight_decay",

@@ -1,4 +1,5 @@
-"""The only module that talks to Horovod. Everything else gets a `Dist` object.
+"""The module that talks to Horovod (with elastic.py, its elastic mode).
+Everything else gets a `Dist` object.
 
 Launch: `horovodrun -np N python -m hvd_alexnet train ...` or
 `mpirun -np N python -m hvd_alexnet train ...`; a plain `python -m ...` is one rank.
@@ -26,14 +27,25 @@ class Dist:
 
     def __init__(self, hvd, compression, stall_timeout=0, heartbeat=None):
         self.hvd = hvd
-        self.rank, self.size = hvd.rank(), hvd.size()
-        self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
         self.compression = compression
-        self.is_root = self.rank == 0
-        self.hosts = []  # every rank's host name, by rank (filled by init)
+        self.hosts = []  # every rank's host name, by rank (filled by join)
         self.heartbeat = heartbeat or heartbeat_seconds()
+        self._read_place()
         # This rank's deadline on progress (see watchdog.py); started by the trainer.
         self.watchdog = Watchdog(self.rank, stall_timeout)
+
+    def _read_place(self):
+        hvd = self.hvd
+        self.rank, self.size = hvd.rank(), hvd.size()  # HVD
+        self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()  # HVD
+        self.is_root = self.rank == 0
+
+    def join(self):
+        """Learns every rank's host (a collective); in an elastic job, after each
+        change of membership, also this rank's new place."""
+        self._read_place()
+        self.watchdog.rank = self.rank
+        self.hosts = self.allgather_object(socket.gethostname(), "hvd_alexnet.hosts")  # HVD
 
     # --- gradients and state -------------------------------------------------
     def gradient_tape(self, tape):
@@ -187,13 +199,15 @@ CPU_CYCLE_TIME_MS = 10
 
 
 def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, threads=0,
-         timeline=None, stall_timeout=0, heartbeat=None):
+         timeline=None, stall_timeout=0, heartbeat=None, elastic=False):
     """hvd.init(), then pin a GPU by local rank (memory growth on) or divide the CPU.
 
     Must run before TensorFlow executes anything: thread counts and visible
     devices cannot change afterwards. `stall_timeout`: the rank's deadline on
     progress (0: none); `heartbeat`: seconds between rank 0's answers to the
-    waiting ranks (default: heartbeat_seconds()). Returns (Dist, threads per rank).
+    waiting ranks (default: heartbeat_seconds()). Returns (Dist, threads per
+    rank). `elastic`: no collective runs here (an elastic job's first one is its
+    state's sync); the caller runs Dist.join() after it.
     """
     # Flags win over Horovod's environment variables; both are read at init.
     if fusion_threshold_mb is not None:
@@ -207,6 +221,12 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
         cycle_time_ms = CPU_CYCLE_TIME_MS
     if cycle_time_ms is not None:
         os.environ["HOROVOD_CYCLE_TIME"] = str(cycle_time_ms)
+    if elastic:
+        # Horovod 0.28's response cache goes out of step between a rank that kept
+        # it across a re-forming and one that joined: the new rank aborted in its
+        # first steps (gloo: "op.preamble.length <= op.nbytes"), every time it
+        # joined. Without the cache each step negotiates every tensor in full.
+        os.environ["HOROVOD_CACHE_CAPACITY"] = "0"
     if timeline:  # Horovod's coordinator (rank 0) writes it; read at init only
         os.environ["HOROVOD_TIMELINE"] = timeline
     check_pmi()
@@ -224,7 +244,8 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
     dist = Dist(hvd, compression, stall_timeout, heartbeat)
-    dist.hosts = dist.allgather_object(socket.gethostname(), "hvd_alexnet.hosts")  # HVD
+    if not elastic:
+        dist.join()
     return dist, threads
 
 

@@ -72,12 +72,16 @@ class RunState:
     total: int  # steps of the whole run
     step: int = 0  # steps done
     start_step: int = 0  # where this process started (0, or a checkpoint's step)
+    start_seen: int = 0  # examples seen at start_step
     skipped: int = 0  # corrupt records this rank skipped (--skip_corrupt)
     skipped_all: int = 0  # ... and all ranks, as of the last pause
     speed: Throughput = dataclasses.field(default_factory=Throughput)
 
-    def resume_at(self, step):
+    def resume_at(self, step, seen=None):
+        """Starts at `step`, having seen `seen` examples (default: step x global
+        batch; an elastic job that changed size carries its exact count)."""
         self.step = self.start_step = step
+        self.start_seen = step * self.global_batch if seen is None else seen
 
     @property
     def epoch(self):
@@ -86,7 +90,7 @@ class RunState:
 
     @property
     def examples_seen(self):
-        return self.step * self.global_batch
+        return self.start_seen + (self.step - self.start_step) * self.global_batch
 
     def stretch(self, checkpoint_every):
         """Steps to the next pause: the end of the epoch or of the run, or the
@@ -100,7 +104,9 @@ class RunState:
 def train_stretch(train_step, batches, n, state, ctx):
     """Runs `n` steps of `batches` (images, labels, positions); returns True when
     a stop was requested of any rank. `ctx`: cfg, dist, stop, report,
-    learning_rate(step), hooks, loss_scale() (or None). Raises Diverged, or
+    learning_rate(step), hooks, loss_scale() (or None), commit() (or None: an
+    elastic job's, due every ctx.commit_every steps inside the stretch; the
+    caller commits at its end). Raises Diverged, or
     DataError on every rank when one rank's data fails (naming that rank)."""
     cfg, dist, speed, watchdog = ctx.cfg, ctx.dist, state.speed, ctx.dist.watchdog
     epoch, first, offset = state.epoch, state.step, state.step % state.steps_per_epoch
@@ -133,6 +139,8 @@ def train_stretch(train_step, batches, n, state, ctx):
                 _report(loss, window_steps * state.global_batch / max(now - window_t, 1e-9),
                         epoch, state, ctx)
                 window_t, window_steps = now, 0
+            if ctx.commit and state.step % ctx.commit_every == 0 and state.step - first < n:
+                ctx.commit()
             ctx.hooks.after_step(dist.rank, state.step, lambda: ctx.stop.requested)
         if loss is not None:
             float(loss)  # wait for the last step before stopping the clock

@@ -138,7 +138,16 @@ class Reporter:
     def log(self, step, values):
         self.metrics.log(step, values)
 
+    def event(self, step, values):
+        """A record for the DLLogger file only (not the console)."""
+        self.metrics.log(step, values, echo=False)
+
     def close(self, summary):
         self.metrics.log([], summary)
+        self.shut()
+
+    def shut(self):
+        """Closes the files (also without a summary: an elastic job's attempt that
+        ended in a change of hosts)."""
         self.metrics.close()
         self.board.close()

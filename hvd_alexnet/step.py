@@ -24,8 +24,12 @@ class DropoutSeeds:
     `micro` is the micro-batch being traced, set by the step function."""
 
     def __init__(self, seed, rank, iterations, micro_batches):
-        self.base = seed * 1_000_003 + rank
+        self.set_rank(seed, rank)
         self.iterations, self.micro_batches, self.micro = iterations, micro_batches, 0
+
+    def set_rank(self, seed, rank):
+        """An elastic job's rank changes: the next trace takes the new one."""
+        self.base = seed * 1_000_003 + rank
 
     def __call__(self):
         step = tf.cast(self.iterations, tf.int64) * self.micro_batches + self.micro

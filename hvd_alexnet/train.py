@@ -22,7 +22,7 @@ from hvd_alexnet.data import prepare
 from hvd_alexnet.errors import DataError, Preempted
 from hvd_alexnet.loop import Hooks, RunState, StopRequest, train_stretch
 from hvd_alexnet.model import build_alexnet
-from hvd_alexnet.progress import Reporter
+from hvd_alexnet.progress import Reporter, Throughput
 from hvd_alexnet.validation import Validation
 
 TIMELINE_FILE = "horovod_timeline.json"
@@ -32,45 +32,84 @@ def run(cfg, log=print, hooks=None):
     """Trains per `cfg` (see config.py); returns rank 0's final metrics (or {})."""
     hooks, t_start = hooks or Hooks(), time.time()
     # 1. Join the job: Horovod, one device per rank, the host's cores divided.
+    if cfg.elastic:
+        from hvd_alexnet import elastic  # HVD: imports Horovod's elastic runner
+        elastic.check_launch()
     timeline = os.path.abspath(os.path.join(cfg.model_dir, TIMELINE_FILE))
     dist, threads = distributed.init(  # HVD
         cfg.fusion_threshold_mb, cfg.cycle_time_ms, cfg.fp16_allreduce, cfg.threads,
-        timeline if cfg.horovod_timeline else None, cfg.stall_timeout_sec, hooks.heartbeat_seconds)
-    say = log if dist.is_root else (lambda *a, **k: None)
+        timeline if cfg.horovod_timeline else None, cfg.stall_timeout_sec, hooks.heartbeat_seconds,
+        elastic=cfg.elastic)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(cfg.seed)
-    # 2. Agree on the data, and so on the steps: every rank takes as many.
+    # 2. The model and its optimizer; no collective yet (an elastic job's first is
+    # the committed state's sync, which a rank that joins later runs first).
+    job = types.SimpleNamespace(cfg=cfg, dist=dist, threads=threads, hooks=hooks, log=log,
+                                t_start=t_start, timeline=timeline, speed=Throughput(),
+                                m=build(cfg, prepare.class_count(cfg)[0]), committed=None,
+                                report=None)
+    if not cfg.elastic:
+        return train(job)
+    job.committed = elastic.Committed(job.m.model.variables + optim.state_variables(job.m.opt))
+    return elastic.run(lambda committed: train(job), job.committed,
+                       lambda: dist.watchdog.beat("re-forming the job after a change of hosts"))
+
+
+def train(job):
+    """The run on the ranks there are; an elastic job calls it again after each
+    change of membership, with the variables as last committed."""
+    cfg, dist, m, hooks, committed = job.cfg, job.dist, job.m, job.hooks, job.committed
+    dist.join()  # HVD: every rank's place and host
+    say = job.log if dist.is_root else (lambda *a, **k: None)
+    # 3. Agree on the data, and so on the steps: every rank takes as many.
     data = prepare.prepare_data(cfg, dist.rank, dist.size, lambda mine: dist.allgather_object(
         mine, "hvd_alexnet.preflight"),  # HVD
         inference.trained_classes(cfg.model_dir) if dist.is_root else [])
-    state = RunState(*prepare.plan_steps(cfg, data, dist.size))
-    # 3. Model and optimizer; rank 0 restores the newest checkpoint, all start identical.
-    m = build(cfg, data.num_classes, state, dist)
+    state = RunState(*prepare.plan_steps(cfg, data, dist.size), speed=job.speed)
+    bind(m, cfg, state, dist)
+    # 4. Where to start: rank 0's newest checkpoint (all ranks start identical), or
+    # in an elastic job that has committed, the commit (synced from rank 0).
     ckpts = checkpoint.Checkpoints(cfg.model_dir, m.model, m.opt, cfg.keep_checkpoints, say)
-    if dist.is_root:
-        config.check_disk(cfg.model_dir, config.checkpoint_bytes(m.model.count_params()))
-        ckpts.restore(state.global_batch, state.steps_per_epoch, dist.size)
-    dist.broadcast_variables(m.model.variables + optim.state_variables(m.opt))  # HVD
-    state.resume_at(int(m.opt.iterations))
-    report = Reporter(cfg.model_dir, dist.is_root, say, state.total, state.steps_per_epoch,
-                      state.global_batch, state.start_step + 1)
-    announce(cfg, data, state, dist, threads, m.policy, report, timeline)
-    validation = Validation(m.model, cfg, data, threads, dist, report, hooks)
+    if committed is None or committed.fresh:
+        if dist.is_root:
+            config.check_disk(cfg.model_dir, config.checkpoint_bytes(m.model.count_params()))
+            ckpts.restore(state.global_batch, state.steps_per_epoch, dist.size)
+        dist.broadcast_variables(m.model.variables + optim.state_variables(m.opt))  # HVD
+        state.resume_at(int(m.opt.iterations))
+    else:
+        state.resume_at(checkpoint.resume_step(committed.examples_seen, state.global_batch),
+                        committed.examples_seen)
+        m.opt.iterations.assign(state.step)
+    if job.report:  # an elastic job's previous attempt (rank 0 may have moved)
+        job.report.shut()
+    report = job.report = Reporter(cfg.model_dir, dist.is_root, say, state.total,
+                                   state.steps_per_epoch, state.global_batch,
+                                   state.start_step + 1)
+    announce(cfg, data, state, dist, job.threads, m.policy, report, job.timeline)
+    commit = None
+    if committed is not None:
+        commit = lambda: elastic_commit(committed, state, dist, report)  # noqa: E731
+        if not committed.fresh:  # a re-forming: rank 0 has run before
+            elastic_change(committed, state, dist, report, m.model.variables)
+        commit()
+    validation = Validation(m.model, cfg, data, job.threads, dist, report, hooks)
     ctx = types.SimpleNamespace(cfg=cfg, dist=dist, stop=StopRequest(), report=report,
                                 learning_rate=m.schedule, hooks=hooks, loss_scale=(
                                     (lambda: float(m.opt.loss_scale))
                                     if m.policy == "mixed_float16" else None),
                                 train_files=data.train_files, num_classes=data.num_classes,
-                                checkpoint_dir=ckpts.directory)
+                                checkpoint_dir=ckpts.directory, commit=commit,
+                                commit_every=cfg.elastic_commit_every)
     final = {}
-    dist.watchdog.start()
-    # 4. Train to each pause; there rank 0 checkpoints (and validates) while the others wait.
+    if not dist.watchdog.is_alive():  # an elastic job's next attempt: already running
+        dist.watchdog.start()
+    # 5. Train to each pause; there rank 0 checkpoints (and validates) while the others wait.
     while state.step < state.total:
         epoch, n = state.epoch, state.stretch(cfg.checkpoint_every_steps)
         batches = prepare.epoch_batches(cfg, data, state.step_batch, state.steps_per_epoch,
                                         epoch, state.step % state.steps_per_epoch, dist.rank,
-                                        threads)
+                                        job.threads)
         stopping = train_stretch(m.train_step, batches, n, state, ctx)
         if cfg.skip_corrupt:
             state.skipped_all = dist.sum(state.skipped, "hvd_alexnet.skipped")  # HVD
@@ -83,31 +122,70 @@ def run(cfg, log=print, hooks=None):
             report.log([epoch, state.step], {"preempted": True})
             raise Preempted(f"stopped at step {state.step} on request; the checkpoint of this "
                             f"step is in {ckpts.directory}: run the same command again to resume")
+        if commit:
+            commit()
     dist.watchdog.stop()
-    # 5. Finish: the ranks agree on the weights; rank 0 writes the summary.
-    return finish(cfg, dist, m.model, state, report, final, t_start)
+    # 6. Finish: the ranks agree on the weights; rank 0 writes the summary.
+    return finish(cfg, dist, m.model, state, report, final, job.t_start, committed)
 
 
-def build(cfg, num_classes, state, dist):
-    """The model, its optimizer and schedule, the precision policy and the step
-    function, for this job's global batch and steps."""
+def build(cfg, num_classes):
+    """The model, its optimizer and schedule and the precision policy; bind()
+    fits them to the job's ranks."""
     policy = step.policy(cfg.precision, distributed.has_gpu())
     tf.keras.mixed_precision.set_global_policy(policy)
-    schedule = optim.Schedule(steps_per_epoch=state.steps_per_epoch,  # HVD: the rate x ranks
-                              peak=cfg.base_lr * dist.size * cfg.accumulate_steps,
-                              warmup_epochs=cfg.warmup_epochs, schedule=cfg.lr_schedule,
-                              epochs=cfg.epochs, decay_epochs=tuple(cfg.lr_decay_epochs),
-                              decay_factor=cfg.lr_decay_factor)
+    schedule = optim.Schedule(steps_per_epoch=1, peak=cfg.base_lr, warmup_epochs=0,
+                              schedule="constant", epochs=1)  # until bind() fits it to the job
     opt = optim.make_optimizer(schedule, cfg.momentum, loss_scale=(
         cfg.initial_loss_scale if policy == "mixed_float16" else None))
     # Dropout masks seeded by (seed, rank, step, micro-batch): the same after a resume.
-    seeds = step.DropoutSeeds(cfg.seed, dist.rank, opt.iterations, cfg.accumulate_steps)
+    seeds = step.DropoutSeeds(cfg.seed, 0, opt.iterations, cfg.accumulate_steps)
     model = build_alexnet(cfg.image_size, num_classes, cfg.dropout, dropout_seed=seeds)
     opt.build(model.trainable_variables)  # momentum slots exist before the broadcast
-    train_step = step.make_train_step(model, opt, dist, cfg.weight_decay, cfg.accumulate_steps,
-                                      seeds, cfg.xla)
     return types.SimpleNamespace(model=model, opt=opt, schedule=schedule, policy=policy,
-                                 train_step=train_step)
+                                 seeds=seeds, train_step=None)
+
+
+def bind(m, cfg, state, dist):
+    """Fits the schedule (peak rate x ranks, steps per epoch) and the dropout
+    seeds (by rank) to the job's ranks, and makes the step function for them
+    (a new tf.function: the next step traces with these values)."""
+    m.schedule.kwargs = dict(steps_per_epoch=state.steps_per_epoch,  # HVD: the rate x ranks
+                             peak=cfg.base_lr * dist.size * cfg.accumulate_steps,
+                             warmup_epochs=cfg.warmup_epochs, schedule=cfg.lr_schedule,
+                             epochs=cfg.epochs, decay_epochs=tuple(cfg.lr_decay_epochs),
+                             decay_factor=cfg.lr_decay_factor)
+    m.seeds.set_rank(cfg.seed, dist.rank)
+    m.train_step = step.make_train_step(m.model, m.opt, dist, cfg.weight_decay,
+                                        cfg.accumulate_steps, m.seeds, cfg.xla)
+
+
+def elastic_commit(committed, state, dist, report):
+    """Copies the state to host memory, then raises HostsUpdatedInterrupt on
+    every rank if hosts were added or removed (Horovod's commit(), in two)."""
+    committed.examples_seen, committed.ranks = state.examples_seen, dist.size
+    committed.commits += 1
+    committed.save()
+    report.event([state.epoch, state.step], {"elastic_commit_examples": state.examples_seen})
+    dist.watchdog.beat("checking for a change of hosts")
+    committed.check_host_updates()  # HVD
+
+
+def elastic_change(committed, state, dist, report, variables):
+    """The job re-formed on another number of ranks: check that every rank holds
+    the committed weights, and say how many ranks go on from where."""
+    digest = distributed.weights_digest(variables)
+    digests = dist.allgather_object(digest, "hvd_alexnet.elastic.digest")  # HVD
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks hold different weights after re-forming: {digests}")
+    how = ("shrank" if dist.size < committed.ranks else "grew" if dist.size > committed.ranks
+           else "re-formed")
+    report.log([state.epoch, state.step], {"elastic_ranks": dist.size,
+                                           "elastic_resumed_examples": state.examples_seen})
+    report.say(f"hvd_alexnet: elastic: the job {how} from {committed.ranks} to {dist.size} "
+               f"ranks; going on from the last commit ({state.examples_seen} examples seen: "
+               f"step {state.step} of {state.total} at a global batch of {state.global_batch}); "
+               f"weights digest {digest} on every rank")
 
 
 def announce(cfg, data, state, dist, threads, policy, report, timeline):
@@ -164,7 +242,7 @@ def pause(dist, ckpts, state, validate, due, hooks):
     return result
 
 
-def finish(cfg, dist, model, state, report, final, t_start):
+def finish(cfg, dist, model, state, report, final, t_start, committed=None):
     """Checks that every rank holds the same weights; rank 0 logs the summary."""
     digest = distributed.weights_digest(model.variables)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -176,11 +254,14 @@ def finish(cfg, dist, model, state, report, final, t_start):
     rate = state.speed.rate
     summary = {"train_images_per_sec": rate, "train_images_per_sec_per_rank": rate / dist.size,
                "time_to_train_sec": time.time() - t_start, "steps": state.step,
+               "examples_seen": state.examples_seen,
                "epochs_completed": state.step / state.steps_per_epoch, "weights_digest": digest,
                "peak_rss_mb_per_rank": [round(m, 1) for _, m in gathered]}
     summary.update({k: v for k, v in final.items() if k in ("top1", "top5")})
     if cfg.skip_corrupt:
         summary["skipped_corrupt_records"] = state.skipped_all
+    if committed is not None:
+        summary["elastic_commits"] = committed.commits
     report.close(summary)
     report.say(f"total images/sec: {rate:.2f} ({rate / dist.size:.2f} per rank)")
     return summary if dist.is_root else {}

@@ -24,10 +24,10 @@ def prepare_data(cfg, rank, size, gather, known_classes=()):
     gathered and raised on every rank, so all of them exit together with the
     same message.
     """
+    num_classes, classes_from = class_count(cfg)
     d = types.SimpleNamespace(train_files=[], val_files=[], rank_examples=[],
                               num_train=SYNTHETIC_EPOCH, num_val=0, classes=[],
-                              num_classes=cfg.num_classes or DEFAULT_NUM_CLASSES,
-                              classes_from="--num_classes" if cfg.num_classes else None)
+                              num_classes=num_classes, classes_from=classes_from)
     if cfg.synthetic:
         return d
     problem, mine, seen = "", 0, []
@@ -60,15 +60,24 @@ def prepare_data(cfg, rank, size, gather, known_classes=()):
     d.rank_examples = [n for _, n, _ in gathered]
     d.num_train = sum(d.rank_examples)
     meta = schema.read_metadata(cfg.data_dir) or {}
-    if cfg.num_classes is None and "num_classes" in meta:
-        d.num_classes = int(meta["num_classes"])
-        d.classes_from = os.path.join(cfg.data_dir, schema.METADATA_FILE)
     problem = (labels.disagreement([], seen, "") or
                labels.range_problem(seen, cfg.first_label, d.num_classes))
     if problem:  # the same data on every rank: the same verdict
         raise DataError(problem)
     d.classes = meta.get("classes") or labels.classes(seen)
     return d
+
+
+def class_count(cfg):
+    """(classes, where the count comes from: "--num_classes", the data's
+    metadata.json, or None for ImageNet's default). No collective: the model is
+    built from it before the ranks agree on the data."""
+    if cfg.num_classes:
+        return cfg.num_classes, "--num_classes"
+    meta = {} if cfg.synthetic else schema.read_metadata(cfg.data_dir) or {}
+    if "num_classes" in meta:
+        return int(meta["num_classes"]), os.path.join(cfg.data_dir, schema.METADATA_FILE)
+    return DEFAULT_NUM_CLASSES, None
 
 
 def plan_steps(cfg, data, size):

@@ -8,6 +8,15 @@ killed (SIGKILL, also in the middle of a checkpoint save) and the job is
 preempted (SIGTERM to the ranks or to horovodrun) at random moments, restarting
 each time from the model directory. Prints the faults, restarts, steps lost
 and repeated, and whether the final weights equal the uninterrupted run's.
+
+    python -m hvd_alexnet.tools.chaos --elastic --data_dir data/demo --work_dir runs/chaos
+
+--elastic: the same two runs as elastic jobs (bin/run_train_alexnet_elastic.sh)
+on two hosts of one rank each (localhost and 127.0.0.1 to Horovod's driver),
+never restarted: hosts are lost (taken out of the discovery file, their rank
+killed) and given back, or a rank is killed on a host that stays. Prints the
+changes of membership, the steps rolled back, and the final steps and
+accuracy beside the undisturbed run's (within 0.01 top-1 to pass).
 """
 
 import os
@@ -21,11 +30,15 @@ from absl import flags
 
 from hvd_alexnet import command, metrics_log
 from hvd_alexnet.checkpoint import SUBDIR as CHECKPOINT_SUBDIR
-from hvd_alexnet.tools.launch import ROOT, job_command
+from hvd_alexnet.tools.launch import ELASTIC_HOSTS, ROOT, elastic_job, elastic_ranks, \
+    job_command, write_hosts
 
 FAULTS = ("kill rank 0", "kill rank 1", "kill rank 0 while it saves", "SIGTERM to the ranks",
           "SIGTERM to horovodrun")
 ATTEMPT_TIMEOUT = 900  # seconds; an attempt that runs longer counts as a hang
+ELASTIC_FAULTS = ("lose rank 1's host", "lose rank 0's host", "kill rank 1, its host kept")
+ELASTIC_TIMEOUT = 3600  # seconds for a whole elastic run
+TOP1_TOLERANCE = 0.01  # an elastic run's final top-1 beside the undisturbed run's
 
 
 def rank_pids(model_dir):
@@ -164,12 +177,124 @@ def report(straight, chaotic, injected, restarts, codes, wanted):
     return got["weights_digest"] == want["weights_digest"] and got["steps"] == want["steps"]
 
 
+def _records(model_dir):
+    path = os.path.join(model_dir, metrics_log.LOG_FILE)
+    return [r for r in metrics_log.read(path) if r["type"] == "LOG"] if os.path.exists(
+        path) else []
+
+
+def _changes(model_dir):
+    """The ranks after each change of membership so far."""
+    return [r["data"]["elastic_ranks"] for r in _records(model_dir)
+            if "elastic_ranks" in r["data"]]
+
+
+def _wait(proc, predicate, timeout=600):
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None or time.time() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _inject_elastic(proc, model_dir, hosts_file, fault, after_steps):
+    """Waits `after_steps` more steps, injects `fault`, gives a lost host back once
+    the job has shrunk, and waits until it runs on both hosts again. Returns False
+    if the job ended first."""
+    target = len(_steps(model_dir)) + after_steps
+    if not _wait(proc, lambda: len(_steps(model_dir)) >= target):
+        return False
+    live, changes = elastic_ranks(hosts_file, model_dir), len(_changes(model_dir))
+    if len(live) < 2:
+        return False
+    by_rank = sorted(live, key=lambda h: not live[h][1])  # rank 0's host first
+    host = by_rank[0] if fault == "lose rank 0's host" else by_rank[1]
+    if fault.startswith("lose"):
+        write_hosts(hosts_file, [h for h in ELASTIC_HOSTS if h != host])
+    os.kill(live[host][0], signal.SIGKILL)
+    if not _wait(proc, lambda: len(_changes(model_dir)) > changes):
+        return False
+    write_hosts(hosts_file, ELASTIC_HOSTS)  # the host is back
+    return _wait(proc, lambda: _changes(model_dir)[-1] == 2 and len(
+        elastic_ranks(hosts_file)) == 2)
+
+
+def run_elastic(data_dir, work_dir, faults, seed, extra):
+    """Both elastic runs and the verdict (True: the same steps, and top-1 within
+    TOP1_TOLERANCE of the undisturbed run's)."""
+    rng = random.Random(seed)
+    args = ["--flagfile=configs/demo.flags", f"--data_dir={data_dir}", "--log_every=1",
+            "--eval_every_epochs=0", "--elastic_commit_every=10", *extra]
+    runs = {}
+    for name in ("straight", "chaos"):
+        model_dir = os.path.join(work_dir, name)
+        if os.path.exists(model_dir):
+            raise SystemExit(f"chaos: {model_dir} exists; use a new --work_dir")
+        os.makedirs(model_dir)
+        hosts_file = os.path.join(work_dir, f"{name}.hosts")
+        write_hosts(hosts_file, ELASTIC_HOSTS)
+        cmd, env = elastic_job(hosts_file, model_dir, args)
+        print(f"chaos: {'undisturbed' if name == 'straight' else 'disturbed'} elastic run in "
+              f"{model_dir} ...", flush=True)
+        with open(model_dir + ".log", "a") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        injected = []
+        while name == "chaos" and len(injected) < faults:
+            fault = rng.choice(ELASTIC_FAULTS)
+            if not _inject_elastic(proc, model_dir, hosts_file, fault, rng.randint(3, 40)):
+                break
+            injected.append(fault)
+            print(f"chaos: fault {len(injected)}: {fault} (step {max(_steps(model_dir))}); "
+                  f"ranks since: {_changes(model_dir)[-2:]}", flush=True)
+        runs[name] = (_finish(proc, ELASTIC_TIMEOUT), model_dir, injected)
+    return report_elastic(runs, faults)
+
+
+def _rolled_back(model_dir):
+    """Steps trained after the last commit before each change (trained again)."""
+    lost, since = 0, 0
+    for r in _records(model_dir):
+        if "elastic_commit_examples" in r["data"]:
+            since = 0
+        elif "elastic_ranks" in r["data"]:
+            lost, since = lost + since, 0
+        elif "loss" in r["data"]:
+            since += 1
+    return lost
+
+
+def report_elastic(runs, wanted):
+    (code0, straight, _), (code, chaotic, injected) = runs["straight"], runs["chaos"]
+    summary = lambda d: [r["data"] for r in _records(d) if r["step"] == []][-1]  # noqa: E731
+    if code0 != 0:
+        raise SystemExit(f"chaos: the undisturbed run failed; see {straight}.log")
+    want, got = summary(straight), summary(chaotic) if code == 0 else {}
+    top1_ok = got and abs(got["top1"] - want["top1"]) <= TOP1_TOLERANCE
+    lines = [
+        f"faults injected:   {len(injected)} of {wanted} ({', '.join(injected)})",
+        "by kind:           " + ", ".join(f"{k} x {injected.count(k)}" for k in ELASTIC_FAULTS),
+        f"restarts by hand:  0; the job's exit status {code}",
+        f"ranks after each change: {_changes(chaotic)}",
+        f"steps rolled back: {_rolled_back(chaotic)} (trained after the last commit before a "
+        f"change, trained again)",
+        f"steps:             {got.get('steps')} of {want['steps']}; examples seen "
+        f"{got.get('examples_seen')} of {want['examples_seen']}",
+        f"final top-1:       {got.get('top1', float('nan')):.4f} vs undisturbed "
+        f"{want['top1']:.4f}: {'WITHIN' if top1_ok else 'NOT WITHIN'} {TOP1_TOLERANCE}",
+    ]
+    print("\n".join(["chaos: result (elastic)"] + lines), flush=True)
+    return bool(top1_ok) and got["steps"] == want["steps"]
+
+
 FLAGS = flags.FlagValues()
 d = command.definers(FLAGS)
 d.string("data_dir", "data/demo", "The demo dataset.")
 d.string("work_dir", None, "Where both runs go (default: runs/chaos-DATE-TIME).")
 d.integer("faults", 6, "Faults to inject.")
 d.integer("seed", None, "Seed of the fault schedule (default: a random one, printed).")
+d.bool("elastic", False, "Elastic jobs on two hosts, never restarted (see above).")
 
 
 def main(argv=None):
@@ -178,7 +303,8 @@ def main(argv=None):
     work_dir = FLAGS.work_dir or f"runs/chaos-{time.strftime('%Y%m%d-%H%M%S')}"
     seed = FLAGS.seed if FLAGS.seed is not None else random.randrange(1 << 30)
     print(f"chaos: seed {seed}, {FLAGS.faults} faults, work dir {work_dir}", flush=True)
-    return 0 if run(FLAGS.data_dir, os.path.abspath(work_dir), FLAGS.faults, seed, extra) else 1
+    go = run_elastic if FLAGS.elastic else run
+    return 0 if go(FLAGS.data_dir, os.path.abspath(work_dir), FLAGS.faults, seed, extra) else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Elastic AlexNet (train --elastic): the job goes on when hosts are lost and grows again when
+# they come back, without a restart. Horovod's elastic driver (Gloo) starts ranks on the hosts
+# that HOSTS_FILE lists, one `host:slots` a line, and reads it again every few seconds:
+#   HOSTS_FILE=hostfiles/elastic.hosts MIN_NP=8 MAX_NP=32 bash bin/run_train_alexnet_elastic.sh
+# runs: horovodrun -np NP --min-np 8 --max-np 32 --host-discovery-script bin/discover_hosts.sh
+#           --blacklist-cooldown-range 30 120 .venv/bin/python -m hvd_alexnet train --elastic ...
+# Take a host out of HOSTS_FILE before you reclaim it (its ranks are stopped, the others go on
+# at the last commit) and put it back when it returns (the job grows at the next commit). A
+# host whose rank died is left out for COOLDOWN seconds (a random time in the range) and then
+# tried again. Below MIN_NP ranks the job waits ELASTIC_TIMEOUT seconds (default 600) for hosts,
+# then ends; the checkpoints in MODEL_DIR stay, and the same command resumes from the newest.
+# NP: ranks to start with (default MIN_NP); MAX_NP (default: the slots in HOSTS_FILE).
+# IFACE, SSH_PORT, DATA_DIR, MODEL_DIR as in run_train_alexnet_multigpu_imagenet.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
+HOROVODRUN=${HOROVODRUN:-$(dirname "$PYTHON")/horovodrun}
+HOSTS_FILE=${HOSTS_FILE:-$ROOT/hostfiles/elastic.hosts}
+[[ -r $HOSTS_FILE ]] || { echo "$0: HOSTS_FILE=$HOSTS_FILE: no such file (one host:slots a line)" >&2; exit 2; }
+export HVD_ALEXNET_HOSTS_FILE
+HVD_ALEXNET_HOSTS_FILE=$(cd "$(dirname "$HOSTS_FILE")" && pwd)/$(basename "$HOSTS_FILE")
+slots=0
+for n in $(bash "$ROOT/bin/discover_hosts.sh" | sed -n 's/.*:\([0-9]*\)$/\1/p'); do slots=$((slots + n)); done
+MIN_NP=${MIN_NP:-1}
+MAX_NP=${MAX_NP:-$slots}
+NP=${NP:-$MIN_NP}
+MODEL_DIR=${MODEL_DIR:-./runs/alexnet_elastic}
+extra=()
+[[ -n ${IFACE:-} ]] && { extra+=(--network-interface "$IFACE"); export NCCL_SOCKET_IFNAME="$IFACE"; }
+[[ -n ${SSH_PORT:-} ]] && extra+=(-p "$SSH_PORT")
+read -r cool_min cool_max <<< "${COOLDOWN:-30 120}"
+cd "$ROOT"
+status=0
+"$HOROVODRUN" -np "$NP" --min-np "$MIN_NP" --max-np "$MAX_NP" \
+  --host-discovery-script "$ROOT/bin/discover_hosts.sh" \
+  --blacklist-cooldown-range "$cool_min" "$cool_max" \
+  --elastic-timeout "${ELASTIC_TIMEOUT:-600}" "${extra[@]}" \
+  "$PYTHON" -m hvd_alexnet train --elastic \
+  --data_dir="${DATA_DIR:-./imagenet_tfrecord}" --model_dir="$MODEL_DIR" \
+  --batch_size=32 --epochs=90 "$@" || status=$?
+if (( status != 0 )); then
+  echo "$0: the elastic job ended with status $status (fewer than MIN_NP=$MIN_NP ranks for" \
+       "${ELASTIC_TIMEOUT:-600} s, or an error above); its checkpoints are in" \
+       "$MODEL_DIR/checkpoints: run the same command again to resume from the newest" >&2
+fi
+exit "$status"

@@ -1,0 +1,85 @@
+"""Elastic training (--elastic): the job goes on when a host is lost, and grows
+when one comes back, without a restart.
+
+    bin/run_train_alexnet_elastic.sh     # horovodrun --min-np/--max-np and a
+                                         # discovery script reading a hosts file
+
+Horovod's elastic mode (Gloo) re-forms the ranks after each change of
+membership and calls the trainer's function again; what moves across the
+change is a `Committed` state, copied to host memory every
+--elastic_commit_every steps and at each pause. On a failure the survivors roll
+back to their last commit; rank 0's copy is broadcast to every rank (a new one
+included) before the trainer goes on.
+"""
+
+import os
+
+import tensorflow as tf
+import horovod.tensorflow as hvd  # HVD
+from horovod.common.elastic import ObjectState  # HVD
+from horovod.common.exceptions import HorovodInternalError, HostsUpdatedInterrupt  # HVD
+
+from hvd_alexnet.errors import UsageError
+
+CHANGES = (HorovodInternalError, HostsUpdatedInterrupt)
+
+
+def check_launch():
+    """--elastic needs horovodrun's elastic driver; plain mpirun has none."""
+    if os.environ.get("HOROVOD_ELASTIC") != "1":
+        raise UsageError("--elastic needs horovodrun's elastic mode (horovodrun --min-np N "
+                         "--max-np M --host-discovery-script SCRIPT ...): run it with "
+                         "bin/run_train_alexnet_elastic.sh, or drop --elastic")
+
+
+class Committed(ObjectState):
+    """The variables (weights, optimizer slots and step, loss scale) and the
+    run's position: `examples_seen`, `ranks` (the job's size at the commit) and
+    `commits`. commit() copies them to host memory and raises
+    HostsUpdatedInterrupt on every rank when the hosts changed."""
+
+    def __init__(self, variables):
+        self.variables = variables
+        self._values = [v.numpy() for v in variables]
+        super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank,  # HVD
+                         examples_seen=0, ranks=0, commits=0)
+
+    @property
+    def fresh(self):
+        """No commit yet: the job starts from disk (a checkpoint, or nothing)."""
+        return self.commits == 0
+
+    def save(self):
+        self._values = [v.numpy() for v in self.variables]
+        super().save()
+
+    def restore(self):
+        """Back to the last commit (a rank failed somewhere)."""
+        for variable, value in zip(self.variables, self._values):
+            variable.assign(value)
+        super().restore()
+
+    def sync(self):
+        """Every rank takes rank 0's state (a new rank has none of its own)."""
+        hvd.broadcast_variables(self.variables, root_rank=0)  # HVD
+        super().sync()
+        self._values = [v.numpy() for v in self.variables]
+
+
+def run(attempt, committed, on_change):
+    """Calls attempt(committed) until it returns, re-forming the job after each
+    change of membership; on_change() runs after each re-forming, before the
+    state's sync."""
+    committed.register_reset_callbacks([on_change])
+
+    def guarded(state):
+        try:
+            return attempt(state)
+        except tf.errors.UnknownError as e:
+            # A collective whose peer is gone. Horovod's own wrapper returns None
+            # for any other UnknownError, as if training had ended: raise those.
+            if "Horovod" in (e.message or "") or "gloo" in (e.message or "").lower():
+                raise HorovodInternalError(e) from e
+            raise RuntimeError(e.message) from e
+
+    return hvd.elastic.run(guarded)(committed)  # HVD
