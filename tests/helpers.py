@@ -14,7 +14,7 @@ import pytest
 
 from hvd_alexnet import metrics_log
 from hvd_alexnet.checkpoint import SUBDIR as CHECKPOINT_SUBDIR
-from hvd_alexnet.tools.launch import BIN, ROOT, job_command, job_env
+from hvd_alexnet.tools.launch import BIN, ROOT, elastic_ranks, job_command, job_env, write_hosts
 
 INJECT = os.path.join(ROOT, "tests", "inject.py")  # train with faults: see inject.py
 SMALL = ["--image_size=67", "--batch_size=4", "--eval_batch_size=16", "--log_every=1",
@@ -137,3 +137,67 @@ def build_dataset(out_dir, train_shards, validation_shards, image_size=72, per_c
     builder.build_raw(raw, out_dir, train_shards, validation_shards, workers=2,
                       log=lambda *a: None)
     return out_dir
+
+
+# An elastic job (train --elastic): `proc` is the launch script's process, with
+# the attributes model_dir, hosts_file (its discovery file) and hosts (all of them).
+def records(proc):
+    """Rank 0's LOG records, in order (from every rank that was rank 0)."""
+    path = os.path.join(proc.model_dir, metrics_log.LOG_FILE)
+    return [r for r in (metrics_log.read(path) if os.path.exists(path) else [])
+            if r["type"] == "LOG"]
+
+
+def wait_until(proc, what, predicate, timeout=240):
+    """Polls `predicate()` until true; fails when the job ends or time runs out."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, f"job ended before {what}\n{output(proc)[-4000:]}"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"no {what} in {timeout} s\n{output(proc)[-4000:]}")
+
+
+def values(proc, key):
+    """(step, value) of rank 0's records that hold `key`, in order."""
+    return [(r["step"][1], r["data"][key]) for r in records(proc)
+            if key in r["data"] and len(r["step"]) == 2]
+
+
+def lose_host(proc, host):
+    """A host is reclaimed: out of the discovery file, its rank killed."""
+    live = elastic_ranks(proc.hosts_file)
+    write_hosts(proc.hosts_file, [h for h in proc.hosts if h in live and h != host])
+    os.kill(live[host][0], signal.SIGKILL)
+
+
+def run_summary(proc):
+    return [r["data"] for r in records(proc) if r["step"] == []][-1]
+
+
+def check_elastic_run(proc, ranks_after, batch=4):
+    """The job went on from the last commit before each change, and each stretch
+    between changes logged its steps once, in order, from the commit on (a step
+    is a global batch: its size changes with the ranks)."""
+    segments, commits = [[]], []  # the training steps between changes; every commit
+    resumes = []  # (examples of the last commit before the change, the change's record)
+    for r in records(proc):
+        if "elastic_ranks" in r["data"]:
+            resumes.append((commits[-1], r))
+            segments.append([])
+        elif "elastic_commit_examples" in r["data"]:
+            commits.append(r["data"]["elastic_commit_examples"])
+        elif "loss" in r["data"]:
+            segments[-1].append(r["step"][1])
+    assert [r["data"]["elastic_ranks"] for _, r in resumes] == ranks_after
+    starts = [0] + [r["step"][1] for _, r in resumes]
+    for (committed, r), start in zip(resumes, starts[1:]):
+        assert r["data"]["elastic_resumed_examples"] == committed, (r, commits)
+    for steps, start in zip(segments, starts):
+        assert steps == list(range(start + 1, start + 1 + len(steps))), (start, steps)
+    done, (_, last) = run_summary(proc), resumes[-1]
+    assert done["steps"] == segments[-1][-1]
+    assert done["examples_seen"] == last["data"]["elastic_resumed_examples"] + (
+        done["steps"] - last["step"][1]) * batch * last["data"]["elastic_ranks"]

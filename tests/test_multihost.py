@@ -14,8 +14,10 @@ import time
 
 import pytest
 
-from helpers import ROOT, SMALL, checkpoints, finish, injected_python, output, require, wait_for_step
+from helpers import ROOT, SMALL, check_elastic_run, checkpoints, finish, injected_python, \
+    lose_host, output, require, values, wait_for_step, wait_until
 from hvd_alexnet.tools import netns
+from hvd_alexnet.tools.launch import elastic_job, write_hosts
 
 SCRIPT = "bin/run_train_alexnet_multinode.sh"
 
@@ -172,6 +174,39 @@ def test_evicted_pod_checkpoints_and_every_rank_exits_75(two_hosts, evicted, tin
                 os.killpg(proc.pid, signal.SIGKILL)
         two_hosts.run_on(1, ["/usr/sbin/sshd", "-f", "/etc/ssh/sshd_config"], timeout=30,
                          check=True)
+
+
+# --- Elastic training across the two hosts ----------------------------------------
+
+
+@pytest.mark.timeout(600)
+def test_elastic_job_loses_host2_and_grows_back(two_hosts, tiny_data, tmp_path):
+    """bin/run_train_alexnet_elastic.sh on host1 with host2 reached by ssh:
+    host2's rank killed and host2 taken out of the discovery file mid-epoch, then
+    put back (test_elastic.py runs the same on one host, and the other cases)."""
+    hosts_file, model_dir = tmp_path / "hosts", str(tmp_path / "run")
+    write_hosts(hosts_file, netns.HOSTS)
+    cmd, env = elastic_job(hosts_file, model_dir, [
+        *SMALL, "--elastic_commit_every=5", "--eval_every_epochs=1", f"--data_dir={tiny_data}",
+        "--epochs=6"], injected_python(tmp_path, "step_delay=0.1"), {
+        "IFACE": netns.IFACE, "SSH_PORT": str(netns.SSH_PORT), "ELASTIC_TIMEOUT": "60"})
+    job = start_on(two_hosts, 0, cmd, env)
+    job.model_dir, job.hosts_file, job.hosts = model_dir, hosts_file, netns.HOSTS
+    try:
+        wait_until(job, "step 12", lambda: any(s >= 12 for s, _ in values(job, "loss")))
+        lose_host(job, "host2")
+        wait_until(job, "a shrink to 1 rank", lambda: values(job, "elastic_ranks"))
+        write_hosts(hosts_file, netns.HOSTS)
+        wait_until(job, "a growth to 2 ranks", lambda: len(values(job, "elastic_ranks")) > 1)
+        res = finish(job, timeout=300)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert "all 2 ranks joined, on 2 host(s): host1: rank 0; host2: rank 1" in res.stdout
+    assert "the job shrank from 2 to 1 ranks" in res.stdout
+    assert "the job grew from 1 to 2 ranks" in res.stdout
+    check_elastic_run(job, [1, 2])
 
 
 # --- The link shaped to a rate (the scaling benchmark's) -----------------------------

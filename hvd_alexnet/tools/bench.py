@@ -63,6 +63,13 @@ def rows(data_dir):
             2, ["--synthetic", "--fusion_threshold_mb=128"]),
         Row("fusion_large", "2 ranks synthetic, fusion 512 MB (one buffer)", "train", 2,
             ["--synthetic", "--fusion_threshold_mb=512"]),
+        Row("elastic", "2 ranks synthetic, fusion 128 MB, --elastic (horovodrun's elastic "
+            "driver, no commit while timed)", "train", 2,
+            ["--synthetic", "--fusion_threshold_mb=128", "--elastic",
+             "--elastic_commit_every=100000"], launcher="elastic"),
+        Row("elastic_commit", "2 ranks synthetic, fusion 128 MB, --elastic, a commit after "
+            "every step", "train", 2, ["--synthetic", "--fusion_threshold_mb=128", "--elastic",
+                                       "--elastic_commit_every=1"], launcher="elastic"),
         Row("fp16_allreduce", "2 ranks synthetic, fusion 128 MB, fp16 gradients", "train", 2,
             ["--synthetic", "--fusion_threshold_mb=128", "--fp16_allreduce"]),
         Row("cycle_1ms", "2 ranks synthetic, Horovod cycle 1 ms (Horovod's default; the "
@@ -196,6 +203,10 @@ def targets(r):
         ("mixed precision: demo top-1 with bf16", m("demo_bf16"), 1.0, 0.95),
         ("summary images/s of 5 fresh processes: slowest / fastest", *spread("synthetic_1_fresh"),
          0.95),
+        ("(not a target) --elastic / plain horovodrun --gloo, 2 ranks synthetic", m("elastic"),
+         m("fusion_default"), 0.95),
+        ("(not a target) --elastic, a commit every step / no commit", m("elastic_commit"),
+         m("elastic"), 0.95),
     ]
     return [(name, a / b if a and b else None, want) for name, a, b, want in checks]
 

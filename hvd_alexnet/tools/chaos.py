@@ -118,6 +118,11 @@ def _inject(proc, model_dir, fault, after_steps):
     return hit
 
 
+def schedule(rng, kinds, faults):
+    """Every kind of fault once (in random order) before any kind twice."""
+    return [f for _ in range(faults // len(kinds) + 1) for f in rng.sample(kinds, len(kinds))]
+
+
 def run(data_dir, work_dir, faults, seed, extra, start=None, settle=1.0):
     """Both runs and the verdict (True: the same steps and weights). `start(model_dir,
     args)` starts one attempt (default: the 2-rank trainer; the tests pass a fake
@@ -134,12 +139,11 @@ def run(data_dir, work_dir, faults, seed, extra, start=None, settle=1.0):
     if _finish(start(straight, args)) != 0:
         raise SystemExit(f"chaos: the uninterrupted run failed; see {straight}.log")
     injected, restarts, codes = [], 0, []
-    # Every kind of fault once (in random order) before any kind twice.
-    schedule = [f for _ in range(faults // len(FAULTS) + 1) for f in rng.sample(FAULTS, len(FAULTS))]
+    order = schedule(rng, FAULTS, faults)
     while True:
         proc = start(chaotic, args)
         if len(injected) < faults:  # a fault whose moment did not come is tried again
-            fault = schedule[len(injected)]
+            fault = order[len(injected)]
             if _inject(proc, chaotic, fault, rng.randint(3, 40)):
                 injected.append(fault)
                 print(f"chaos: fault {len(injected)}: {fault} (step {max(_steps(chaotic))})",
@@ -224,6 +228,7 @@ def run_elastic(data_dir, work_dir, faults, seed, extra):
     """Both elastic runs and the verdict (True: the same steps, and top-1 within
     TOP1_TOLERANCE of the undisturbed run's)."""
     rng = random.Random(seed)
+    order = schedule(rng, ELASTIC_FAULTS, faults)
     args = ["--flagfile=configs/demo.flags", f"--data_dir={data_dir}", "--log_every=1",
             "--eval_every_epochs=0", "--elastic_commit_every=10", *extra]
     runs = {}
@@ -242,7 +247,7 @@ def run_elastic(data_dir, work_dir, faults, seed, extra):
                                     start_new_session=True)
         injected = []
         while name == "chaos" and len(injected) < faults:
-            fault = rng.choice(ELASTIC_FAULTS)
+            fault = order[len(injected)]
             if not _inject_elastic(proc, model_dir, hosts_file, fault, rng.randint(3, 40)):
                 break
             injected.append(fault)

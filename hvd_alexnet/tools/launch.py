@@ -3,6 +3,7 @@ run and the tests launch it (horovodrun with Gloo, or mpirun)."""
 
 import os
 import sys
+import tempfile
 
 from hvd_alexnet.metrics_log import LOG_FILE
 
@@ -12,9 +13,17 @@ BIN = os.path.dirname(sys.executable)  # the venv's bin: horovodrun lives here
 
 def job_command(python_args, np=1, launcher=None, forward=()):
     """`python PYTHON_ARGS` as `np` ranks: launcher "gloo" (horovodrun --gloo),
-    "mpi" (mpirun, forwarding PATH, PYTHONPATH and the variables named in
-    `forward`) or None (one plain process)."""
+    "elastic" (horovodrun's elastic driver, `np` ranks on localhost from
+    the start; for train --elastic), "mpi" (mpirun, forwarding PATH, PYTHONPATH
+    and the variables named in `forward`) or None (one plain process)."""
     py = [sys.executable, *python_args]
+    if launcher == "elastic":
+        hosts = os.path.join(tempfile.gettempdir(), f"hvd_alexnet-localhost-{np}.hosts")
+        with open(hosts, "w") as f:
+            f.write(f"localhost:{np}\n")
+        return ["env", f"HVD_ALEXNET_HOSTS_FILE={hosts}", os.path.join(BIN, "horovodrun"),
+                "-np", str(np), "--min-np", str(np), "--max-np", str(np),
+                "--host-discovery-script", os.path.join(ROOT, "bin", "discover_hosts.sh"), *py]
     if launcher == "gloo":
         return [os.path.join(BIN, "horovodrun"), "-np", str(np), "-H", f"localhost:{np}",
                 "--gloo", *py]
