@@ -17,11 +17,10 @@ import os
 import tensorflow as tf
 import horovod.tensorflow as hvd  # HVD
 from horovod.common.elastic import ObjectState  # HVD
-from horovod.common.exceptions import HorovodInternalError, HostsUpdatedInterrupt  # HVD
+from horovod.common.exceptions import HorovodInternalError  # HVD
 
+from hvd_alexnet import distributed
 from hvd_alexnet.errors import UsageError
-
-CHANGES = (HorovodInternalError, HostsUpdatedInterrupt)
 
 
 def check_launch():
@@ -35,7 +34,7 @@ def check_launch():
 class Committed(ObjectState):
     """The variables (weights, optimizer slots and step, loss scale) and the
     run's position: `examples_seen`, `ranks` (the job's size at the commit) and
-    `commits`. commit() copies them to host memory and raises
+    `commits`. commit_at() copies them to host memory and raises
     HostsUpdatedInterrupt on every rank when the hosts changed."""
 
     def __init__(self, variables):
@@ -64,6 +63,33 @@ class Committed(ObjectState):
         hvd.broadcast_variables(self.variables, root_rank=0)  # HVD
         super().sync()
         self._values = [v.numpy() for v in self.variables]
+
+    def commit_at(self, state, dist, report):
+        """Commits the run's `state` (loop.RunState), then raises
+        HostsUpdatedInterrupt on every rank if hosts were added or removed
+        (Horovod's commit(), in two, with a record between)."""
+        self.examples_seen, self.ranks = state.examples_seen, dist.size
+        self.commits += 1
+        self.save()
+        report.event([state.epoch, state.step], {"elastic_commit_examples": state.examples_seen})
+        dist.watchdog.beat("checking for a change of hosts")
+        self.check_host_updates()  # HVD
+
+    def check_and_announce(self, state, dist, report, variables):
+        """After a re-forming: every rank must hold the same weights; rank 0 says
+        how many ranks go on, and from where."""
+        digest = distributed.weights_digest(variables)
+        digests = dist.allgather_object(digest, "hvd_alexnet.elastic.digest")  # HVD
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks hold different weights after re-forming: {digests}")
+        how = ("shrank" if dist.size < self.ranks else "grew" if dist.size > self.ranks
+               else "re-formed")
+        report.log([state.epoch, state.step], {"elastic_ranks": dist.size,
+                                               "elastic_resumed_examples": state.examples_seen})
+        report.say(f"hvd_alexnet: elastic: the job {how} from {self.ranks} to {dist.size} "
+                   f"ranks; going on from the last commit ({state.examples_seen} examples "
+                   f"seen: step {state.step} of {state.total} at a global batch of "
+                   f"{state.global_batch}); weights digest {digest} on every rank")
 
 
 def run(attempt, committed, on_change):

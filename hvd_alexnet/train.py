@@ -1,6 +1,8 @@
-r"""The training run, top to bottom: join the job, agree on the data, build
-or restore the model, then train stretch by stretch, pausing at each epoch's
-end (and every --checkpoint_every_steps) to checkpoint and validate.
+r"""The training run, top to bottom: join the job, build the model, agree on
+the data, restore the newest checkpoint, then train stretch by stretch,
+pausing at each epoch's end (and every --checkpoint_every_steps) to checkpoint
+and validate. With --elastic (elastic.py) everything from the data on runs
+again after each change of hosts, from the last commit instead of the disk.
 
     horovodrun -np 2 -H localhost:2 python -m hvd_alexnet train \
         --data_dir data/demo --model_dir runs/demo --image_size 128 --epochs 6
@@ -89,9 +91,9 @@ def train(job):
     announce(cfg, data, state, dist, job.threads, m.policy, report, job.timeline)
     commit = None
     if committed is not None:
-        commit = lambda: elastic_commit(committed, state, dist, report)  # noqa: E731
+        commit = lambda: committed.commit_at(state, dist, report)  # noqa: E731
         if not committed.fresh:  # a re-forming: rank 0 has run before
-            elastic_change(committed, state, dist, report, m.model.variables)
+            committed.check_and_announce(state, dist, report, m.model.variables)
         commit()
     validation = Validation(m.model, cfg, data, job.threads, dist, report, hooks)
     ctx = types.SimpleNamespace(cfg=cfg, dist=dist, stop=StopRequest(), report=report,
@@ -102,8 +104,7 @@ def train(job):
                                 checkpoint_dir=ckpts.directory, commit=commit,
                                 commit_every=cfg.elastic_commit_every)
     final = {}
-    if not dist.watchdog.is_alive():  # an elastic job's next attempt: already running
-        dist.watchdog.start()
+    dist.watchdog.start_once()  # an elastic job's next attempt: already running
     # 5. Train to each pause; there rank 0 checkpoints (and validates) while the others wait.
     while state.step < state.total:
         epoch, n = state.epoch, state.stretch(cfg.checkpoint_every_steps)
@@ -158,34 +159,6 @@ def bind(m, cfg, state, dist):
     m.seeds.set_rank(cfg.seed, dist.rank)
     m.train_step = step.make_train_step(m.model, m.opt, dist, cfg.weight_decay,
                                         cfg.accumulate_steps, m.seeds, cfg.xla)
-
-
-def elastic_commit(committed, state, dist, report):
-    """Copies the state to host memory, then raises HostsUpdatedInterrupt on
-    every rank if hosts were added or removed (Horovod's commit(), in two)."""
-    committed.examples_seen, committed.ranks = state.examples_seen, dist.size
-    committed.commits += 1
-    committed.save()
-    report.event([state.epoch, state.step], {"elastic_commit_examples": state.examples_seen})
-    dist.watchdog.beat("checking for a change of hosts")
-    committed.check_host_updates()  # HVD
-
-
-def elastic_change(committed, state, dist, report, variables):
-    """The job re-formed on another number of ranks: check that every rank holds
-    the committed weights, and say how many ranks go on from where."""
-    digest = distributed.weights_digest(variables)
-    digests = dist.allgather_object(digest, "hvd_alexnet.elastic.digest")  # HVD
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"ranks hold different weights after re-forming: {digests}")
-    how = ("shrank" if dist.size < committed.ranks else "grew" if dist.size > committed.ranks
-           else "re-formed")
-    report.log([state.epoch, state.step], {"elastic_ranks": dist.size,
-                                           "elastic_resumed_examples": state.examples_seen})
-    report.say(f"hvd_alexnet: elastic: the job {how} from {committed.ranks} to {dist.size} "
-               f"ranks; going on from the last commit ({state.examples_seen} examples seen: "
-               f"step {state.step} of {state.total} at a global batch of {state.global_batch}); "
-               f"weights digest {digest} on every rank")
 
 
 def announce(cfg, data, state, dist, threads, policy, report, timeline):

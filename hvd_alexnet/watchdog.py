@@ -27,6 +27,12 @@ class Watchdog(threading.Thread):
     def beat(self, activity):
         self.activity, self.last = activity, time.monotonic()
 
+    def start_once(self):
+        """Starts the deadline (an elastic job's later attempts find it running;
+        after stop() it stays stopped)."""
+        if self.ident is None:
+            self.start()
+
     def stop(self):
         self.running = False
 

@@ -74,3 +74,75 @@ def test_cli_predicts_two_hosts_from_measurements(capsys):
     assert f"| fp32 | {fp32 * 1e3:.0f} | {(1 / 3 + fp32) * 1e3:.0f} | " \
            f"{64 / (1 / 3 + fp32):.1f} |" in out, out
     assert f"| fp16 | {fp32 / 2 * 1e3:.0f} |" in out
+
+
+# --- plan --hosts: the step simulated layer by layer (plan_cluster.py) -------------
+
+from hvd_alexnet.tools import plan_cluster  # noqa: E402
+
+
+def test_layer_costs_are_the_model_costs_by_layer():
+    layers = plan.layer_costs(227, 1000)
+    assert [p for _, p in layers] == [23296, 307392, 663936, 1327488, 884992, 37752832,
+                                      16781312, 4097000]
+    assert sum(f for f, _ in layers) == 2 * MACS
+    assert plan_cluster.backward_order(227, 1000)[0] == (4 * 4096000, 4097000)  # fc8 first
+
+
+def test_a_buffer_starts_when_its_gradients_are_ready_and_the_link_is_free():
+    per_100_bytes = lambda b: b / 100  # noqa: E731  1 s per 100 bytes
+    # One layer: backward 1 s, then its 100 bytes take 1 s: 0.5 + 1 + 1.
+    assert plan_cluster.simulate([(1.0, 100)], 0.5, per_100_bytes, 1000, 0) == pytest.approx(2.5)
+    # 300 bytes ready at 0.1 s (3 s on the link), 100 more at 1.1 s: the second
+    # buffer waits for the link (3.1 s) and ends at 4.1 s, after the backward pass.
+    assert plan_cluster.simulate([(0.1, 300), (1.0, 100)], 0.0, per_100_bytes, 1000,
+                                 0) == pytest.approx(4.1)
+    # Hidden: 1 byte after a long backward layer ends long before it.
+    assert plan_cluster.simulate([(0.1, 1), (5.0, 1)], 0.0, per_100_bytes, 1000,
+                                 0) == pytest.approx(5.1 + 0.01)
+
+
+def test_the_cycle_fuses_what_is_ready_and_saves_a_latency():
+    comm = lambda b: 0.01 + b / 100  # noqa: E731  10 ms latency per buffer
+    # No cycle: the first gradient goes alone at 0.1 s (1.01 s), the second after it.
+    assert plan_cluster.simulate([(0.1, 100), (0.1, 100)], 0.0, comm, 1000,
+                                 0) == pytest.approx(0.1 + 1.01 + 1.01)
+    # A 0.25 s cycle: both are ready at the first tick, one buffer: 0.25 + 2.01.
+    assert plan_cluster.simulate([(0.1, 100), (0.1, 100)], 0.0, comm, 1000,
+                                 0.25) == pytest.approx(2.26)
+    # A threshold of 150 bytes keeps them apart even then: 0.25 + 1.01 + 1.01.
+    assert plan_cluster.simulate([(0.1, 100), (0.1, 100)], 0.0, comm, 150,
+                                 0.25) == pytest.approx(2.27)
+
+
+def test_accumulated_gradients_go_after_all_micro_batches():
+    # Everything ready at 4 s (K micro-batches computed), 200 bytes in one buffer: 4 + 2.
+    assert plan_cluster.simulate([(1.0, 100), (1.0, 100)], 0.0, lambda b: b / 100, 1000, 0,
+                                 start_after=4.0) == pytest.approx(6.0)
+
+
+def test_hierarchical_allreduce_by_hand():
+    # 2 hosts x 4 GPUs, 8 GB: within a host 2 * 3/4 * 8e9 / 1e10 = 1.2 s; between the
+    # hosts the host's link carries 2 * 1/2 * 8e9 bytes at 1e9 B/s = 8 s.
+    assert plan_cluster.hierarchical_seconds(2, 4, 8e9, (1e10, 0), (1e9, 0)) == pytest.approx(9.2)
+    # Latencies: 2 * 3 steps within (1 us), 2 * 1 between (1 ms).
+    assert plan_cluster.hierarchical_seconds(2, 4, 8e9, (1e10, 1e-6), (1e9, 1e-3)) == \
+        pytest.approx(9.2 + 6e-6 + 2e-3)
+
+
+def test_plan_names_the_settings_for_a_stated_cluster(capsys):
+    assert plan.main(["--hosts=8", "--per_host=8", "--inter_gbps=12.5"]) == 0
+    out = capsys.readouterr().out
+    assert "8 hosts x 8 GPUs = 64" in out
+    for setting in ("--fp16_allreduce |", "--batch_size 128", "--accumulate_steps 4",
+                    "--fusion_threshold_mb 0 (fusion off)", "HOROVOD_HIERARCHICAL_ALLREDUCE=1"):
+        assert setting in out, setting
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in out.splitlines()
+            if line.startswith("| ") and "ms" not in line and "---" not in line}
+    efficiency = {name: float(cells[4]) for name, cells in rows.items()}
+    base = next(e for name, e in efficiency.items() if name.startswith("baseline"))
+    # At 12.5 GB/s AlexNet's 247 MB of gradients are not hidden behind batch 32's
+    # backward pass: halving the bytes must help, and so must a 4x larger batch.
+    assert base < efficiency["--fp16_allreduce"] < 1.0
+    assert efficiency["--batch_size 128 (if it fits in memory)"] > efficiency["--fp16_allreduce"]
+    assert "Best efficiency:" in out

@@ -13,6 +13,11 @@ The bandwidth is the slowest link of the ring: within a host up to
 measurement; the hardware defaults are a V100-class GPU with NVLink-less PCIe
 and 100 Gb/s Ethernet, and are printed with the table.
 
+With --hosts H: for H hosts x --per_host GPUs, the settings that matter
+(fp16 gradients, per-GPU batch, --accumulate_steps, fusion threshold,
+hierarchical all-reduce) and the predicted efficiency with each, from a
+layer-by-layer simulation of the step (plan_cluster.py).
+
 With --measured_images_per_sec (one rank's trainer, measured) and --link_mbit
 (a link's measured rate) it predicts instead 2 hosts x 1 rank over that link,
 fp32 and fp16 gradients: the prediction the scaling benchmark (make
@@ -31,19 +36,29 @@ from hvd_alexnet.errors import UsageError
 REFERENCE = {"accelerators": 8, "images_per_sec": 1833.9, "batch": 32}
 
 
-def model_costs(image_size=227, num_classes=1000):
-    """(forward FLOPs per image, parameters) of AlexNet, counted layer by layer."""
+def layer_costs(image_size=227, num_classes=1000):
+    """[(forward FLOPs per image, parameters)] of AlexNet's layers with weights,
+    in forward order, counted layer by layer."""
     import tensorflow as tf
 
     from hvd_alexnet.model import build_alexnet
     model = build_alexnet(image_size, num_classes)
-    macs = 0
+    layers = []
     for layer in model.layers:
         if isinstance(layer, tf.keras.layers.Conv2D):
-            macs += math.prod(layer.output.shape[1:3]) * layer.kernel.shape.num_elements()
+            macs = math.prod(layer.output.shape[1:3]) * layer.kernel.shape.num_elements()
         elif isinstance(layer, tf.keras.layers.Dense):
-            macs += layer.kernel.shape.num_elements()
-    return 2 * macs, model.count_params()
+            macs = layer.kernel.shape.num_elements()
+        else:
+            continue
+        layers.append((2 * macs, layer.count_params()))
+    return layers
+
+
+def model_costs(image_size=227, num_classes=1000):
+    """(forward FLOPs per image, parameters) of AlexNet."""
+    layers = layer_costs(image_size, num_classes)
+    return sum(f for f, _ in layers), sum(p for _, p in layers)
 
 
 def ring_seconds(n, nbytes, bandwidth, latency):
@@ -128,6 +143,9 @@ def implied_bandwidth(fwd_flops, params, a):
 
 def report(a):
     """The model's table for the figures `a` (see FLAGS), as Markdown text."""
+    if a.hosts:
+        from hvd_alexnet.tools import plan_cluster
+        return plan_cluster.report(a)
     fwd_flops, params = model_costs(a.image_size, a.num_classes)
     if a.measured_images_per_sec:
         if not a.link_mbit:
@@ -176,6 +194,9 @@ d.float("measured_images_per_sec", None, "One rank's measured images/s: predict 
         "rank over --link_mbit instead of the table.")
 d.float("link_mbit", None, "The link's measured Mbit/s (with --measured_images_per_sec).")
 d.float("link_latency_us", 50.0, "The link's latency in microseconds.")
+d.integer("hosts", 0, "A stated cluster of this many hosts x --per_host GPUs: the settings "
+          "that matter there and the predicted efficiency with each (plan_cluster.py).")
+d.float("cycle_ms", 1.0, "--hosts: Horovod's cycle time (1 ms on GPU hosts).")
 d.bool("overlap", True, "The all-reduce overlaps the backward pass (GPU hosts); --nooverlap "
        "where a rank's one CPU core does both (make bench-scaling measured it so).")
 
