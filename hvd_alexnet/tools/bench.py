@@ -24,6 +24,8 @@ from hvd_alexnet.tools.launch import ROOT, job_command, job_env
 
 
 FRESH_PROCESSES = 5  # rows of kind "fresh": the same run this many times
+FRESH_LENGTH = 3  # ... each this many times a row's timed windows: a summary over a
+# longer stretch is less moved by the machine's drift (one busy second)
 
 
 class Row:
@@ -149,7 +151,7 @@ def measure(row, a):
         return {"unit": "top-1", "windows": [summary["top1"]], "top5": summary["top5"],
                 "images_per_sec": summary["train_images_per_sec"]}
     if row.kind == "fresh":  # the summary's images/s of several fresh processes
-        runs = [_train(row, a) for _ in range(FRESH_PROCESSES)]
+        runs = [_train(row, a, a.windows * FRESH_LENGTH) for _ in range(FRESH_PROCESSES)]
         return {"unit": "images/s", "windows": [r[-1]["data"]["train_images_per_sec"]
                                                 for r in runs]}
     return train_result(_train(row, a), a)
@@ -163,23 +165,23 @@ def train_result(records, a):
             "peak_rss_mb_per_rank": summary["peak_rss_mb_per_rank"]}
 
 
-def train_command(row, a, model_dir):
+def train_command(row, a, model_dir, windows=None):
     """The trainer's flags for a row: the first step and `a.warmup` windows untimed
-    (also in the summary's images/s), then `a.windows` windows."""
+    (also in the summary's images/s), then `windows` (default a.windows) windows."""
     micro = next((int(x.split("=")[1]) for x in row.args if x.startswith("--accumulate_steps")), 1)
     steps = per_window(row, a)
     warmup = a.warmup * steps + 1  # +1: the traced first step
     return ["-m", "hvd_alexnet", "train", f"--model_dir={model_dir}", *row.args,
             f"--image_size={a.image_size}", f"--batch_size={row.batch // micro}",
-            f"--max_steps={warmup + a.windows * steps}", f"--log_every={steps}",
+            f"--max_steps={warmup + (windows or a.windows) * steps}", f"--log_every={steps}",
             f"--num_warmup_batches={warmup}", "--noeval", "--keep_checkpoints=1",
             "--num_classes=1000"]  # the same model for every row
 
 
-def _train(row, a):
+def _train(row, a, windows=None):
     """The DLLogger records of one trainer run on this host."""
     with tempfile.TemporaryDirectory() as model_dir:
-        run_job(train_command(row, a, model_dir), row.ranks, row.launcher, a.timeout)
+        run_job(train_command(row, a, model_dir, windows), row.ranks, row.launcher, a.timeout)
         return metrics_log.read(os.path.join(model_dir, metrics_log.LOG_FILE))
 
 
