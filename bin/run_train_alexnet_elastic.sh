@@ -11,7 +11,8 @@
 # tried again. Below MIN_NP ranks the job waits ELASTIC_TIMEOUT seconds (default 600) for hosts,
 # then ends; the checkpoints in MODEL_DIR stay, and the same command resumes from the newest.
 # NP: ranks to start with (default MIN_NP); MAX_NP (default: the slots in HOSTS_FILE).
-# IFACE, SSH_PORT, DATA_DIR, MODEL_DIR as in run_train_alexnet_multigpu_imagenet.sh.
+# IFACE, SSH_PORT, DATA_DIR, MODEL_DIR as in run_train_alexnet_multigpu_imagenet.sh; IFACE is
+# needed when HOSTS_FILE lists one host at the start (the driver probes for it between 2 hosts).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
@@ -22,6 +23,14 @@ export HVD_ALEXNET_HOSTS_FILE
 HVD_ALEXNET_HOSTS_FILE=$(cd "$(dirname "$HOSTS_FILE")" && pwd)/$(basename "$HOSTS_FILE")
 slots=0
 for n in $(bash "$ROOT/bin/discover_hosts.sh" | sed -n 's/.*:\([0-9]*\)$/\1/p'); do slots=$((slots + n)); done
+hosts=$(bash "$ROOT/bin/discover_hosts.sh" | wc -l)
+if (( hosts < 2 )) && [[ -z ${IFACE:-} ]]; then
+  # Without --network-interface, Horovod's elastic driver finds the hosts' common interface
+  # by probing between them, and waits (ELASTIC_TIMEOUT) until it has 2 hosts to probe.
+  echo "$0: HOSTS_FILE lists $hosts host(s): Horovod's elastic driver needs 2 at the start to" \
+       "find their common network interface, or IFACE set to it (e.g. IFACE=eth0)" >&2
+  exit 2
+fi
 MIN_NP=${MIN_NP:-1}
 MAX_NP=${MAX_NP:-$slots}
 NP=${NP:-$MIN_NP}

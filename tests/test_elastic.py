@@ -96,3 +96,14 @@ def test_elastic_outside_horovodruns_elastic_mode_is_refused(tmp_path):
     assert res.returncode == 2, res.stderr[-2000:]
     assert "--elastic needs horovodrun's elastic mode" in res.stderr
     assert "bin/run_train_alexnet_elastic.sh" in res.stderr
+
+
+def test_one_host_without_an_interface_is_refused_not_left_waiting(tmp_path):
+    """Horovod's elastic driver probes for the hosts' common interface between 2
+    hosts and, with one, waits out ELASTIC_TIMEOUT: the script refuses at once."""
+    hosts_file = tmp_path / "hosts"
+    write_hosts(hosts_file, ["localhost"])
+    cmd, env = elastic_job(hosts_file, tmp_path / "run", ["--synthetic"])
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "needs 2 at the start" in res.stderr and "IFACE" in res.stderr

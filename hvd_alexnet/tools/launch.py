@@ -21,8 +21,10 @@ def job_command(python_args, np=1, launcher=None, forward=()):
         hosts = os.path.join(tempfile.gettempdir(), f"hvd_alexnet-localhost-{np}.hosts")
         with open(hosts, "w") as f:
             f.write(f"localhost:{np}\n")
+        # One host: the driver needs the interface named (it probes between 2 hosts).
         return ["env", f"HVD_ALEXNET_HOSTS_FILE={hosts}", os.path.join(BIN, "horovodrun"),
                 "-np", str(np), "--min-np", str(np), "--max-np", str(np),
+                "--network-interface", "lo",
                 "--host-discovery-script", os.path.join(ROOT, "bin", "discover_hosts.sh"), *py]
     if launcher == "gloo":
         return [os.path.join(BIN, "horovodrun"), "-np", str(np), "-H", f"localhost:{np}",
