@@ -159,7 +159,8 @@ def measure(row, a):
 
 def train_result(records, a):
     """The row's result from a trainer run's DLLogger records: its last windows."""
-    windows = [r["data"]["images_per_sec"] for r in metrics_log.step_records(records)]
+    windows = [r["data"]["images_per_sec"] for r in metrics_log.step_records(records)
+               if "images_per_sec" in r["data"]]  # not an elastic job's commit records
     summary = records[-1]["data"]
     return {"unit": "images/s", "windows": windows[-a.windows:],
             "peak_rss_mb_per_rank": summary["peak_rss_mb_per_rank"]}

@@ -66,7 +66,8 @@ def _steps(model_dir):
     path = os.path.join(model_dir, metrics_log.LOG_FILE)
     if not os.path.exists(path):
         return []
-    return [r["step"][1] for r in metrics_log.step_records(metrics_log.read(path))]
+    return [r["step"][1] for r in metrics_log.step_records(metrics_log.read(path))
+            if "loss" in r["data"]]  # training steps, not an elastic job's other records
 
 
 def _start(model_dir, args):
