@@ -199,15 +199,16 @@ CPU_CYCLE_TIME_MS = 10
 
 
 def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, threads=0,
-         timeline=None, stall_timeout=0, heartbeat=None, elastic=False):
+         timeline=None, stall_timeout=0, heartbeat=None, elastic=False, join=True):
     """hvd.init(), then pin a GPU by local rank (memory growth on) or divide the CPU.
 
     Must run before TensorFlow executes anything: thread counts and visible
     devices cannot change afterwards. `stall_timeout`: the rank's deadline on
     progress (0: none); `heartbeat`: seconds between rank 0's answers to the
     waiting ranks (default: heartbeat_seconds()). Returns (Dist, threads per
-    rank). `elastic`: no collective runs here (an elastic job's first one is its
-    state's sync); the caller runs Dist.join() after it.
+    rank). `elastic`: for horovodrun's elastic mode. `join=False`: no collective
+    runs here (an elastic job's first one is its state's sync): the caller runs
+    Dist.join().
     """
     # Flags win over Horovod's environment variables; both are read at init.
     if fusion_threshold_mb is not None:
@@ -244,7 +245,7 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
     dist = Dist(hvd, compression, stall_timeout, heartbeat)
-    if not elastic:
+    if join:
         dist.join()
     return dist, threads
 
