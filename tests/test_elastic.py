@@ -38,7 +38,8 @@ def start(tmp_path, hosts, *flags, step_delay=0.1, env=None, log="job.log"):
 
 
 def test_a_lost_host_shrinks_the_job_and_its_return_grows_it(tiny_data, tmp_path):
-    proc = start(tmp_path, HOSTS, f"--data_dir={tiny_data}", "--epochs=6")
+    # After the shrink at least 96 steps of 0.2 s are left: room for the host's return.
+    proc = start(tmp_path, HOSTS, f"--data_dir={tiny_data}", "--epochs=6", step_delay=0.2)
     wait_until(proc, "step 12", lambda: any(s >= 12 for s, _ in values(proc, "loss")))
     lose_host(proc, "127.0.0.1")
     wait_until(proc, "a shrink to 1 rank", lambda: values(proc, "elastic_ranks"))

@@ -188,7 +188,7 @@ def test_elastic_job_loses_host2_and_grows_back(two_hosts, tiny_data, tmp_path):
     write_hosts(hosts_file, netns.HOSTS)
     cmd, env = elastic_job(hosts_file, model_dir, [
         *SMALL, "--elastic_commit_every=5", "--eval_every_epochs=1", f"--data_dir={tiny_data}",
-        "--epochs=6"], injected_python(tmp_path, "step_delay=0.1"), {
+        "--epochs=6"], injected_python(tmp_path, "step_delay=0.2"), {
         "IFACE": netns.IFACE, "SSH_PORT": str(netns.SSH_PORT), "ELASTIC_TIMEOUT": "60"})
     job = start_on(two_hosts, 0, cmd, env)
     job.model_dir, job.hosts_file, job.hosts = model_dir, hosts_file, netns.HOSTS
