@@ -8,6 +8,7 @@ repository), so tools that read DLLogger's files read these.
 
 import datetime
 import json
+import os
 import sys
 import time
 
@@ -78,6 +79,13 @@ def read(path):
                 except json.JSONDecodeError:
                     continue
     return records
+
+
+def run_records(model_dir):
+    """The LOG records of the run in model_dir so far, in order ([] before its
+    first): every rank that was rank 0 appends to the same file."""
+    path = os.path.join(model_dir, LOG_FILE)
+    return [r for r in read(path) if r["type"] == "LOG"] if os.path.exists(path) else []
 
 
 def step_records(records, length=2):

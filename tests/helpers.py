@@ -143,9 +143,7 @@ def build_dataset(out_dir, train_shards, validation_shards, image_size=72, per_c
 # the attributes model_dir, hosts_file (its discovery file) and hosts (all of them).
 def records(proc):
     """Rank 0's LOG records, in order (from every rank that was rank 0)."""
-    path = os.path.join(proc.model_dir, metrics_log.LOG_FILE)
-    return [r for r in (metrics_log.read(path) if os.path.exists(path) else [])
-            if r["type"] == "LOG"]
+    return metrics_log.run_records(proc.model_dir)
 
 
 def wait_until(proc, what, predicate, timeout=240):

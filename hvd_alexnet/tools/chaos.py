@@ -182,15 +182,9 @@ def report(straight, chaotic, injected, restarts, codes, wanted):
     return got["weights_digest"] == want["weights_digest"] and got["steps"] == want["steps"]
 
 
-def _records(model_dir):
-    path = os.path.join(model_dir, metrics_log.LOG_FILE)
-    return [r for r in metrics_log.read(path) if r["type"] == "LOG"] if os.path.exists(
-        path) else []
-
-
 def _changes(model_dir):
     """The ranks after each change of membership so far."""
-    return [r["data"]["elastic_ranks"] for r in _records(model_dir)
+    return [r["data"]["elastic_ranks"] for r in metrics_log.run_records(model_dir)
             if "elastic_ranks" in r["data"]]
 
 
@@ -261,7 +255,7 @@ def run_elastic(data_dir, work_dir, faults, seed, extra):
 def _rolled_back(model_dir):
     """Steps trained after the last commit before each change (trained again)."""
     lost, since = 0, 0
-    for r in _records(model_dir):
+    for r in metrics_log.run_records(model_dir):
         if "elastic_commit_examples" in r["data"]:
             since = 0
         elif "elastic_ranks" in r["data"]:
@@ -273,7 +267,8 @@ def _rolled_back(model_dir):
 
 def report_elastic(runs, wanted):
     (code0, straight, _), (code, chaotic, injected) = runs["straight"], runs["chaos"]
-    summary = lambda d: [r["data"] for r in _records(d) if r["step"] == []][-1]  # noqa: E731
+    summary = lambda d: [r["data"] for r in metrics_log.run_records(d)  # noqa: E731
+                         if r["step"] == []][-1]
     if code0 != 0:
         raise SystemExit(f"chaos: the undisturbed run failed; see {straight}.log")
     want, got = summary(straight), summary(chaotic) if code == 0 else {}
