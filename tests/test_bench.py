@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from helpers import ROOT
 from hvd_alexnet.data import photos
+from hvd_alexnet.tools import bench
 
 
 def test_photos_are_distinct_imagenet_sized_jpegs(tmp_path):
@@ -26,12 +27,15 @@ def test_photos_are_distinct_imagenet_sized_jpegs(tmp_path):
 def test_bench_writes_every_chosen_row_and_the_targets(tiny_data, tmp_path):
     cmd = [sys.executable, "-m", "hvd_alexnet", "bench", f"--data_dir={tiny_data}",
            f"--out_dir={tmp_path}", "--image_size=67", "--warmup=0", "--windows=2",
-           "--window_images=8", "--only=bare,synthetic_1,pipeline,allreduce_hvd_gloo"]
+           "--window_images=8", "--only=bare,synthetic_1,synthetic_1_long,pipeline,allreduce_hvd_gloo"]
     res = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     results = json.load(open(tmp_path / "benchmarks.json"))
-    assert sorted(results["rows"]) == ["allreduce_hvd_gloo", "bare", "pipeline", "synthetic_1"]
+    assert sorted(results["rows"]) == ["allreduce_hvd_gloo", "bare", "pipeline", "synthetic_1",
+                                       "synthetic_1_long"]
+    long = results["rows"].pop("synthetic_1_long")  # one block per fresh process
+    assert len(long["windows"]) == bench.FRESH_PROCESSES and all(w > 0 for w in long["windows"])
     for row in results["rows"].values():
         assert len(row["windows"]) == 2 and all(w > 0 for w in row["windows"])
         assert min(row["windows"]) <= row["median"] <= max(row["windows"])
@@ -43,6 +47,14 @@ def test_bench_writes_every_chosen_row_and_the_targets(tiny_data, tmp_path):
     text = open(tmp_path / "benchmarks.md").read()
     assert "| trainer, synthetic, 1 rank |" in text and "not measured" in text
     assert "Reference: 1,833.9 images/s" in text and results["machine"]["cores"] == os.cpu_count()
+
+
+def test_blocks_read_as_a_summary_over_them_would():
+    # Windows of equal images: a block's rate is its images over its seconds; only
+    # whole blocks, the first windows (the warm-up side) left over.
+    assert bench.blocks([7.0, 100.0, 50.0, 50.0, 25.0], 2) == [
+        pytest.approx(200 / 3), pytest.approx(100 / 3)]
+    assert bench.blocks([10.0], 2) == []
 
 
 def test_bench_scaling_refuses_clearly_where_it_cannot_run(monkeypatch):

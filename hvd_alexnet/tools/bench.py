@@ -30,7 +30,8 @@ FRESH_LENGTH = 3  # ... each this many times a row's timed windows: a summary ov
 
 class Row:
     """One measurement: `kind` is "train" (the trainer's own DLLogger windows),
-    "fresh" (the summaries of FRESH_PROCESSES runs), "demo" (the demo's top-1) or
+    "fresh" (the summaries of FRESH_PROCESSES runs), "long" (one run as long as
+    those together, its windows cut into blocks as long as one of them), "demo" (the demo's top-1) or
     "probe" (tools/probes.py); `ranks` processes; `args` extra flags."""
 
     def __init__(self, key, label, kind, ranks=1, args=(), launcher="gloo", batch=32):
@@ -45,6 +46,9 @@ def rows(data_dir):
         Row("synthetic_1", "trainer, synthetic, 1 rank", "train", args=["--synthetic"]),
         Row("synthetic_1_fresh", f"trainer, synthetic, 1 rank: the summary's images/s of "
             f"{FRESH_PROCESSES} fresh processes", "fresh", args=["--synthetic"]),
+        Row("synthetic_1_long", f"trainer, synthetic, 1 rank: one process as long as the "
+            f"{FRESH_PROCESSES} fresh ones, cut into {FRESH_PROCESSES} blocks of their length "
+            f"(the machine's own drift)", "long", args=["--synthetic"]),
         Row("real_1", "trainer, real data, 1 rank", "train", args=real),
         Row("pipeline", "input pipeline alone (decode, augment, batch)", "probe",
             args=["pipeline", *real]),
@@ -154,24 +158,43 @@ def measure(row, a):
         runs = [_train(row, a, a.windows * FRESH_LENGTH) for _ in range(FRESH_PROCESSES)]
         return {"unit": "images/s", "windows": [r[-1]["data"]["train_images_per_sec"]
                                                 for r in runs]}
+    if row.kind == "long":  # the same stretches, one after another in one process
+        length = a.windows * FRESH_LENGTH
+        records = _train(row, a, length * FRESH_PROCESSES)
+        return {**train_result(records, a), "windows": blocks(windows(records), length)}
     return train_result(_train(row, a), a)
+
+
+def windows(records):
+    """The images/s of a trainer run's progress windows, in order."""
+    return [r["data"]["images_per_sec"] for r in metrics_log.step_records(records)
+            if "images_per_sec" in r["data"]]  # not an elastic job's commit records
+
+
+def blocks(rates, length):
+    """The images/s of each run of `length` consecutive windows of equal images,
+    as a summary over them would read it (images over seconds: the harmonic mean);
+    only whole blocks, counted back from the last window."""
+    whole = len(rates) // length * length
+    rates = rates[len(rates) - whole:]
+    return [statistics.harmonic_mean(rates[i:i + length]) for i in range(0, whole, length)]
 
 
 def train_result(records, a):
     """The row's result from a trainer run's DLLogger records: its last windows."""
-    windows = [r["data"]["images_per_sec"] for r in metrics_log.step_records(records)
-               if "images_per_sec" in r["data"]]  # not an elastic job's commit records
     summary = records[-1]["data"]
-    return {"unit": "images/s", "windows": windows[-a.windows:],
+    return {"unit": "images/s", "windows": windows(records)[-a.windows:],
             "peak_rss_mb_per_rank": summary["peak_rss_mb_per_rank"]}
 
 
 def train_command(row, a, model_dir, windows=None):
-    """The trainer's flags for a row: the first step and `a.warmup` windows untimed
-    (also in the summary's images/s), then `windows` (default a.windows) windows."""
+    """The trainer's flags for a row: `a.warmup` windows untimed (also in the
+    summary's images/s), then `windows` (default a.windows) windows."""
     micro = next((int(x.split("=")[1]) for x in row.args if x.startswith("--accumulate_steps")), 1)
     steps = per_window(row, a)
-    warmup = a.warmup * steps + 1  # +1: the traced first step
+    # The traced first step is untimed inside the first warm-up window; whole
+    # windows after it, so that every timed window holds the same images.
+    warmup = max(1, a.warmup * steps)
     return ["-m", "hvd_alexnet", "train", f"--model_dir={model_dir}", *row.args,
             f"--image_size={a.image_size}", f"--batch_size={row.batch // micro}",
             f"--max_steps={warmup + (windows or a.windows) * steps}", f"--log_every={steps}",
@@ -206,6 +229,8 @@ def targets(r):
         ("mixed precision: demo top-1 with bf16", m("demo_bf16"), 1.0, 0.95),
         ("summary images/s of 5 fresh processes: slowest / fastest", *spread("synthetic_1_fresh"),
          0.95),
+        ("(not a target) the machine's drift: blocks of one process as long as a fresh "
+         "one, slowest / fastest", *spread("synthetic_1_long"), 0.95),
         ("(not a target) --elastic / plain horovodrun --gloo, 2 ranks synthetic", m("elastic"),
          m("fusion_default"), 0.95),
         ("(not a target) --elastic, a commit every step / no commit", m("elastic_commit"),
