@@ -42,7 +42,7 @@ $(BENCH_DIR)/metadata.json:
 bench-data: install
 	@$(MAKE) --no-print-directory $(BENCH_DIR)/metadata.json
 
-# Every throughput figure (about 15 minutes on 2 cores), written to docs/benchmarks.{md,json}.
+# Every throughput figure (about 35 minutes on 2 cores), written to docs/benchmarks.{md,json}.
 bench: bench-data demo-data
 	$(PY) -m hvd_alexnet bench --data_dir $(BENCH_DIR) --demo_dir $(DEMO_DIR) $(BENCH_ARGS)
 
