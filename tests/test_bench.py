@@ -27,7 +27,8 @@ def test_photos_are_distinct_imagenet_sized_jpegs(tmp_path):
 def test_bench_writes_every_chosen_row_and_the_targets(tiny_data, tmp_path):
     cmd = [sys.executable, "-m", "hvd_alexnet", "bench", f"--data_dir={tiny_data}",
            f"--out_dir={tmp_path}", "--image_size=67", "--warmup=0", "--windows=2",
-           "--window_images=8", "--only=bare,synthetic_1,synthetic_1_long,pipeline,allreduce_hvd_gloo"]
+           "--window_images=8",
+           "--only=bare,synthetic_1,synthetic_1_long,pipeline,allreduce_hvd_gloo"]
     res = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]

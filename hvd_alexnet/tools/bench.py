@@ -31,8 +31,9 @@ FRESH_LENGTH = 3  # ... each this many times a row's timed windows: a summary ov
 class Row:
     """One measurement: `kind` is "train" (the trainer's own DLLogger windows),
     "fresh" (the summaries of FRESH_PROCESSES runs), "long" (one run as long as
-    those together, its windows cut into blocks as long as one of them), "demo" (the demo's top-1) or
-    "probe" (tools/probes.py); `ranks` processes; `args` extra flags."""
+    those together, its windows cut into blocks as long as one of them), "demo"
+    (the demo's top-1) or "probe" (tools/probes.py); `ranks` processes; `args`
+    extra flags."""
 
     def __init__(self, key, label, kind, ranks=1, args=(), launcher="gloo", batch=32):
         self.key, self.label, self.kind, self.ranks = key, label, kind, ranks
@@ -161,11 +162,11 @@ def measure(row, a):
     if row.kind == "long":  # the same stretches, one after another in one process
         length = a.windows * FRESH_LENGTH
         records = _train(row, a, length * FRESH_PROCESSES)
-        return {**train_result(records, a), "windows": blocks(windows(records), length)}
+        return {**train_result(records, a), "windows": blocks(window_rates(records), length)}
     return train_result(_train(row, a), a)
 
 
-def windows(records):
+def window_rates(records):
     """The images/s of a trainer run's progress windows, in order."""
     return [r["data"]["images_per_sec"] for r in metrics_log.step_records(records)
             if "images_per_sec" in r["data"]]  # not an elastic job's commit records
@@ -183,7 +184,7 @@ def blocks(rates, length):
 def train_result(records, a):
     """The row's result from a trainer run's DLLogger records: its last windows."""
     summary = records[-1]["data"]
-    return {"unit": "images/s", "windows": windows(records)[-a.windows:],
+    return {"unit": "images/s", "windows": window_rates(records)[-a.windows:],
             "peak_rss_mb_per_rank": summary["peak_rss_mb_per_rank"]}
 
 
@@ -257,7 +258,7 @@ def write(results, a, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "benchmarks.json"), "w") as f:
         json.dump(results, f, indent=1)
-    lines = [f"# Benchmarks\n", f"Measured {results['date']} with `{results['command']}`.\n",
+    lines = ["# Benchmarks\n", f"Measured {results['date']} with `{results['command']}`.\n",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()) + ".\n",
              f"Image {a.image_size}x{a.image_size}, batch 32 per rank unless stated; each "
              f"figure is the median of {a.windows} timed windows of about {a.window_images} "
