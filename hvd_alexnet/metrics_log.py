@@ -88,6 +88,11 @@ def run_records(model_dir):
     return [r for r in read(path) if r["type"] == "LOG"] if os.path.exists(path) else []
 
 
+def run_summary(model_dir):
+    """The data of the last summary record of the run in model_dir."""
+    return step_records(run_records(model_dir), 0)[-1]["data"]
+
+
 def step_records(records, length=2):
     """The LOG records whose step is a list of `length` items: [epoch, step] for
     training steps (2), [epoch] for validations (1), [] for the summary (0)."""

@@ -33,9 +33,7 @@ def run(data, tmp_path_factory):
                      f"--epochs={EPOCHS}", "--num_classes=10", "--horovod_timeline"],
                     np=2, launcher="gloo", timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
-    summary = [r for r in metrics_log.read(os.path.join(model_dir, "dllogger.json"))
-               if r["type"] == "LOG" and r["step"] == []][-1]["data"]
-    return model_dir, result.stdout, summary
+    return model_dir, result.stdout, metrics_log.run_summary(model_dir)
 
 
 def test_rank_zero_prints_one_progress_line_per_log_step(run):

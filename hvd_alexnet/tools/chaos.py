@@ -267,11 +267,10 @@ def _rolled_back(model_dir):
 
 def report_elastic(runs, wanted):
     (code0, straight, _), (code, chaotic, injected) = runs["straight"], runs["chaos"]
-    summary = lambda d: [r["data"] for r in metrics_log.run_records(d)  # noqa: E731
-                         if r["step"] == []][-1]
     if code0 != 0:
         raise SystemExit(f"chaos: the undisturbed run failed; see {straight}.log")
-    want, got = summary(straight), summary(chaotic) if code == 0 else {}
+    want = metrics_log.run_summary(straight)
+    got = metrics_log.run_summary(chaotic) if code == 0 else {}
     top1_ok = got and abs(got["top1"] - want["top1"]) <= TOP1_TOLERANCE
     lines = [
         f"faults injected:   {len(injected)} of {wanted} ({', '.join(injected)})",
