@@ -12,6 +12,7 @@ comments), `--noFLAG` for booleans, prints its help and exits 0 on `--help`,
 and refuses a flag it does not own by its name (exit 2).
 """
 
+import dataclasses
 import sys
 import textwrap
 
@@ -84,3 +85,21 @@ def definers(fv):
     bound = {k: (lambda f: lambda *a, **kw: f(*a, flag_values=fv, **kw))(
         getattr(flags, f"DEFINE_{k}")) for k in kinds}
     return type("Definers", (), {k: staticmethod(v) for k, v in bound.items()})
+
+
+def flag_names(fv):
+    """The names of the flags `fv` defines, in order, without absl's own
+    (--flagfile, --undefok) and without aliases (their flag's value is the same)."""
+    return [name for name, flag in fv._flags().items()
+            if name not in ("flagfile", "undefok") and not flag.help.startswith("Alias for --")]
+
+
+def values(fv, defaults=False, **replaced):
+    """The parsed flags of `fv` (or with `defaults`, their defaults) as a frozen
+    value, a field per flag; `replaced` gives some fields another value (a
+    flag's value converted, or one derived from the flags)."""
+    names = flag_names(fv)
+    kind = dataclasses.make_dataclass("Flags", [*names, *(n for n in replaced if n not in names)],
+                                      frozen=True)
+    read = {name: fv[name].default if defaults else fv[name].value for name in names}
+    return kind(**{**read, **replaced})

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hvd_alexnet.tools import plan
+from hvd_alexnet.tools import costs, plan
 
 # AlexNet at 227x227, 1000 classes, multiply-accumulates per layer (output
 # positions x kernel size): conv1 55*55*(11*11*3*64), conv2 27*27*(5*5*64*192),
@@ -13,7 +13,7 @@ MACS = (3025 * 23232 + 729 * 307200 + 169 * 663552 + 169 * 1327104 + 169 * 88473
 
 
 def test_model_costs_count_every_layer():
-    flops, params = plan.model_costs(227, 1000)
+    flops, params = costs.model_costs(227, 1000)
     assert flops == 2 * MACS
     assert params == 61_838_248
     assert MACS == 838_788_800  # 1.68 GFLOP forward, 5.03 GFLOP per trained image
@@ -21,12 +21,12 @@ def test_model_costs_count_every_layer():
 
 def test_ring_allreduce_time_by_hand():
     # 8 ranks, 1 GB, 10 GB/s, no latency: 2 * 7/8 * 0.1 s = 0.175 s
-    assert plan.ring_seconds(8, 1e9, 10e9, 0) == pytest.approx(0.175)
+    assert costs.ring_seconds(8, 1e9, 10e9, 0) == pytest.approx(0.175)
     # latency: 2 * 7 steps of 10 us = 0.14 ms more
-    assert plan.ring_seconds(8, 1e9, 10e9, 10e-6) == pytest.approx(0.17514)
-    assert plan.ring_seconds(1, 1e9, 10e9, 10e-6) == 0.0
+    assert costs.ring_seconds(8, 1e9, 10e9, 10e-6) == pytest.approx(0.17514)
+    assert costs.ring_seconds(1, 1e9, 10e9, 10e-6) == 0.0
     # 2 ranks move the whole buffer once each way: 2 * 1/2 * bytes / bw
-    assert plan.ring_seconds(2, 4e8, 2e9, 0) == pytest.approx(0.2)
+    assert costs.ring_seconds(2, 4e8, 2e9, 0) == pytest.approx(0.2)
 
 
 def test_step_overlaps_the_allreduce_with_the_backward_pass():
@@ -82,7 +82,7 @@ from hvd_alexnet.tools import plan_cluster  # noqa: E402
 
 
 def test_layer_costs_are_the_model_costs_by_layer():
-    layers = plan.layer_costs(227, 1000)
+    layers = costs.layer_costs(227, 1000)
     assert [p for _, p in layers] == [23296, 307392, 663936, 1327488, 884992, 37752832,
                                       16781312, 4097000]
     assert sum(f for f, _ in layers) == 2 * MACS

@@ -19,13 +19,12 @@ import re
 import statistics
 import subprocess
 import sys
-import types
 
 from absl import flags
 
 from hvd_alexnet import command
-from hvd_alexnet.tools import bench, plan
-from hvd_alexnet.tools.launch import BIN, ROOT
+from hvd_alexnet.tools import bench, costs
+from hvd_alexnet.tools.launch import BIN
 
 MIN_EFFICIENCY = 0.8  # N GPUs / (N x 1 GPU), fp32: below it the all-reduce or the host limits
 
@@ -79,7 +78,7 @@ def predicted(r, ranks, gpu, a):
     """plan's step for `ranks` ranks: forward + max(backward, all-reduce), the compute
     from the 1-rank fp32 rate (on a CPU the ranks share the cores that 1 rank had
     alone) and the all-reduce as measured. Images/s."""
-    fwd_flops, params = plan.model_costs(a.image_size)
+    fwd_flops, params = costs.model_costs(a.image_size)
     per_rank = r["fp32_1"]["median"] * (1 if gpu else 1 / ranks)  # images/s of one rank
     flops_per_sec = per_rank * 3 * fwd_flops  # forward + backward (2x) per image
     nbytes = r["allreduce"]["bytes"]
@@ -131,9 +130,7 @@ def main(argv=None):
     facts = host_facts()
     gpu = bool(facts["gpus"])
     ranks = FLAGS.ranks or len(facts["gpus"]) or os.cpu_count() or 1
-    a = types.SimpleNamespace(image_size=FLAGS.image_size, batch=FLAGS.batch,
-                              warmup=FLAGS.warmup, windows=FLAGS.windows, timeout=FLAGS.timeout,
-                              window_images=FLAGS.window_images or 10 * FLAGS.batch)
+    a = command.values(FLAGS, window_images=FLAGS.window_images or 10 * FLAGS.batch)
     hvd_built = ", ".join(k for k, v in facts["horovod"].items() if v and k != "TensorFlow")
     print(f"hvd_alexnet gpu check: {len(facts['gpus'])} GPU(s)"
           + (f" ({'; '.join(facts['nvidia_smi'])})" if facts["nvidia_smi"] else "")

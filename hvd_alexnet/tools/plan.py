@@ -26,46 +26,14 @@ bench-scaling) sets beside its measurements.
 
 import math
 import sys
-import types
 
 from absl import flags
 
 from hvd_alexnet import command
 from hvd_alexnet.errors import UsageError
+from hvd_alexnet.tools.costs import model_costs, ring_seconds
 
 REFERENCE = {"accelerators": 8, "images_per_sec": 1833.9, "batch": 32}
-
-
-def layer_costs(image_size=227, num_classes=1000):
-    """[(forward FLOPs per image, parameters)] of AlexNet's layers with weights,
-    in forward order, counted layer by layer."""
-    import tensorflow as tf
-
-    from hvd_alexnet.model import build_alexnet
-    model = build_alexnet(image_size, num_classes)
-    layers = []
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.layers.Conv2D):
-            macs = math.prod(layer.output.shape[1:3]) * layer.kernel.shape.num_elements()
-        elif isinstance(layer, tf.keras.layers.Dense):
-            macs = layer.kernel.shape.num_elements()
-        else:
-            continue
-        layers.append((2 * macs, layer.count_params()))
-    return layers
-
-
-def model_costs(image_size=227, num_classes=1000):
-    """(forward FLOPs per image, parameters) of AlexNet."""
-    layers = layer_costs(image_size, num_classes)
-    return sum(f for f, _ in layers), sum(p for _, p in layers)
-
-
-def ring_seconds(n, nbytes, bandwidth, latency):
-    """Ring all-reduce: 2(n-1) steps, each moving nbytes/n over every link."""
-    if n <= 1:
-        return 0.0
-    return 2 * (n - 1) / n * nbytes / bandwidth + 2 * (n - 1) * latency
 
 
 def step(n, batch, fwd_flops, nbytes, flops_per_sec, bandwidth, latency):
@@ -201,20 +169,19 @@ d.bool("overlap", True, "The all-reduce overlaps the backward pass (GPU hosts); 
        "where a rank's one CPU core does both (make bench-scaling measured it so).")
 
 
-def _values(value_of):
-    a = types.SimpleNamespace(**{name: value_of(name) for name in FLAGS})
-    a.accelerators = [int(n) for n in a.accelerators]
-    return a
+def _values(defaults=False):
+    accelerators = FLAGS["accelerators"].default if defaults else FLAGS.accelerators
+    return command.values(FLAGS, defaults, accelerators=[int(n) for n in accelerators])
 
 
 def defaults():
     """The hardware figures of the table when no flag is given."""
-    return _values(lambda name: FLAGS[name].default)
+    return _values(defaults=True)
 
 
 def main(argv=None):
     command.parse(FLAGS, sys.argv[1:] if argv is None else argv, "plan", __doc__)
-    print(report(_values(lambda name: FLAGS[name].value)))
+    print(report(_values()))
     return 0
 
 

@@ -22,7 +22,7 @@ PCIe and NCCL's own chunking are outside it.
 
 import math
 
-from hvd_alexnet.tools import plan
+from hvd_alexnet.tools import costs
 
 BATCHES = (64, 128)  # per-GPU batches tried beside --batch
 ACCUMULATE = (2, 4)
@@ -33,7 +33,7 @@ def backward_order(image_size, num_classes):
     """[(backward FLOPs, gradient parameters)] of AlexNet's layers in the order
     the backward pass produces them (last layer first)."""
     return [(2 * flops, params) for flops, params in
-            reversed(plan.layer_costs(image_size, num_classes))]
+            reversed(costs.layer_costs(image_size, num_classes))]
 
 
 def hierarchical_seconds(hosts, per_host, nbytes, intra, inter):
@@ -41,7 +41,7 @@ def hierarchical_seconds(hosts, per_host, nbytes, intra, inter):
     `intra`, `inter`: (bytes/s, latency s)."""
     g, h = per_host, hosts
     within = 2 * (g - 1) / g * nbytes / intra[0] + 2 * (g - 1) * intra[1] if g > 1 else 0.0
-    return within + plan.ring_seconds(h, nbytes, inter[0], inter[1])
+    return within + costs.ring_seconds(h, nbytes, inter[0], inter[1])
 
 
 def simulate(layers, fwd, comm, threshold, cycle, start_after=None):
@@ -84,7 +84,7 @@ def settings(a):
         if hierarchical:
             comm = lambda b: hierarchical_seconds(a.hosts, a.per_host, b, intra, inter)  # noqa
         else:
-            comm = lambda b: plan.ring_seconds(n, b, *inter)  # noqa: E731
+            comm = lambda b: costs.ring_seconds(n, b, *inter)  # noqa: E731
         compute = k * (fwd + sum(s for s, _ in layers))
         threshold = threshold_mb * (1 << 20)
         if k == 1:

@@ -31,9 +31,9 @@ import tempfile
 
 from absl import flags
 
-from hvd_alexnet import command, config, metrics_log
+from hvd_alexnet import command, metrics_log
 from hvd_alexnet.errors import UsageError
-from hvd_alexnet.tools import bench, netns, plan
+from hvd_alexnet.tools import bench, costs, netns, plan
 from hvd_alexnet.tools.launch import ROOT, job_env
 
 BATCH = 32
@@ -165,13 +165,12 @@ def _stop(signum, frame):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     command.parse(FLAGS, argv, "bench-scaling", __doc__)
-    a = config.values(FLAGS)
-    a.rates = [int(r) for r in a.rates]
+    a = command.values(FLAGS, rates=[int(r) for r in FLAGS.rates])
     why = unavailable()
     if why:
         raise UsageError(f"bench-scaling cannot run here: {why}")
     signal.signal(signal.SIGTERM, _stop)
-    _, params = plan.model_costs(a.image_size, 1000)
+    _, params = costs.model_costs(a.image_size, 1000)
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                "command": "make bench-scaling " + " ".join(argv), "machine": bench.machine()}
     with tempfile.TemporaryDirectory() as workdir, netns.TwoHosts(workdir) as hosts:
