@@ -1,7 +1,8 @@
 """`python -m hvd_alexnet COMMAND [--flags]`: train, data, doctor, report, evaluate, predict, export, plan, bench.
 
 Exit status: 0 done, 2 bad flags or configuration, 3 bad or missing data,
-4 training diverged (NaN loss), 75 stopped by SIGTERM/SIGINT after a checkpoint
+4 training diverged (NaN loss), 5 a rank made no progress for --stall_timeout_sec,
+75 stopped by SIGTERM/SIGINT after a checkpoint
 (run the same command again to resume), 1 anything else. Errors are one line on stderr that names the problem.
 """
 

@@ -5,6 +5,7 @@ planner use them without loading TensorFlow.
 """
 
 EXIT_USAGE, EXIT_DATA, EXIT_DIVERGED = 2, 3, 4
+EXIT_STALLED = 5  # a rank made no progress for --stall_timeout_sec (watchdog.py)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped cleanly on a signal, run again to resume
 
 

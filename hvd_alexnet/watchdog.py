@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-EXIT_STALLED = 5
+from hvd_alexnet.errors import EXIT_STALLED
 
 
 class Watchdog(threading.Thread):
