@@ -7,9 +7,10 @@ training run's flag file), their defaults, and their validation.
 Every check that can fail is done here, before TensorFlow builds anything.
 """
 
+import dataclasses
 import os
 import shutil
-import types
+import typing
 
 from absl import flags
 
@@ -133,16 +134,38 @@ FOREIGN = {
 
 FLAGS = define(flags.FlagValues())
 
+# Other trainers' spellings: read and checked once, by resolve(), and not kept in
+# the run's configuration (absl's aliases share their flag's value).
+SPELLINGS = ("use_fp16", "use_amp", *FOREIGN)
+
+
+def _config_type(fv):
+    """The run's configuration: one field per flag of `fv` (its help is the
+    field's metadata), without aliases and other trainers' spellings. Frozen: it
+    is built once, by resolve(), and no function changes it afterwards."""
+    names = [n for n in command.flag_names(fv) if n not in SPELLINGS]
+    fields = [(n, typing.Any, dataclasses.field(metadata={"help": fv[n].help})) for n in names]
+    return dataclasses.make_dataclass("Config", fields, frozen=True, namespace={
+        "__doc__": "The training run's flags, validated, aliases resolved (see config.py); "
+                   "`python -m hvd_alexnet train --help` says what each one means.",
+        "__module__": __name__})
+
+
+Config = _config_type(FLAGS)
+
 
 def values(fv=FLAGS):
-    """The flags as a namespace, not validated (doctor reports problems itself)."""
-    return types.SimpleNamespace(**{name: fv[name].value for name in fv})
+    """The flags as a frozen value, not validated (doctor reports problems itself)."""
+    return command.values(fv)
 
 
 def from_flags(fv=FLAGS):
-    """The train flags as a namespace, after validation (raises UsageError)."""
-    cfg = values(fv)
-    validate(cfg)
+    """The run's configuration from the parsed train flags (raises UsageError)."""
+    cfg, problems = resolve(fv)
+    if cfg.model_dir and not problems:
+        problems = check_model_dir(cfg.model_dir)
+    if problems:
+        raise UsageError("; ".join(problems))
     return cfg
 
 
@@ -151,24 +174,32 @@ def checkpoint_bytes(parameters):
     return int(CHECKPOINT_FACTOR * parameters * 4)
 
 
-def _translate(cfg):
-    """tf_cnn_benchmarks' and ConvNets' flags into this trainer's; returns the
-    problems with the ones that do not fit."""
-    problems = [f"--{name}={getattr(cfg, name)}: {why}"
-                for name, (accepted, why) in FOREIGN.items()
-                if getattr(cfg, name) is not None and getattr(cfg, name) != accepted]
-    if cfg.eval:  # given as --eval: tf_cnn_benchmarks' "evaluate only"
+def resolve(fv=FLAGS):
+    """(Config, the problems with the flags): tf_cnn_benchmarks' and ConvNets'
+    spellings translated into this trainer's, --eval made a yes or no, the decay
+    epochs numbers in order. Nothing on disk is checked but --data_dir."""
+    raw = {name: fv[name].value for name in command.flag_names(fv)}
+    problems = [f"--{name}={raw[name]}: {why}" for name, (accepted, why) in FOREIGN.items()
+                if raw[name] is not None and raw[name] != accepted]
+    if raw["eval"]:  # given as --eval: tf_cnn_benchmarks' "evaluate only"
         problems.append("--eval: validation during training is on by default (--noeval turns "
                         "it off); to evaluate a checkpoint only, as tf_cnn_benchmarks' --eval "
                         "does, run python -m hvd_alexnet evaluate")
-    cfg.eval = cfg.eval is not False
-    if cfg.use_fp16 or cfg.use_amp:
-        cfg.precision = "mixed"
-    return problems
+    fields = {f.name: raw[f.name] for f in dataclasses.fields(Config)}
+    fields["eval"] = raw["eval"] is not False
+    if raw["use_fp16"] or raw["use_amp"]:
+        fields["precision"] = "mixed"
+    try:
+        fields["lr_decay_epochs"] = tuple(sorted(float(e) for e in raw["lr_decay_epochs"]))
+    except ValueError:
+        problems.append(f"--lr_decay_epochs {raw['lr_decay_epochs']}: want numbers, e.g. 30,60,80")
+    cfg = Config(**fields)
+    return cfg, problems + check(cfg)
 
 
-def validate(cfg):
-    problems = _translate(cfg)
+def check(cfg):
+    """The problems with the values of `cfg` (a Config), each naming its flag."""
+    problems = []
     if not cfg.synthetic and not cfg.data_dir:
         problems.append("--data_dir is required (or --synthetic)")
     if not cfg.synthetic and cfg.data_dir and not os.path.isdir(cfg.data_dir):
@@ -193,17 +224,10 @@ def validate(cfg):
         problems.append(f"--crop_area_min {cfg.crop_area_min}: must be in (0, 1]")
     if cfg.base_lr <= 0:
         problems.append(f"--base_lr {cfg.base_lr}: must be positive")
-    try:
-        cfg.lr_decay_epochs = sorted(float(e) for e in cfg.lr_decay_epochs)
-    except ValueError:
-        problems.append(f"--lr_decay_epochs {cfg.lr_decay_epochs}: want numbers, e.g. 30,60,80")
     for name in ("fusion_threshold_mb", "cycle_time_ms"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             problems.append(f"--{name} {getattr(cfg, name)}: must not be negative")
-    if cfg.model_dir and not problems:
-        problems += check_model_dir(cfg.model_dir)
-    if problems:
-        raise UsageError("; ".join(problems))
+    return problems
 
 
 def check_model_dir(path):

@@ -31,6 +31,10 @@ def check_launch():
                          "bin/run_train_alexnet_elastic.sh, or drop --elastic")
 
 
+# Not hvd.elastic.TensorFlowState: in Horovod 0.28.1 under TF2 its constructor runs
+# a variable broadcast at once (a collective before the job has joined) and its
+# sync() broadcasts only with a TF1 session, so a rank that joins after a change
+# of hosts would keep its own initial weights. Committed broadcasts at each sync.
 class Committed(ObjectState):
     """The variables (weights, optimizer slots and step, loss scale) and the
     run's position: `examples_seen`, `ranks` (the job's size at the commit) and

@@ -11,13 +11,17 @@ import math
 import os
 import signal
 import sys
-import time
+from typing import TYPE_CHECKING, Callable
 
 import tensorflow as tf
 
-from hvd_alexnet.data import reader
+from hvd_alexnet import config, distributed, progress
+from hvd_alexnet.data import prepare, reader
 from hvd_alexnet.errors import DataError, Diverged
 from hvd_alexnet.progress import Throughput
+
+if TYPE_CHECKING:  # Horovod's elastic runner is imported by --elastic runs only
+    from hvd_alexnet import elastic
 
 
 class Hooks:
@@ -77,6 +81,11 @@ class RunState:
     skipped_all: int = 0  # ... and all ranks, as of the last pause
     speed: Throughput = dataclasses.field(default_factory=Throughput)
 
+    def warming_up(self, warmup):
+        """Whether the step just done is one of this process's first `warmup`
+        steps, left out of every images/s (the first traces the graph)."""
+        return self.step - self.start_step <= warmup
+
     def resume_at(self, step, seen=None):
         """Starts at `step`, having seen `seen` examples (default: step x global
         batch; an elastic job that changed size carries its exact count)."""
@@ -101,82 +110,108 @@ class RunState:
         return n
 
 
-def train_stretch(train_step, batches, n, state, ctx):
-    """Runs `n` steps of `batches` (images, labels, positions); returns True when
-    a stop was requested of any rank. `ctx`: cfg, dist, stop, report,
-    learning_rate(step), hooks, loss_scale() (or None), commit() (or None: an
-    elastic job's, due every ctx.commit_every steps inside the stretch; the
-    caller commits at its end). Raises Diverged, or
-    DataError on every rank when one rank's data fails (naming that rank)."""
-    cfg, dist, speed, watchdog = ctx.cfg, ctx.dist, state.speed, ctx.dist.watchdog
-    epoch, first, offset = state.epoch, state.step, state.step % state.steps_per_epoch
-    window_t, window_steps, timed = time.perf_counter(), 0, 0  # the progress line's window
-    loss = positions = None
-    stopping = False
-    warmup = cfg.num_warmup_batches  # untimed steps of this process (the first traces)
-    if state.step - state.start_step >= warmup:
-        speed.start()  # later stretches: the pipeline's start-up counts too
-    steps, failure = iter(batches.take(n)), None
-    try:
-        watchdog.beat("reading the first batch of the epoch")
-        for images, labels, positions in steps:
-            watchdog.beat("in a training step (computing, or in the gradient all-reduce)")
-            loss, stopping = train_step(images, labels, tf.constant(ctx.stop.requested))
-            state.step += 1
-            watchdog.beat("reading the next batch")
-            window_steps += 1
-            if state.step - state.start_step <= warmup:  # not timed
-                float(loss)
-                window_t, window_steps = time.perf_counter(), 0
-                if state.step - state.start_step == warmup:
-                    speed.start()
-            else:
-                timed += 1
-            if bool(stopping):  # before any other collective: a failing rank joins no more
-                break
-            if state.step % cfg.log_every == 0 or state.step == state.total:
-                now = time.perf_counter()  # windows tile the timed region: their sum is its time
-                _report(loss, window_steps * state.global_batch / max(now - window_t, 1e-9),
-                        epoch, state, ctx)
-                window_t, window_steps = now, 0
-            if ctx.commit and state.step % ctx.commit_every == 0 and state.step - first < n:
-                ctx.commit()
-            ctx.hooks.after_step(dist.rank, state.step, lambda: ctx.stop.requested)
-        if loss is not None:
-            float(loss)  # wait for the last step before stopping the clock
-        speed.stop(timed * state.global_batch)
-    except tf.errors.InvalidArgumentError as e:
-        failure = _diagnose(e, dist.rank, ctx.train_files, ctx.num_classes, cfg.first_label)
-    del steps  # the input pipeline's teardown, after the clock has stopped
-    if not failure and state.step - first < n and not bool(stopping):
-        failure = f"rank {dist.rank}: the reader ended after {state.step - first} of {n} steps"
-    if failure:  # the other ranks wait in this step: it stops them, its update is never saved
-        images = tf.zeros([state.step_batch, cfg.image_size, cfg.image_size, 3])
-        _, stopping = train_step(images, tf.zeros([state.step_batch], tf.int32), tf.constant(True))
-    stopping = bool(stopping)
-    if stopping:  # a signal or a rank's failure: every rank learns which, and why
-        failures = [f for f in dist.allgather_object(failure, "hvd_alexnet.failure") if f]  # HVD
-        if failures:
-            raise DataError("; ".join(failures))
-    if cfg.skip_corrupt and state.step > first:  # positions are in order: gaps are skips
-        read = int(tf.reduce_max(positions)) + 1 - offset * state.step_batch
-        state.skipped += read - (state.step - first) * state.step_batch
-    return stopping
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """What the steps between two pauses need; one per attempt of the run (an
+    elastic job makes a new one after each change of hosts)."""
 
+    cfg: config.Config  # the run's flags
+    dist: distributed.Dist  # this rank's place and the collectives (# HVD)
+    train_step: Callable  # (images, labels, stop) -> (loss, stop on any rank): step.py
+    opt: tf.keras.optimizers.Optimizer  # its loss scale, in float16 (a LossScaleOptimizer)
+    schedule: Callable  # the learning rate at a step (optim.Schedule)
+    data: prepare.Data  # this rank's shards and the classes, to name a bad record
+    report: progress.Reporter  # the progress line and the DLLogger records
+    checkpoint_dir: str  # named when the loss diverges
+    hooks: Hooks  # fault injection (tests); does nothing in a real run
+    committed: "elastic.Committed" = None  # --elastic: the state to commit (else None)
+    stop: StopRequest = dataclasses.field(default_factory=StopRequest)  # SIGTERM / SIGINT
 
-def _report(loss, rate, epoch, state, ctx):
-    """The mean loss over ranks (every rank sees the same: all stop on NaN) and
-    the progress line."""
-    loss_value = ctx.dist.mean(float(loss), "hvd_alexnet.loss")  # HVD
-    if not math.isfinite(loss_value):
-        raise Diverged(f"the loss is {loss_value} at step {state.step}: training diverged; "
-                       f"lower --base_lr or lengthen --warmup_epochs (the last checkpoint is in "
-                       f"{ctx.checkpoint_dir})")
-    values = {"loss": loss_value, "learning_rate": float(ctx.learning_rate(state.step - 1)),
-              "images_per_sec": rate}
-    if ctx.loss_scale:  # float16: the same on every rank (the step skips alike)
-        values["loss_scale"] = ctx.loss_scale()
-    ctx.report.train(epoch, state.step, values)
+    def train_stretch(self, batches, n, state):
+        """Runs `n` steps of `batches` (images, labels, positions); returns True
+        when a stop was requested of any rank. An elastic job commits every
+        --elastic_commit_every steps inside the stretch (the caller, at its end).
+        Raises Diverged, or DataError on every rank when one rank's data fails
+        (naming that rank)."""
+        first, offset, epoch = state.step, state.step % state.steps_per_epoch, state.epoch
+        steps, loss, positions, stopping, failure = iter(batches.take(n)), None, None, False, None
+        self.dist.watchdog.beat("reading the first batch of the epoch")
+        state.speed.start()
+        try:
+            for images, labels, positions in steps:  # batch
+                loss, stopping = self.train_step(images, labels, tf.constant(self.stop.requested))
+                state.step += 1  # step
+                self.dist.watchdog.beat("reading the next batch, or in a training step "
+                                        "(computing, or in the gradient all-reduce)")
+                state.speed.step(state.global_batch, loss if state.warming_up(
+                    self.cfg.num_warmup_batches) else None)
+                if bool(stopping):  # before any other collective: a failing rank joins no more
+                    break
+                if state.step % self.cfg.log_every == 0 or state.step == state.total:  # log
+                    self._report(loss, epoch, state)
+                if state.step % self.cfg.elastic_commit_every == 0 and state.step - first < n:
+                    self.commit(state)  # commit
+                self.hooks.after_step(self.dist.rank, state.step, lambda: self.stop.requested)
+            if loss is not None:
+                float(loss)  # wait for the last step before stopping the clock
+            state.speed.stop()
+        except tf.errors.InvalidArgumentError as e:
+            failure = _diagnose(e, self.dist.rank, self.data.train_files, self.data.num_classes,
+                                self.cfg.first_label)
+        del steps  # the input pipeline's teardown, after the clock has stopped
+        if not failure and state.step - first < n and not bool(stopping):
+            failure = (f"rank {self.dist.rank}: the reader ended after {state.step - first} of "
+                       f"{n} steps")
+        stopping = self._settle(failure, stopping, state)
+        if self.cfg.skip_corrupt and state.step > first:  # positions in order: gaps are skips
+            read = int(tf.reduce_max(positions)) + 1 - offset * state.step_batch
+            state.skipped += read - (state.step - first) * state.step_batch
+        return stopping
+
+    def _settle(self, failure, stopping, state):
+        """The stretch's end on every rank alike: a rank whose data failed runs one
+        more step, with the stop vote, so that the others leave the step they wait
+        in (its update is never saved); then every rank learns who failed, and why."""
+        if failure:
+            images = tf.zeros([state.step_batch, self.cfg.image_size, self.cfg.image_size, 3])
+            _, stopping = self.train_step(images, tf.zeros([state.step_batch], tf.int32),
+                                          tf.constant(True))
+        stopping = bool(stopping)
+        if stopping:  # a signal or a rank's failure
+            failures = [f for f in self.dist.allgather_object(  # HVD
+                failure, "hvd_alexnet.failure") if f]
+            if failures:
+                raise DataError("; ".join(failures))
+        return stopping
+
+    def commit(self, state):
+        """--elastic: commits the run's state (elastic.Committed); else nothing."""
+        if self.committed is not None:
+            self.committed.commit_at(state, self.dist, self.report)
+
+    def learning_rate(self, step):
+        return float(self.schedule(step))
+
+    def loss_scale(self):
+        """float16's dynamic loss scale (the same on every rank), else None."""
+        if isinstance(self.opt, tf.keras.mixed_precision.LossScaleOptimizer):
+            return float(self.opt.loss_scale)
+        return None
+
+    def _report(self, loss, epoch, state):
+        """The mean loss over ranks (every rank sees the same: all stop on NaN) and
+        the progress line."""
+        loss_value = self.dist.mean(float(loss), "hvd_alexnet.loss")  # HVD
+        if not math.isfinite(loss_value):
+            raise Diverged(f"the loss is {loss_value} at step {state.step}: training diverged; "
+                           f"lower --base_lr or lengthen --warmup_epochs (the last checkpoint is "
+                           f"in {self.checkpoint_dir})")
+        values = {"loss": loss_value, "learning_rate": self.learning_rate(state.step - 1),
+                  "images_per_sec": state.speed.window_rate()}
+        scale = self.loss_scale()
+        if scale is not None:
+            values["loss_scale"] = scale
+        self.report.train(epoch, state.step, values)
 
 
 def _diagnose(error, rank, files, num_classes, first_label):

@@ -12,17 +12,18 @@ marked `# HVD`. Rank 0 alone validates, logs and checkpoints; the other ranks
 wait for it in a heartbeat loop that Horovod's stall check never sees as stuck.
 """
 
+import dataclasses
 import os
 import resource
 import time
-import types
+from typing import Callable
 
 import tensorflow as tf
 
 from hvd_alexnet import checkpoint, command, config, distributed, inference, optim, step
 from hvd_alexnet.data import prepare
 from hvd_alexnet.errors import DataError, Preempted
-from hvd_alexnet.loop import Hooks, RunState, StopRequest, train_stretch
+from hvd_alexnet.loop import Hooks, Loop, RunState
 from hvd_alexnet.model import build_alexnet
 from hvd_alexnet.progress import Reporter, Throughput
 from hvd_alexnet.validation import Validation
@@ -30,9 +31,47 @@ from hvd_alexnet.validation import Validation
 TIMELINE_FILE = "horovod_timeline.json"
 
 
+@dataclasses.dataclass(frozen=True)
+class Learner:
+    """The model and what trains it; built once per process, before any
+    collective. bind() fits the schedule and seeds to the job's ranks."""
+
+    model: tf.keras.Model  # AlexNet (model.py)
+    opt: tf.keras.optimizers.Optimizer  # SGD with momentum; in float16 a LossScaleOptimizer
+    schedule: optim.Schedule  # the learning rate by step, its peak x the job's ranks
+    policy: str  # Keras' dtype policy: float32, mixed_float16 or mixed_bfloat16
+    seeds: step.DropoutSeeds  # dropout masks by (seed, rank, step, micro-batch)
+
+    @property
+    def variables(self):
+        """Everything a rank must hold alike: weights and the optimizer's state."""
+        return self.model.variables + optim.state_variables(self.opt)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """This process's run, the same across an elastic job's changes of hosts."""
+
+    cfg: config.Config  # the run's flags, validated
+    dist: distributed.Dist  # this rank's place and the collectives (# HVD)
+    threads: int  # CPU threads of this rank
+    hooks: Hooks  # fault injection (tests); does nothing in a real run
+    log: Callable  # where rank 0's console lines go
+    started: float  # time.time() at the start: the summary's time to train
+    timeline: str  # where --horovod_timeline writes
+    learner: Learner
+    speed: Throughput = dataclasses.field(default_factory=Throughput)  # every attempt's steps
+    committed: object = None  # --elastic: the elastic.Committed state (else None)
+
+    def say(self, text):
+        """A console line, from rank 0 only (which rank is 0 can change)."""
+        if self.dist.is_root:
+            self.log(text)
+
+
 def run(cfg, log=print, hooks=None):
-    """Trains per `cfg` (see config.py); returns rank 0's final metrics (or {})."""
-    hooks, t_start = hooks or Hooks(), time.time()
+    """Trains per `cfg` (a config.Config); returns rank 0's final metrics (or {})."""
+    hooks, started = hooks or Hooks(), time.time()
     # 1. Join the job: Horovod, one device per rank, the host's cores divided.
     if cfg.elastic:
         from hvd_alexnet import elastic  # HVD: imports Horovod's elastic runner
@@ -47,13 +86,11 @@ def run(cfg, log=print, hooks=None):
     tf.keras.utils.set_random_seed(cfg.seed)
     # 2. The model and its optimizer; no collective yet (an elastic job's first is
     # the committed state's sync, which a rank that joins later runs first).
-    job = types.SimpleNamespace(cfg=cfg, dist=dist, threads=threads, hooks=hooks, log=log,
-                                t_start=t_start, timeline=timeline, speed=Throughput(),
-                                m=build(cfg, prepare.class_count(cfg)[0]), committed=None,
-                                report=None)
+    learner = build(cfg, prepare.class_count(cfg)[0])
     if not cfg.elastic:
-        return train(job)
-    job.committed = elastic.Committed(job.m.model.variables + optim.state_variables(job.m.opt))
+        return train(Job(cfg, dist, threads, hooks, log, started, timeline, learner))
+    job = Job(cfg, dist, threads, hooks, log, started, timeline, learner,
+              committed=elastic.Committed(learner.variables))
     return elastic.run(lambda committed: train(job), job.committed,
                        lambda: dist.watchdog.beat("re-forming the job after a change of hosts"))
 
@@ -61,73 +98,77 @@ def run(cfg, log=print, hooks=None):
 def train(job):
     """The run on the ranks there are; an elastic job calls it again after each
     change of membership, with the variables as last committed."""
-    cfg, dist, m, hooks, committed = job.cfg, job.dist, job.m, job.hooks, job.committed
+    cfg, dist, learner = job.cfg, job.dist, job.learner
     dist.join()  # HVD: every rank's place and host
-    say = job.log if dist.is_root else (lambda *a, **k: None)
     # 3. Agree on the data, and so on the steps: every rank takes as many.
     data = prepare.prepare_data(cfg, dist.rank, dist.size, lambda mine: dist.allgather_object(
         mine, "hvd_alexnet.preflight"),  # HVD
         inference.trained_classes(cfg.model_dir) if dist.is_root else [])
     state = RunState(*prepare.plan_steps(cfg, data, dist.size), speed=job.speed)
-    bind(m, cfg, state, dist)
-    # 4. Where to start: rank 0's newest checkpoint (all ranks start identical), or
-    # in an elastic job that has committed, the commit (synced from rank 0).
-    ckpts = checkpoint.Checkpoints(cfg.model_dir, m.model, m.opt, cfg.keep_checkpoints, say)
+    train_step = bind(learner, cfg, state, dist)
+    ckpts = checkpoint.Checkpoints(cfg.model_dir, learner.model, learner.opt,
+                                   cfg.keep_checkpoints, job.say)
+    start_at(job, ckpts, state)  # 4. from a checkpoint, a commit, or step 0
+    with Reporter(cfg.model_dir, dist.is_root, job.say, state.total, state.steps_per_epoch,
+                  state.global_batch, state.start_step + 1) as report:
+        report.opening(cfg, data, state, dist, job.threads, learner.policy,
+                       job.timeline if cfg.horovod_timeline else None)
+        if dist.is_root:  # what predict, export and evaluate need to rebuild the model
+            inference.write_description(cfg.model_dir, inference.describe(
+                cfg.image_size, data.num_classes, data.classes))
+        if job.committed is not None and not job.committed.fresh:  # a re-forming
+            job.committed.check_and_announce(state, dist, report, learner.model.variables)
+        loop = Loop(cfg, dist, train_step, learner.opt, learner.schedule, data, report,
+                    ckpts.directory, job.hooks, job.committed)
+        loop.commit(state)
+        validation = Validation(learner.model, cfg, data, job.threads, dist, report, job.hooks)
+        dist.watchdog.start_once()  # an elastic job's next attempt: already running
+        # 5. Train to each pause; there rank 0 checkpoints (and validates).
+        final = train_to_end(job, loop, ckpts, state, validation)
+        dist.watchdog.stop()
+        # 6. Finish: the ranks agree on the weights; rank 0 writes the summary.
+        return finish(job, state, report, final)
+
+
+def start_at(job, ckpts, state):
+    """Where to start: rank 0's newest checkpoint (all ranks start identical),
+    or in an elastic job that has committed, the commit (synced from rank 0)."""
+    cfg, dist, learner, committed = job.cfg, job.dist, job.learner, job.committed
     if committed is None or committed.fresh:
         if dist.is_root:
-            config.check_disk(cfg.model_dir, config.checkpoint_bytes(m.model.count_params()))
+            config.check_disk(cfg.model_dir, config.checkpoint_bytes(learner.model.count_params()))
             ckpts.restore(state.global_batch, state.steps_per_epoch, dist.size)
-        dist.broadcast_variables(m.model.variables + optim.state_variables(m.opt))  # HVD
-        state.resume_at(int(m.opt.iterations))
+        dist.broadcast_variables(learner.variables)  # HVD
+        state.resume_at(int(learner.opt.iterations))
     else:
         state.resume_at(checkpoint.resume_step(committed.examples_seen, state.global_batch),
                         committed.examples_seen)
-        m.opt.iterations.assign(state.step)
-    if job.report:  # an elastic job's previous attempt (rank 0 may have moved)
-        job.report.shut()
-    report = job.report = Reporter(cfg.model_dir, dist.is_root, say, state.total,
-                                   state.steps_per_epoch, state.global_batch,
-                                   state.start_step + 1)
-    announce(cfg, data, state, dist, job.threads, m.policy, report, job.timeline)
-    commit = None
-    if committed is not None:
-        commit = lambda: committed.commit_at(state, dist, report)  # noqa: E731
-        if not committed.fresh:  # a re-forming: rank 0 has run before
-            committed.check_and_announce(state, dist, report, m.model.variables)
-        commit()
-    validation = Validation(m.model, cfg, data, job.threads, dist, report, hooks)
-    ctx = types.SimpleNamespace(cfg=cfg, dist=dist, stop=StopRequest(), report=report,
-                                learning_rate=m.schedule, hooks=hooks, loss_scale=(
-                                    (lambda: float(m.opt.loss_scale))
-                                    if m.policy == "mixed_float16" else None),
-                                train_files=data.train_files, num_classes=data.num_classes,
-                                checkpoint_dir=ckpts.directory, commit=commit,
-                                commit_every=cfg.elastic_commit_every)
-    final = {}
-    dist.watchdog.start_once()  # an elastic job's next attempt: already running
-    # 5. Train to each pause; there rank 0 checkpoints (and validates) while the others wait.
+        learner.opt.iterations.assign(state.step)
+
+
+def train_to_end(job, loop, ckpts, state, validation):
+    """Trains stretch by stretch; at each pause rank 0 checkpoints (and
+    validates) while the others wait. Returns the last validation's result."""
+    cfg, dist, final = loop.cfg, loop.dist, {}
     while state.step < state.total:
-        epoch, n = state.epoch, state.stretch(cfg.checkpoint_every_steps)
-        batches = prepare.epoch_batches(cfg, data, state.step_batch, state.steps_per_epoch,
+        epoch, steps = state.epoch, state.stretch(cfg.checkpoint_every_steps)
+        batches = prepare.epoch_batches(cfg, loop.data, state.step_batch, state.steps_per_epoch,
                                         epoch, state.step % state.steps_per_epoch, dist.rank,
                                         job.threads)
-        stopping = train_stretch(m.train_step, batches, n, state, ctx)
+        stopping = loop.train_stretch(batches, steps, state)
         if cfg.skip_corrupt:
             state.skipped_all = dist.sum(state.skipped, "hvd_alexnet.skipped")  # HVD
-            report.log([epoch, state.step], {"skipped_corrupt_records": state.skipped_all})
+            loop.report.log([epoch, state.step], {"skipped_corrupt_records": state.skipped_all})
         due = not stopping and validation.due(state, epoch)
         final = pause(dist, ckpts, state, lambda: validation.run(epoch, state.step), due,
-                      hooks) or final
+                      loop.hooks) or final
         if stopping:
-            ctx.stop.settle()
-            report.log([epoch, state.step], {"preempted": True})
+            loop.stop.settle()
+            loop.report.log([epoch, state.step], {"preempted": True})
             raise Preempted(f"stopped at step {state.step} on request; the checkpoint of this "
                             f"step is in {ckpts.directory}: run the same command again to resume")
-        if commit:
-            commit()
-    dist.watchdog.stop()
-    # 6. Finish: the ranks agree on the weights; rank 0 writes the summary.
-    return finish(cfg, dist, m.model, state, report, final, job.t_start, committed)
+        loop.commit(state)
+    return final
 
 
 def build(cfg, num_classes):
@@ -143,55 +184,20 @@ def build(cfg, num_classes):
     seeds = step.DropoutSeeds(cfg.seed, 0, opt.iterations, cfg.accumulate_steps)
     model = build_alexnet(cfg.image_size, num_classes, cfg.dropout, dropout_seed=seeds)
     opt.build(model.trainable_variables)  # momentum slots exist before the broadcast
-    return types.SimpleNamespace(model=model, opt=opt, schedule=schedule, policy=policy,
-                                 seeds=seeds, train_step=None)
+    return Learner(model, opt, schedule, policy, seeds)
 
 
-def bind(m, cfg, state, dist):
+def bind(learner, cfg, state, dist):
     """Fits the schedule (peak rate x ranks, steps per epoch) and the dropout
-    seeds (by rank) to the job's ranks, and makes the step function for them
-    (a new tf.function: the next step traces with these values)."""
-    m.schedule.kwargs = dict(steps_per_epoch=state.steps_per_epoch,  # HVD: the rate x ranks
-                             peak=cfg.base_lr * dist.size * cfg.accumulate_steps,
-                             warmup_epochs=cfg.warmup_epochs, schedule=cfg.lr_schedule,
-                             epochs=cfg.epochs, decay_epochs=tuple(cfg.lr_decay_epochs),
-                             decay_factor=cfg.lr_decay_factor)
-    m.seeds.set_rank(cfg.seed, dist.rank)
-    m.train_step = step.make_train_step(m.model, m.opt, dist, cfg.weight_decay,
-                                        cfg.accumulate_steps, m.seeds, cfg.xla)
-
-
-def announce(cfg, data, state, dist, threads, policy, report, timeline):
-    """The PARAMETER record, model.json for inference, and rank 0's opening lines."""
-    report.parameters({**vars(cfg), "num_classes": data.num_classes,
-                       "num_classes_from": data.classes_from or "default", "ranks": dist.size,
-                       "global_batch": state.global_batch,
-                       "steps_per_epoch": state.steps_per_epoch, "total_steps": state.total,
-                       "train_examples": data.num_train, "rank_examples": data.rank_examples,
-                       "validation_examples": data.num_val, "policy": policy,
-                       "threads_per_rank": threads, "start_step": state.start_step,
-                       "cpu_affinity": len(os.sched_getaffinity(0)),
-                       "hosts": dist.hosts})
-    if not dist.is_root:
-        return
-    inference.write_description(cfg.model_dir, inference.describe(  # what predict etc. need
-        cfg.image_size, data.num_classes, data.classes))
-    say, spe, batch = report.say, state.steps_per_epoch, state.global_batch
-    if cfg.horovod_timeline:
-        say(f"Horovod timeline: {timeline} (open in chrome://tracing or ui.perfetto.dev)")
-    micro = f" x {cfg.accumulate_steps} micro-batches" if cfg.accumulate_steps > 1 else ""
-    say(f"hvd_alexnet: {dist.size} ranks x batch {cfg.batch_size}{micro} = {batch}, {spe} "
-        f"steps/epoch, {state.total} steps, {data.num_train} training images, "
-        f"{data.num_classes} classes, {policy}, {threads} threads/rank")
-    if not data.classes_from and not cfg.synthetic:
-        say(f"note: {data.num_classes} classes is the default (ImageNet's): neither "
-            f"--num_classes nor {cfg.data_dir}/metadata.json gives the count")
-    say(f"hvd_alexnet: all {dist.size} ranks joined, on {len(set(dist.hosts))} host(s): "
-        f"{distributed.describe_hosts(dist.hosts)}")
-    if spe * batch < 0.95 * data.num_train and not cfg.synthetic:
-        say(f"note: the ranks' shards are uneven ({min(data.rank_examples)} to "
-            f"{max(data.rank_examples)} examples), so an epoch is {spe} steps of the smallest "
-            f"share: {spe * batch} of {data.num_train} images, a fresh subset each epoch")
+    seeds (by rank) to the job's ranks; returns the step function for them (a
+    new tf.function: the next step traces with these values)."""
+    learner.schedule.kwargs = dict(  # HVD: the rate x ranks
+        steps_per_epoch=state.steps_per_epoch, peak=cfg.base_lr * dist.size * cfg.accumulate_steps,
+        warmup_epochs=cfg.warmup_epochs, schedule=cfg.lr_schedule, epochs=cfg.epochs,
+        decay_epochs=tuple(cfg.lr_decay_epochs), decay_factor=cfg.lr_decay_factor)
+    learner.seeds.set_rank(cfg.seed, dist.rank)
+    return step.make_train_step(learner.model, learner.opt, dist, cfg.weight_decay,
+                                cfg.accumulate_steps, learner.seeds, cfg.xla)
 
 
 def pause(dist, ckpts, state, validate, due, hooks):
@@ -215,28 +221,27 @@ def pause(dist, ckpts, state, validate, due, hooks):
     return result
 
 
-def finish(cfg, dist, model, state, report, final, t_start, committed=None):
+def finish(job, state, report, final):
     """Checks that every rank holds the same weights; rank 0 logs the summary."""
-    digest = distributed.weights_digest(model.variables)
+    dist = job.dist
+    digest = distributed.weights_digest(job.learner.model.variables)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     gathered = dist.allgather_object((digest, peak_mb), "hvd_alexnet.digest")  # HVD
     digests = [d for d, _ in gathered]
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks ended with different weights: {digests}")
-    report.say(f"weights digest {digest}, identical on all {dist.size} ranks")
     rate = state.speed.rate
     summary = {"train_images_per_sec": rate, "train_images_per_sec_per_rank": rate / dist.size,
-               "time_to_train_sec": time.time() - t_start, "steps": state.step,
+               "time_to_train_sec": time.time() - job.started, "steps": state.step,
                "examples_seen": state.examples_seen,
                "epochs_completed": state.step / state.steps_per_epoch, "weights_digest": digest,
-               "peak_rss_mb_per_rank": [round(m, 1) for _, m in gathered]}
+               "peak_rss_mb_per_rank": [round(mb, 1) for _, mb in gathered]}
     summary.update({k: v for k, v in final.items() if k in ("top1", "top5")})
-    if cfg.skip_corrupt:
+    if job.cfg.skip_corrupt:
         summary["skipped_corrupt_records"] = state.skipped_all
-    if committed is not None:
-        summary["elastic_commits"] = committed.commits
-    report.close(summary)
-    report.say(f"total images/sec: {rate:.2f} ({rate / dist.size:.2f} per rank)")
+    if job.committed is not None:
+        summary["elastic_commits"] = job.committed.commits
+    report.summary(summary, dist.size)
     return summary if dist.is_root else {}
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from hvd_alexnet import metrics_log
 from hvd_alexnet.checkpoint import SUBDIR as CHECKPOINT_SUBDIR
-from hvd_alexnet.tools.launch import BIN, ROOT, elastic_ranks, job_command, job_env, write_hosts
+from hvd_alexnet.tools.launch import ROOT, elastic_ranks, job_command, job_env, write_hosts
 
 INJECT = os.path.join(ROOT, "tests", "inject.py")  # train with faults: see inject.py
 SMALL = ["--image_size=67", "--batch_size=4", "--eval_batch_size=16", "--log_every=1",

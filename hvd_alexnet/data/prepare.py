@@ -4,14 +4,29 @@ Horovod-free: the caller passes `gather(obj)`, which returns every rank's
 `obj` by rank (the trainer passes Horovod's all-gather).
 """
 
+import dataclasses
 import os
-import types
 
 from hvd_alexnet.data import labels, reader, schema
 from hvd_alexnet.errors import DataError
 
 SYNTHETIC_EPOCH = 1281167  # examples per synthetic "epoch": ImageNet's training set
 DEFAULT_NUM_CLASSES = 1000  # ImageNet's, when neither --num_classes nor metadata.json says
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """What the ranks agreed on about the data; the same on every rank but
+    `train_files`. Synthetic data has no files and ImageNet's epoch."""
+
+    num_classes: int  # logits of the model
+    classes_from: str = None  # where num_classes comes from (None: ImageNet's default)
+    train_files: tuple = ()  # this rank's training shards (files[rank::size])
+    val_files: tuple = ()  # every validation shard (rank 0 validates)
+    rank_examples: tuple = ()  # training records of each rank's shards, by rank
+    num_train: int = SYNTHETIC_EPOCH  # training records of all ranks (an epoch's size)
+    num_val: int = 0  # validation records (counted on rank 0 only, with --eval)
+    classes: tuple = ()  # class names (synsets), by label, as far as the data says
 
 
 def prepare_data(cfg, rank, size, gather, known_classes=()):
@@ -25,29 +40,26 @@ def prepare_data(cfg, rank, size, gather, known_classes=()):
     same message.
     """
     num_classes, classes_from = class_count(cfg)
-    d = types.SimpleNamespace(train_files=[], val_files=[], rank_examples=[],
-                              num_train=SYNTHETIC_EPOCH, num_val=0, classes=[],
-                              num_classes=num_classes, classes_from=classes_from)
     if cfg.synthetic:
-        return d
-    problem, mine, seen = "", 0, []
+        return Data(num_classes, classes_from)
+    problem, mine, seen, train_files, val_files, num_val = "", 0, [], [], [], 0
     try:
         files = schema.list_shards(cfg.data_dir, schema.TRAIN)
         if not files:
             raise DataError(schema.no_shards(cfg.data_dir, schema.TRAIN))
-        d.train_files = reader.rank_shards(files, rank, size)
-        d.val_files = schema.list_shards(cfg.data_dir, schema.VALIDATION)
-        if cfg.eval and not d.val_files:
+        train_files = reader.rank_shards(files, rank, size)
+        val_files = schema.list_shards(cfg.data_dir, schema.VALIDATION)
+        if cfg.eval and not val_files:
             raise DataError(schema.no_shards(cfg.data_dir, schema.VALIDATION,
                                              "; add them or pass --noeval"))
-        mine = sum(reader.check_framing(path) for path in d.train_files)
-        checked = list(d.train_files)
+        mine = sum(reader.check_framing(path) for path in train_files)
+        checked = list(train_files)
         if rank == 0 and cfg.eval:
-            d.num_val = sum(reader.check_framing(path) for path in d.val_files)
-            if not d.num_val:
+            num_val = sum(reader.check_framing(path) for path in val_files)
+            if not num_val:
                 raise DataError(f"{cfg.data_dir}: the validation shards hold no records; add "
                                 f"some or pass --noeval")
-            checked += d.val_files
+            checked += val_files
         seen = [e for path in checked for e in labels.read(path, 1)]  # record 0 of each
         problem = labels.disagreement(known_classes, seen, f"the model in {cfg.model_dir}")
     except DataError as e:
@@ -57,15 +69,14 @@ def prepare_data(cfg, rank, size, gather, known_classes=()):
     if problems:
         raise DataError("; ".join(problems))
     seen = [e for _, _, entries in gathered for e in entries]
-    d.rank_examples = [n for _, n, _ in gathered]
-    d.num_train = sum(d.rank_examples)
+    rank_examples = tuple(n for _, n, _ in gathered)
     meta = schema.read_metadata(cfg.data_dir) or {}
     problem = (labels.disagreement([], seen, "") or
-               labels.range_problem(seen, cfg.first_label, d.num_classes))
+               labels.range_problem(seen, cfg.first_label, num_classes))
     if problem:  # the same data on every rank: the same verdict
         raise DataError(problem)
-    d.classes = meta.get("classes") or labels.classes(seen)
-    return d
+    return Data(num_classes, classes_from, tuple(train_files), tuple(val_files), rank_examples,
+                sum(rank_examples), num_val, tuple(meta.get("classes") or labels.classes(seen)))
 
 
 def class_count(cfg):
