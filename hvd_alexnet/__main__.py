@@ -26,7 +26,7 @@ commands:
   predict      top-5 classes, by name, of JPEG files
   export       a SavedModel that takes JPEG bytes and returns class probabilities
   plan         predicted images/s and scaling on 1-512 accelerators (ring all-reduce model)
-  bench        every throughput figure of the benchmark, into docs/benchmarks.{md,json}
+  bench        every throughput figure of the benchmark, into docs/results/benchmarks.{md,json}
   data photos  the benchmark dataset: ~500x375 JPEGs cut from photographs bundled in
                scikit-learn and scikit-image, built with `data build`
 

@@ -2,7 +2,7 @@
 
 Each row is a fresh process (or a 2-rank job) timed over repeated windows after
 a warm-up; the table gives the median and the spread (min-max) of the windows.
-Results go to docs/benchmarks.json and docs/benchmarks.md with the machine's
+Results go to docs/results/benchmarks.json and .md with the machine's
 description and the command. Tests never assert on these figures.
 """
 
@@ -287,7 +287,7 @@ def write(results, a, out_dir):
 FLAGS = flags.FlagValues()
 d = command.definers(FLAGS)
 d.string("data_dir", "data/bench", "Benchmark TFRecords (data photos).")
-d.string("out_dir", "docs", "Where benchmarks.json/.md go.")
+d.string("out_dir", "docs/results", "Where benchmarks.json/.md go.")
 d.string("demo_dir", "data/demo", "The demo dataset (make demo-data).")
 d.integer("image_size", 227, "Image side.")
 d.integer("warmup", 1, "Untimed windows first.")

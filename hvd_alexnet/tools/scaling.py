@@ -14,7 +14,7 @@ processes side by side, one on each host (no Horovod), as the ranks run. The
 planner predicts each row twice: as for GPU hosts (the all-reduce at the
 stream's rate, hidden behind the backward pass) and as measured here (at
 Horovod's measured all-reduce rate, after the backward pass: a rank's one core
-does both). Results: docs/scaling.json and docs/scaling.md.
+does both). Results: docs/results/scaling.json and .md.
 
 The namespaces, and with them the qdiscs, are removed whatever happens
 (an error, Ctrl-C, SIGTERM).
@@ -149,7 +149,7 @@ def write(results, a, out_dir):
 FLAGS = flags.FlagValues()
 d = command.definers(FLAGS)
 d.list("rates", ["500", "1000", "2000", "5000"], "Link rates in Mbit/s, one row each.")
-d.string("out_dir", "docs", "Where scaling.json/.md go.")
+d.string("out_dir", "docs/results", "Where scaling.json/.md go.")
 d.integer("image_size", 227, "Image side.")
 d.integer("warmup", 1, "Untimed windows first.")
 d.integer("windows", 5, "Timed windows per measurement.")
