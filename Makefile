@@ -42,7 +42,7 @@ $(BENCH_DIR)/metadata.json:
 bench-data: install
 	@$(MAKE) --no-print-directory $(BENCH_DIR)/metadata.json
 
-# Every throughput figure (about 35 minutes on 2 cores), written to docs/benchmarks.{md,json}.
+# Every throughput figure (about 35 minutes on 2 cores), written to docs/results/benchmarks.{md,json}.
 bench: bench-data demo-data
 	$(PY) -m hvd_alexnet bench --data_dir $(BENCH_DIR) --demo_dir $(DEMO_DIR) $(BENCH_ARGS)
 
@@ -54,7 +54,7 @@ bench-scaling: install
 
 # Horovod built with NCCL (its GPU all-reduce) into .venv-gpu, with TensorFlow's CUDA
 # wheels, and `horovodrun --check-build` must list NCCL. Not part of `make test`: ~3 GB
-# of downloads, 5 GB on disk. Needs an nvcc (README: no CUDA 12 one on this machine).
+# of downloads, 5 GB on disk. Needs an nvcc (docs/gpus.md: no CUDA 12 one on this machine).
 check-gpu-build:
 	@VENV=.venv-gpu TF_REQUIREMENTS=requirements-gpu.txt HOROVOD_GPU_OPERATIONS=NCCL \
 	    bash scripts/install.sh

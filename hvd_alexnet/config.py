@@ -109,7 +109,7 @@ def define(fv):
               "Steps at the start of each run (or resume) left out of the summary's images/s; "
               "the first builds the graph.")
     # The flags of tf_cnn_benchmarks and NVIDIA's ConvNets, where they mean the same here
-    # (README: "Coming from tf_cnn_benchmarks or DeepLearningExamples").
+    # (docs/training.md: "Coming from tf_cnn_benchmarks or DeepLearningExamples").
     d.alias("num_batches", "max_steps")
     d.alias("display_every", "log_every")
     d.alias("grad_accum_steps", "accumulate_steps")
