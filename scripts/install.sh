@@ -11,6 +11,28 @@ PYTHON=${PYTHON:-python3.11}
 TF_REQUIREMENTS=${TF_REQUIREMENTS:-requirements-cpu.txt}
 STAMP="$VENV/.installed"
 
+# A long step prints a line every 30 s (elapsed time), so a build does not look hung.
+step() {  # step "what, how long it takes" command...
+  local what=$1 start
+  shift
+  start=$(date +%s)
+  echo "install: $what"
+  (  # its sleep killed with it: an orphaned sleep would hold the output open
+    trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+    while :; do
+      sleep 30 & nap=$!
+      wait "$nap"
+      echo "install:   ... $(($(date +%s) - start)) s"
+    done
+  ) &
+  local ticker=$! status=0
+  "$@" || status=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  echo "install:   done in $(($(date +%s) - start)) s"
+  return "$status"
+}
+
 # 1. For the two-host test (tests/test_multihost.py: sshd, iproute2) and the
 #    Slurm test (tests/test_launchers.py: a one-node Slurm with munge). Only
 #    installed as root (both tests need root: network namespaces, slurmd).
@@ -20,9 +42,10 @@ if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || optional+=("$pkg")
   done
   if ((${#optional[@]})); then
-    echo "install: apt-get install ${optional[*]} (for the two-host and Slurm tests)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${optional[@]}"
+    step "[1/5] apt-get install ${optional[*]} (for the two-host and Slurm tests)" \
+      apt-get update -qq
+    step "  ... installing (about a minute)" \
+      env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${optional[@]}"
   fi
 fi
 
@@ -56,9 +79,8 @@ command -v mpicc >/dev/null || need+=(libopenmpi-dev)
 command -v mpirun >/dev/null || need+=(openmpi-bin)
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    echo "install: apt-get install ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    step "[2/5] apt-get install ${need[*]} (what the build needs)" apt-get update -qq
+    step "  ... installing" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   else
     echo "install: the build needs system packages: ${need[*]}" >&2
     echo "install: run: sudo apt-get install -y ${need[*]}  (Debian 12; Ubuntu 22.04:" \
@@ -69,8 +91,11 @@ fi
 command -v "$PYTHON" >/dev/null || { echo "install: $PYTHON not found (TensorFlow 2.15 needs Python 3.9-3.11)" >&2; exit 1; }
 [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade "pip<25" "setuptools<70" wheel cmake==3.27.9
-"${PIP[@]}" install -q -r "$TF_REQUIREMENTS" -r requirements.txt
+packages() {
+  "${PIP[@]}" install -q --upgrade "pip<25" "setuptools<70" wheel cmake==3.27.9
+  "${PIP[@]}" install -q -r "$TF_REQUIREMENTS" -r requirements.txt
+}
+step "[3/5] $VENV: pip, CMake, TensorFlow and the Python packages (1 to 3 minutes)" packages
 
 # 4. Horovod from source, against this TensorFlow and the system MPI. (mpi4py's
 #    wheel finds the system Open MPI at run time; building it takes 15 GB of RAM.)
@@ -127,9 +152,11 @@ if [[ -n $built_for ]]; then
     "${PIP[@]}" uninstall -q -y horovod
   fi
 fi
-"${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod -r requirements-mpi.txt
+step "[4/5] building Horovod from source against this TensorFlow (3 to 6 minutes on 2 cores)" \
+  "${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod -r requirements-mpi.txt
 
 # 5. Check the build: Horovod must have TensorFlow, MPI and Gloo (and NCCL when asked).
+echo "install: [5/5] horovodrun --check-build"
 report=$(TF_CPP_MIN_LOG_LEVEL=2 "$VENV/bin/horovodrun" --check-build)
 echo "$report"
 want_lines=("\[X\] TensorFlow" "\[X\] MPI" "\[X\] Gloo")
