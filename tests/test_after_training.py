@@ -14,8 +14,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from helpers import BIN, ROOT, SMALL, build_dataset, free_port, launch, step_records
+from helpers import ROOT, SMALL, build_dataset, free_port, launch, step_records
 from hvd_alexnet import metrics_log
+from hvd_alexnet.tools.launch import BIN
 
 EPOCHS, STEPS_PER_EPOCH = 3, 10  # 2 ranks x batch 4 over 80 training images
 
