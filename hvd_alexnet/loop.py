@@ -18,7 +18,6 @@ import tensorflow as tf
 from hvd_alexnet import config, distributed, progress
 from hvd_alexnet.data import prepare, reader
 from hvd_alexnet.errors import DataError, Diverged
-from hvd_alexnet.progress import Throughput
 
 if TYPE_CHECKING:  # Horovod's elastic runner is imported by --elastic runs only
     from hvd_alexnet import elastic
@@ -79,7 +78,7 @@ class RunState:
     start_seen: int = 0  # examples seen at start_step
     skipped: int = 0  # corrupt records this rank skipped (--skip_corrupt)
     skipped_all: int = 0  # ... and all ranks, as of the last pause
-    speed: Throughput = dataclasses.field(default_factory=Throughput)
+    speed: progress.Throughput = dataclasses.field(default_factory=progress.Throughput)
 
     def warming_up(self, warmup):
         """Whether the step just done is one of this process's first `warmup`
