@@ -96,7 +96,7 @@ class Scorer:
     def __init__(self, model, num_classes):
         self.model, self.k = model, min(5, num_classes)
 
-    @tf.function
+    @tf.function(autograph=False)  # no Python control flow on tensors
     def _hits(self, images, labels):
         logits = self.model(images, training=False)
         count = lambda n: tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, n), tf.int64))

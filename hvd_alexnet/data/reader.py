@@ -45,10 +45,16 @@ def steps_per_epoch(rank_examples, batch_size):
     return steps
 
 
+# The functions this module maps have no Python control flow on tensors (tf.cond
+# where it is needed), so they are traced as written: AutoGraph's rewrite of them
+# and of what they call costs seconds at every process's start.
+plain = tf.autograph.experimental.do_not_convert
+
+
 def _records_with_origin(filename):
     """Records of one shard, each with its file name and index (for error messages)."""
     records = tf.data.TFRecordDataset(filename, buffer_size=READ_BUFFER)
-    return records.enumerate().map(lambda i, r: (filename, i, r))
+    return records.enumerate().map(plain(lambda i, r: (filename, i, r)))
 
 
 def _checked_label(label, filename, index, num_classes, first_label):
@@ -116,7 +122,7 @@ def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epo
     ds = tf.data.Dataset.from_tensor_slices(list(files))
     if shuffle:
         ds = ds.shuffle(n, seed=epoch_seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(_records_with_origin, cycle_length=min(n, 16), block_length=1,
+    ds = ds.interleave(plain(_records_with_origin), cycle_length=min(n, 16), block_length=1,
                        num_parallel_calls=min(n, 16) if deterministic else AUTOTUNE)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=True)
@@ -138,7 +144,7 @@ def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epo
             flip=flip)
         return image, _checked_label(label, filename, index, num_classes, first_label), position
 
-    ds = ds.map(load, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(plain(load), num_parallel_calls=AUTOTUNE)
     if skip_corrupt:
         ds = ds.ignore_errors().take(todo)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(PREFETCH_BATCHES)
@@ -149,7 +155,7 @@ def eval_dataset(files, batch_size, image_size, num_classes, threads=None, skip_
                  first_label=1):
     """Every validation record once, central crop, last batch possibly short."""
     ds = tf.data.Dataset.from_tensor_slices(list(files))
-    ds = ds.interleave(_records_with_origin, cycle_length=min(len(files), 16),
+    ds = ds.interleave(plain(_records_with_origin), cycle_length=min(len(files), 16),
                        num_parallel_calls=AUTOTUNE, deterministic=False)
 
     def load(filename, index, record):
@@ -157,7 +163,7 @@ def eval_dataset(files, batch_size, image_size, num_classes, threads=None, skip_
         return preprocess.eval_image(jpeg, image_size), _checked_label(
             label, filename, index, num_classes, first_label)
 
-    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.map(plain(load), num_parallel_calls=AUTOTUNE, deterministic=False)
     if skip_corrupt:
         ds = ds.ignore_errors()
     ds = ds.batch(batch_size).prefetch(PREFETCH_BATCHES)
