@@ -158,6 +158,11 @@ def wait_until(proc, what, predicate, timeout=240):
     pytest.fail(f"no {what} in {timeout} s\n{output(proc)[-4000:]}")
 
 
+def release(proc):
+    """Ends the step delay of a job started with inject.py's release=<its dir>/release."""
+    open(os.path.join(os.path.dirname(proc.model_dir), "release"), "w").close()
+
+
 def values(proc, key):
     """(step, value) of rank 0's records that hold `key`, in order."""
     return [(r["step"][1], r["data"][key]) for r in records(proc)

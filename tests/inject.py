@@ -1,5 +1,6 @@
 """`python tests/inject.py [stall=RANK:STEP] [hold=STEP[:RANK]] [heartbeat=SECONDS]
-[validation_delay=SECONDS] [save_delay=SECONDS] [step_delay=SECONDS] -- TRAIN_FLAGS`:
+[validation_delay=SECONDS] [save_delay=SECONDS] [step_delay=SECONDS] [release=PATH]
+-- TRAIN_FLAGS`:
 `python -m hvd_alexnet train TRAIN_FLAGS` with faults injected through the
 trainer's hooks (hvd_alexnet.loop.Hooks), so that no test switch lives in the
 trainer itself.
@@ -17,6 +18,8 @@ trainer itself.
                      save slow by construction (as 0.5 GB to a network disk is)
   step_delay=SECONDS every rank sleeps this long after each step: a run of N
                      steps lasts at least N x SECONDS on any machine
+  release=PATH       ... until PATH exists: the test makes the run slow while it
+                     acts on it, then lets the rest run at the machine's speed
 
 (Not --options: horovodrun reads the whole command line and takes any
 --word that abbreviates one of its own options, such as --stall.)
@@ -35,12 +38,13 @@ from hvd_alexnet.loop import Hooks  # noqa: E402
 class Faults(Hooks):
     def __init__(self):
         self.stall, self.hold, self.heartbeat_seconds, self.validation_delay = None, None, None, 0.0
-        self.hold_rank, self.save_delay, self.step_delay = None, 0.0, 0.0
+        self.hold_rank, self.save_delay, self.step_delay, self.release = None, 0.0, 0.0, None
 
     def after_step(self, rank, step, stop_requested):
         if (rank, step) == self.stall:
             time.sleep(1e6)
-        time.sleep(self.step_delay)
+        if self.step_delay and not (self.release and os.path.exists(self.release)):
+            time.sleep(self.step_delay)
         deadline = time.monotonic() + 300
         held = step == self.hold and self.hold_rank in (None, rank)
         while held and not stop_requested() and time.monotonic() < deadline:
@@ -72,6 +76,8 @@ def main(argv):
             faults.save_delay = float(value)
         elif name == "step_delay":
             faults.step_delay = float(value)
+        elif name == "release":
+            faults.release = value
         else:
             raise SystemExit(f"inject.py: unknown option {name}\n{__doc__}")
     return run_command("train", train_args, hooks=faults)

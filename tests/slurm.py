@@ -78,6 +78,8 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/affinity
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
+# A requeued job starts again within 5 s (the defaults: 60 s and 30 s)
+SchedulerParameters=sched_interval=5,bf_interval=5
 MpiDefault=none
 ReturnToService=2
 JobCompType=jobcomp/none

@@ -5,7 +5,9 @@ taken out of the discovery file) and given back while the job runs.
 The two hosts are `localhost` and `127.0.0.1`: two hosts to Horovod's driver
 (its blacklist, its host assignment, one rank each), both started on this
 machine without ssh. Every step sleeps (inject.py's step_delay) so that a run
-lasts long enough for the membership changes on any machine.
+lasts long enough for the membership changes on any machine; once the test has
+seen them it releases the delay (inject.py's release), and the rest runs at the
+machine's speed.
 """
 
 import os
@@ -16,19 +18,21 @@ import sys
 import pytest
 
 from helpers import SMALL, checkpoints, check_elastic_run, finish, injected_python, \
-    lose_host, run_summary, step_records, values, wait_until
+    lose_host, release, run_summary, step_records, values, wait_until
 from hvd_alexnet.tools.launch import ELASTIC_HOSTS as HOSTS, elastic_job, elastic_ranks, job_env, \
     write_hosts
 
 FLAGS = [*SMALL, "--elastic_commit_every=5", "--eval_every_epochs=1", "--checkpoint_every_steps=10"]
 
 
-def start(tmp_path, hosts, *flags, step_delay=0.1, env=None, log="job.log"):
-    """The elastic launch script on `hosts` (written to the discovery file)."""
+def start(tmp_path, hosts, *flags, step_delay=0.5, env=None, log="job.log"):
+    """The elastic launch script on `hosts` (written to the discovery file); every
+    step takes `step_delay` more until release(proc)."""
     hosts_file, model_dir = tmp_path / "hosts", str(tmp_path / "run")
     write_hosts(hosts_file, hosts)
     cmd, full_env = elastic_job(hosts_file, model_dir, [*FLAGS, *flags], injected_python(
-        tmp_path, f"step_delay={step_delay}"), {"ELASTIC_TIMEOUT": "30", **(env or {})})
+        tmp_path, f"step_delay={step_delay}", f"release={tmp_path / 'release'}"),
+        {"ELASTIC_TIMEOUT": "30", **(env or {})})
     out = open(tmp_path / log, "w+")
     proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -38,28 +42,32 @@ def start(tmp_path, hosts, *flags, step_delay=0.1, env=None, log="job.log"):
 
 
 def test_a_lost_host_shrinks_the_job_and_its_return_grows_it(tiny_data, tmp_path):
-    # After the shrink at least 96 steps of 0.2 s are left: room for the host's return.
-    proc = start(tmp_path, HOSTS, f"--data_dir={tiny_data}", "--epochs=6", step_delay=0.2)
+    # After the shrink (from the commit at step 10, 1 epoch) 40 steps of at least
+    # 0.5 s are left at 1 rank: room for the host's return.
+    proc = start(tmp_path, HOSTS, f"--data_dir={tiny_data}", "--epochs=3")
     wait_until(proc, "step 12", lambda: any(s >= 12 for s, _ in values(proc, "loss")))
     lose_host(proc, "127.0.0.1")
     wait_until(proc, "a shrink to 1 rank", lambda: values(proc, "elastic_ranks"))
     write_hosts(proc.hosts_file, HOSTS)  # the host is back
     wait_until(proc, "a growth to 2 ranks", lambda: len(values(proc, "elastic_ranks")) > 1)
+    release(proc)
     done = finish(proc, 300)
     assert done.returncode == 0, done.stdout[-4000:]
     assert "the job shrank from 2 to 1 ranks" in done.stdout
     assert "the job grew from 1 to 2 ranks" in done.stdout
     assert "identical on all 2 ranks" in done.stdout  # the returned rank ends in step
     check_elastic_run(proc, [1, 2])
-    assert run_summary(proc)["epochs_completed"] == pytest.approx(6, abs=0.2)
+    assert run_summary(proc)["epochs_completed"] == pytest.approx(3, abs=0.2)
 
 
 def test_losing_rank_0s_host_moves_its_duties(tiny_data, tmp_path):
-    proc = start(tmp_path, HOSTS, f"--data_dir={tiny_data}", "--epochs=4")
+    proc = start(tmp_path, HOSTS, f"--data_dir={tiny_data}", "--epochs=2")
     wait_until(proc, "step 12", lambda: any(s >= 12 for s, _ in values(proc, "loss")))
     root = next(h for h, (_, is_root) in elastic_ranks(proc.hosts_file, proc.model_dir).items()
                 if is_root)
     lose_host(proc, root)
+    wait_until(proc, "a shrink to 1 rank", lambda: values(proc, "elastic_ranks"))
+    release(proc)
     done = finish(proc, 300)
     assert done.returncode == 0, done.stdout[-4000:]
     check_elastic_run(proc, [1])
@@ -71,7 +79,9 @@ def test_losing_rank_0s_host_moves_its_duties(tiny_data, tmp_path):
 
 
 def test_losing_every_host_ends_the_job_and_a_restart_resumes(tiny_data, tmp_path):
-    proc = start(tmp_path, HOSTS, f"--data_dir={tiny_data}", "--epochs=4",
+    # 10 steps of at least 1 s after the checkpoint of step 10: the job is still
+    # running when its hosts are taken away.
+    proc = start(tmp_path, HOSTS, f"--data_dir={tiny_data}", "--epochs=2", step_delay=1.0,
                  env={"ELASTIC_TIMEOUT": "5"})
     wait_until(proc, "a checkpoint", lambda: os.path.isdir(os.path.join(proc.model_dir, "checkpoints"))
              and checkpoints(proc.model_dir))
@@ -83,7 +93,7 @@ def test_losing_every_host_ends_the_job_and_a_restart_resumes(tiny_data, tmp_pat
     assert done.returncode != 0
     assert "run the same command again to resume from the newest" in done.stdout
     kept = checkpoints(proc.model_dir)[-1]
-    again = finish(start(tmp_path, HOSTS, f"--data_dir={tiny_data}", "--epochs=4",
+    again = finish(start(tmp_path, HOSTS, f"--data_dir={tiny_data}", "--epochs=2",
                          step_delay=0, log="again.log"), 300)
     assert again.returncode == 0, again.stdout[-4000:]
     assert f"ckpt-{kept} at step {kept}" in again.stdout

@@ -39,7 +39,7 @@ def test_a_dead_rank_ends_the_whole_job(tiny_data, tmp_path, launcher):
     assert rank_pids(model_dir) == {}  # no process of the job is left
 
 
-EXACT = SMALL + ["--epochs=3", "--noeval", "--deterministic"]  # dropout 0.5 too
+EXACT = SMALL + ["--epochs=2", "--noeval", "--deterministic"]  # dropout 0.5 too; 10 steps an epoch
 
 
 def test_preempted_job_checkpoints_and_resumes_to_the_same_weights(tiny_data, tmp_path):
@@ -64,7 +64,7 @@ def test_preempted_job_checkpoints_and_resumes_to_the_same_weights(tiny_data, tm
     assert sorted(r for r, _ in stops) == ["0", "1"], res.stdout[-3000:]
     assert len({s for _, s in stops}) == 1
     last = checkpoints(stopped)[-1]
-    assert last == int(stops[0][1]) and 13 <= last < 30  # a mid-run checkpoint of that step
+    assert last == int(stops[0][1]) and 13 <= last < 20  # a mid-run checkpoint of that step
     assert last == 14  # the step after the hold
     res = finish(start([*args, f"--model_dir={stopped}"], np=2, launcher="gloo"), 240)
     assert res.returncode == 0 and f"at step {last}" in res.stdout, res.stdout[-3000:]
@@ -107,17 +107,17 @@ def test_a_stalled_rank_ends_the_job_after_the_deadline(tiny_data, tmp_path):
 
 
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(tiny_data, tmp_path):
-    """SIGKILL to the (only) rank while TensorFlow writes checkpoint 40: checkpoint
-    20 stays the one recorded, it restores, and the restart resumes from it."""
+    """SIGKILL to the (only) rank while TensorFlow writes checkpoint 10: checkpoint
+    5 stays the one recorded, it restores, and the restart resumes from it."""
     model_dir = str(tmp_path)
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     # 131x131: a 27M-parameter model, ~0.2 GB per save, a window the poll below hits.
     args = ["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *SMALL,
-            "--image_size=131", "--epochs=3", "--noeval"]
+            "--image_size=131", "--max_steps=15", "--checkpoint_every_steps=5", "--noeval"]
     proc = start(args)
     try:
         deadline = time.time() + 180
-        while not os.path.isdir(os.path.join(ckpt_dir, "ckpt-40_temp")):
+        while not os.path.isdir(os.path.join(ckpt_dir, "ckpt-10_temp")):
             assert proc.poll() is None and time.time() < deadline, output(proc)[-3000:]
             time.sleep(0.002)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -126,16 +126,16 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tiny_data, tmp_path)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     import tensorflow as tf
-    assert os.path.isdir(os.path.join(ckpt_dir, "ckpt-40_temp"))  # killed mid-save
-    assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-20")
+    assert os.path.isdir(os.path.join(ckpt_dir, "ckpt-10_temp"))  # killed mid-save
+    assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-5")
     res = finish(start(args), timeout=240)
     assert res.returncode == 0, res.stdout[-3000:]
-    assert "ckpt-40_temp: an incomplete save" in res.stdout, res.stdout[-3000:]
-    assert "resumed from" in res.stdout and "ckpt-20 at step 20" in res.stdout, res.stdout[-3000:]
-    assert checkpoints(model_dir) == [20, 40, 60]
+    assert "ckpt-10_temp: an incomplete save" in res.stdout, res.stdout[-3000:]
+    assert "resumed from" in res.stdout and "ckpt-5 at step 5" in res.stdout, res.stdout[-3000:]
+    assert checkpoints(model_dir) == [5, 10, 15]
     assert not any(f.endswith("_temp") for f in os.listdir(ckpt_dir))
     steps = [r["step"][1] for r in step_records(model_dir)]
-    assert steps[-40:] == list(range(21, 61))  # the restart logged steps 21..60 once each
+    assert steps[-10:] == list(range(6, 16))  # the restart logged steps 6..15 once each
 
 
 @pytest.mark.parametrize("settled", [False, True])
