@@ -11,6 +11,9 @@ BENCH_ARGS      ?=
 RUN_DIR         ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 TRAIN_ARGS      ?=
 PYTEST_ARGS     ?=
+# Test files run on this many pytest workers, a file on one worker (its fixtures once):
+# much of the suite waits (on signals, step delays, Slurm), so 2 overlap even on 2 cores.
+TEST_WORKERS    ?= 2
 CHAOS_ARGS      ?=
 IMAGE           ?= hvd-alexnet
 
@@ -34,7 +37,7 @@ train: demo-data
 	    --data_dir $(DEMO_DIR) --model_dir $(RUN_DIR) $(TRAIN_ARGS)
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 $(BENCH_DIR)/metadata.json:
 	$(PY) -m hvd_alexnet data photos --output_dir $(BENCH_DIR)
