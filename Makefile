@@ -37,7 +37,7 @@ train: demo-data
 	    --data_dir $(DEMO_DIR) --model_dir $(RUN_DIR) $(TRAIN_ARGS)
 
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 $(BENCH_DIR)/metadata.json:
 	$(PY) -m hvd_alexnet data photos --output_dir $(BENCH_DIR)
