@@ -158,9 +158,15 @@ def wait_until(proc, what, predicate, timeout=240):
     pytest.fail(f"no {what} in {timeout} s\n{output(proc)[-4000:]}")
 
 
-def release(proc):
-    """Ends the step delay of a job started with inject.py's release=<its dir>/release."""
-    open(os.path.join(os.path.dirname(proc.model_dir), "release"), "w").close()
+def slowed_until_released(tmp_path, seconds):
+    """inject.py's options: every step `seconds` longer until release(tmp_path)."""
+    return f"step_delay={seconds}", f"release={tmp_path / 'release'}"
+
+
+def release(tmp_path):
+    """Ends the step delay of slowed_until_released(tmp_path, ...): the rest of the
+    run goes at the machine's speed."""
+    (tmp_path / "release").touch()
 
 
 def values(proc, key):

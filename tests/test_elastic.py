@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from helpers import SMALL, checkpoints, check_elastic_run, finish, injected_python, \
-    lose_host, release, run_summary, step_records, values, wait_until
+    lose_host, release, run_summary, slowed_until_released, step_records, values, wait_until
 from hvd_alexnet.tools.launch import ELASTIC_HOSTS as HOSTS, elastic_job, elastic_ranks, job_env, \
     write_hosts
 
@@ -27,11 +27,11 @@ FLAGS = [*SMALL, "--elastic_commit_every=5", "--eval_every_epochs=1", "--checkpo
 
 def start(tmp_path, hosts, *flags, step_delay=0.5, env=None, log="job.log"):
     """The elastic launch script on `hosts` (written to the discovery file); every
-    step takes `step_delay` more until release(proc)."""
+    step takes `step_delay` more until release(tmp_path)."""
     hosts_file, model_dir = tmp_path / "hosts", str(tmp_path / "run")
     write_hosts(hosts_file, hosts)
     cmd, full_env = elastic_job(hosts_file, model_dir, [*FLAGS, *flags], injected_python(
-        tmp_path, f"step_delay={step_delay}", f"release={tmp_path / 'release'}"),
+        tmp_path, *slowed_until_released(tmp_path, step_delay)),
         {"ELASTIC_TIMEOUT": "30", **(env or {})})
     out = open(tmp_path / log, "w+")
     proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True,
@@ -50,7 +50,7 @@ def test_a_lost_host_shrinks_the_job_and_its_return_grows_it(tiny_data, tmp_path
     wait_until(proc, "a shrink to 1 rank", lambda: values(proc, "elastic_ranks"))
     write_hosts(proc.hosts_file, HOSTS)  # the host is back
     wait_until(proc, "a growth to 2 ranks", lambda: len(values(proc, "elastic_ranks")) > 1)
-    release(proc)
+    release(tmp_path)
     done = finish(proc, 300)
     assert done.returncode == 0, done.stdout[-4000:]
     assert "the job shrank from 2 to 1 ranks" in done.stdout
@@ -67,7 +67,7 @@ def test_losing_rank_0s_host_moves_its_duties(tiny_data, tmp_path):
                 if is_root)
     lose_host(proc, root)
     wait_until(proc, "a shrink to 1 rank", lambda: values(proc, "elastic_ranks"))
-    release(proc)
+    release(tmp_path)
     done = finish(proc, 300)
     assert done.returncode == 0, done.stdout[-4000:]
     check_elastic_run(proc, [1])

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from helpers import ROOT, SMALL, check_elastic_run, checkpoints, finish, injected_python, \
-    lose_host, output, release, require, values, wait_for_step, wait_until
+    lose_host, output, release, require, slowed_until_released, values, wait_for_step, \
+    wait_until
 from hvd_alexnet.tools import netns
 from hvd_alexnet.tools.launch import elastic_job, write_hosts
 
@@ -188,8 +189,7 @@ def test_elastic_job_loses_host2_and_grows_back(two_hosts, tiny_data, tmp_path):
     write_hosts(hosts_file, netns.HOSTS)
     cmd, env = elastic_job(hosts_file, model_dir, [
         *SMALL, "--elastic_commit_every=5", "--eval_every_epochs=1", f"--data_dir={tiny_data}",
-        "--epochs=3"], injected_python(tmp_path, "step_delay=0.5",
-                                       f"release={tmp_path / 'release'}"), {
+        "--epochs=3"], injected_python(tmp_path, *slowed_until_released(tmp_path, 0.5)), {
         "IFACE": netns.IFACE, "SSH_PORT": str(netns.SSH_PORT), "ELASTIC_TIMEOUT": "60"})
     job = start_on(two_hosts, 0, cmd, env)
     job.model_dir, job.hosts_file, job.hosts = model_dir, hosts_file, netns.HOSTS
@@ -199,7 +199,7 @@ def test_elastic_job_loses_host2_and_grows_back(two_hosts, tiny_data, tmp_path):
         wait_until(job, "a shrink to 1 rank", lambda: values(job, "elastic_ranks"))
         write_hosts(hosts_file, netns.HOSTS)
         wait_until(job, "a growth to 2 ranks", lambda: len(values(job, "elastic_ranks")) > 1)
-        release(job)  # the rest at the machine's speed
+        release(tmp_path)
         res = finish(job, timeout=300)
     finally:
         if job.poll() is None:
