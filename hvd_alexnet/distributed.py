@@ -8,7 +8,7 @@ Launch: `horovodrun -np N python -m hvd_alexnet train ...` or
 import hashlib
 import os
 import socket
-import time
+import threading
 
 import tensorflow as tf
 
@@ -85,24 +85,35 @@ class Dist:
 
     # --- rank 0 works alone (validation, checkpoint) while the others wait ----
     # A rank blocked in a collective that rank 0 has not joined trips Horovod's
-    # stall check after 60 s. So the waiting ranks sit in a loop of tiny
-    # broadcasts that rank 0 answers every few seconds while it works.
-    def solo_tick(self, force=False):
-        """Rank 0, during solo work: keeps the waiting ranks' collectives moving."""
-        if self.size > 1 and (force or time.monotonic() - self._last_beat > self.heartbeat):
-            self.broadcast_int(0, "hvd_alexnet.solo")
-            self._last_beat = time.monotonic()
-        self.watchdog.beat("validating or checkpointing on rank 0")
-
+    # stall check (60 s by default). So the waiting ranks sit in a loop of tiny
+    # broadcasts that a thread of rank 0 answers every `heartbeat` seconds while
+    # its main thread works: the answers do not depend on that work's pace (a
+    # first trace, a checkpoint written to a slow file system).
     def solo_begin(self):
-        self._last_beat = time.monotonic()
+        """Rank 0: starts answering the waiting ranks."""
+        self._beats = None
+        if self.is_root and self.size > 1:
+            self._beats = _Heartbeat(lambda: self.broadcast_int(0, "hvd_alexnet.solo"),
+                                     self.heartbeat)
+
+    def solo_tick(self):
+        """Rank 0, during solo work: feeds this rank's watchdog."""
+        self.watchdog.beat("validating or checkpointing on rank 0")
 
     def solo_end(self, failure=None):
         """Rank 0's solo work is done, or failed (`failure`: one line saying why)."""
-        if self.is_root and self.size > 1:
+        if self._beats:
+            self._beats, beats = None, self._beats
+            beats.stop()  # raises what an answer raised (an elastic job's lost rank)
             self.broadcast_int(2 if failure else 1, "hvd_alexnet.solo")
             if failure:
                 self.allgather_object(failure, "hvd_alexnet.solo.failure")
+
+    def solo_abandon(self):
+        """Rank 0 leaves its solo work on an error of its own: stops answering."""
+        if self._beats:
+            self._beats, beats = None, self._beats
+            beats.stop(reraise=False)
 
     def wait_for_root(self):
         """Ranks other than 0: wait until rank 0 calls solo_end(); returns its
@@ -110,6 +121,31 @@ class Dist:
         while (done := self.broadcast_int(0, "hvd_alexnet.solo")) == 0:
             self.watchdog.beat("waiting for rank 0 to validate and checkpoint")
         return self.allgather_object(None, "hvd_alexnet.solo.failure")[0] if done == 2 else None
+
+
+class _Heartbeat:
+    """Calls `answer` every `seconds` in a thread until stop()."""
+
+    def __init__(self, answer, seconds):
+        self._answer, self._seconds, self._error = answer, seconds, None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hvd_alexnet.heartbeat",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stopped.wait(self._seconds):
+                self._answer()
+        except Exception as e:  # noqa: BLE001 - handed to the main thread by stop()
+            self._error = e
+
+    def stop(self, reraise=True):
+        """Waits for an answer in flight to finish; re-raises what failed in the thread."""
+        self._stopped.set()
+        self._thread.join()
+        if reraise and self._error is not None:
+            raise self._error
 
 
 def weights_digest(variables):

@@ -208,14 +208,17 @@ def pause(dist, ckpts, state, validate, due, hooks):
         if failure:
             raise DataError(failure)
         return None
-    dist.solo_begin()
-    hooks.before_save()
-    ckpts.save(state.step, state.examples_seen)
-    dist.solo_tick(force=True)
+    dist.solo_begin()  # HVD: a thread answers the waiting ranks meanwhile
     try:
+        hooks.before_save()
+        ckpts.save(state.step, state.examples_seen)
+        dist.solo_tick()
         result = validate() if due else None
     except DataError as e:  # the waiting ranks exit with the same line
         dist.solo_end(failure=str(e))  # HVD
+        raise
+    except BaseException:
+        dist.solo_abandon()
         raise
     dist.solo_end()  # HVD
     return result

@@ -1,8 +1,8 @@
 """Rank 0's validation pass during training: top-1 / top-5 over every
 validation record, counted by the same `inference.Scorer` as `evaluate`.
 
-The other ranks wait meanwhile; `dist.solo_tick()` after each batch keeps
-their collectives answered (see distributed.py) and this rank's watchdog fed.
+The other ranks wait meanwhile, answered by a thread of this rank (see
+distributed.py); `dist.solo_tick()` after each batch feeds this rank's watchdog.
 """
 
 import time
@@ -40,7 +40,7 @@ class Validation:
 
         def after_batch(examples):
             self.hooks.after_validation_batch()
-            self.dist.solo_tick()  # HVD: keeps the waiting ranks' collectives alive
+            self.dist.solo_tick()
             ticker.update(examples)
 
         try:
