@@ -17,7 +17,7 @@ TEST_WORKERS    ?= 2
 CHAOS_ARGS      ?=
 IMAGE           ?= hvd-alexnet
 
-.PHONY: install train demo-data bench-data bench test chaos docker-build docker-test clean \
+.PHONY: install test-deps train demo-data bench-data bench test chaos docker-build docker-test clean \
 	gpu-check check-gpu-build bench-scaling
 
 install:
@@ -36,7 +36,11 @@ train: demo-data
 	    $(PY) -m hvd_alexnet train --flagfile configs/demo.flags \
 	    --data_dir $(DEMO_DIR) --model_dir $(RUN_DIR) $(TRAIN_ARGS)
 
-test: install
+# What only the tests need from the system (sshd, Slurm; as root): never part of install.
+test-deps:
+	@bash scripts/test_deps.sh
+
+test: install test-deps
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 $(BENCH_DIR)/metadata.json:

@@ -2,7 +2,8 @@
 # Installs everything hvd-alexnet needs; idempotent, quick when done already.
 #   bash scripts/install.sh            # CPU host (tensorflow-cpu)
 #   TF_REQUIREMENTS=requirements-gpu.txt HOROVOD_GPU_OPERATIONS=NCCL bash scripts/install.sh
-# Called by `make install`; every other make target depends on it.
+# Called by `make install`; every other make target depends on it. What only the
+# tests need (sshd, Slurm) is scripts/test_deps.sh's, for `make test` alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,23 +34,7 @@ step() {  # step "what, how long it takes" command...
   return "$status"
 }
 
-# 1. For the two-host test (tests/test_multihost.py: sshd, iproute2) and the
-#    Slurm test (tests/test_launchers.py: a one-node Slurm with munge). Only
-#    installed as root (both tests need root: network namespaces, slurmd).
-if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-  optional=()
-  for pkg in openssh-server iproute2 slurmd slurmctld slurm-client munge; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || optional+=("$pkg")
-  done
-  if ((${#optional[@]})); then
-    step "[1/5] apt-get install ${optional[*]} (for the two-host and Slurm tests)" \
-      apt-get update -qq
-    step "  ... installing (about a minute)" \
-      env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${optional[@]}"
-  fi
-fi
-
-# 2. The virtual environment, rebuilt only when a requirements file changed. When
+# 1. The virtual environment, rebuilt only when a requirements file changed. When
 #    it is up to date nothing is built, so no compiler or -dev package is needed
 #    (the GPU image's final stage has none).
 inputs=(requirements.txt "$TF_REQUIREMENTS" requirements-mpi.txt scripts/install.sh)
@@ -59,7 +44,7 @@ if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
   exit 0
 fi
 
-# 3. What the build needs from the system, checked by what it does rather than by
+# 2. What the build needs from the system, checked by what it does rather than by
 #    package name (the CPU image's Python is not Debian's): a C++ compiler and make,
 #    Python 3.11 with its headers and venv (Debian and Ubuntu split them off), Open
 #    MPI's compiler wrapper and mpirun (Horovod's MPI controller and mpi4py build
@@ -79,7 +64,7 @@ command -v mpicc >/dev/null || need+=(libopenmpi-dev)
 command -v mpirun >/dev/null || need+=(openmpi-bin)
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    step "[2/5] apt-get install ${need[*]} (what the build needs)" apt-get update -qq
+    step "[1/4] apt-get install ${need[*]} (what the build needs)" apt-get update -qq
     step "  ... installing" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   else
     echo "install: the build needs system packages: ${need[*]}" >&2
@@ -95,16 +80,16 @@ packages() {
   "${PIP[@]}" install -q --upgrade "pip<25" "setuptools<70" wheel cmake==3.27.9
   "${PIP[@]}" install -q -r "$TF_REQUIREMENTS" -r requirements.txt
 }
-step "[3/5] $VENV: pip, CMake, TensorFlow and the Python packages (1 to 3 minutes)" packages
+step "[2/4] $VENV: pip, CMake, TensorFlow and the Python packages (1 to 3 minutes)" packages
 
-# 4. Horovod from source, against this TensorFlow and the system MPI. (mpi4py's
+# 3. Horovod from source, against this TensorFlow and the system MPI. (mpi4py's
 #    wheel finds the system Open MPI at run time; building it takes 15 GB of RAM.)
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
 export HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 export MAKEFLAGS="-j$(nproc)"
 export PATH="$(cd "$VENV" && pwd)/bin:$PATH"   # the venv's cmake and python for the build
 if [[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]]; then
-  # 4a. NCCL: the system's (NVIDIA's CUDA images hold one), else the one TensorFlow's
+  # 3a. NCCL: the system's (NVIDIA's CUDA images hold one), else the one TensorFlow's
   #     CUDA wheels brought (nvidia-nccl-cu12, which has no libnccl.so link: made here).
   if [[ -z ${HOROVOD_NCCL_HOME:-}${HOROVOD_NCCL_INCLUDE:-} && ! -e /usr/include/nccl.h ]]; then
     wheel=$("$VENV/bin/python" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))')
@@ -116,7 +101,7 @@ if [[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]]; then
     export HOROVOD_NCCL_LIB="$(cd "$VENV/nccl/lib" && pwd)"
     echo "install: NCCL from TensorFlow's wheel: $wheel"
   fi
-  # 4b. nvcc: Horovod's GPU operations include CUDA kernels. TensorFlow's CUDA wheels
+  # 3b. nvcc: Horovod's GPU operations include CUDA kernels. TensorFlow's CUDA wheels
   #     (nvidia-cuda-nvcc-cu12) carry ptxas but no nvcc: it comes from a CUDA toolkit.
   nvcc=${HOROVOD_CUDA_HOME:+$HOROVOD_CUDA_HOME/bin/nvcc}
   nvcc=${nvcc:-$(command -v nvcc || true)}
@@ -152,11 +137,11 @@ if [[ -n $built_for ]]; then
     "${PIP[@]}" uninstall -q -y horovod
   fi
 fi
-step "[4/5] building Horovod from source against this TensorFlow (3 to 6 minutes on 2 cores)" \
+step "[3/4] building Horovod from source against this TensorFlow (3 to 6 minutes on 2 cores)" \
   "${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod -r requirements-mpi.txt
 
-# 5. Check the build: Horovod must have TensorFlow, MPI and Gloo (and NCCL when asked).
-echo "install: [5/5] horovodrun --check-build"
+# 4. Check the build: Horovod must have TensorFlow, MPI and Gloo (and NCCL when asked).
+echo "install: [4/4] horovodrun --check-build"
 report=$(TF_CPP_MIN_LOG_LEVEL=2 "$VENV/bin/horovodrun" --check-build)
 echo "$report"
 want_lines=("\[X\] TensorFlow" "\[X\] MPI" "\[X\] Gloo")
