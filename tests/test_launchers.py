@@ -287,6 +287,48 @@ def test_dockerfiles_pass_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def documented_docker_runs():
+    """Every `docker run` command line in README.md, docs/ and the Dockerfiles'
+    comments, its continuation lines joined: (file, command)."""
+    files = ["README.md", *DOCKERFILES,
+             *(os.path.join("docs", n) for n in os.listdir(os.path.join(ROOT, "docs"))
+               if n.endswith(".md"))]
+    found = []
+    for path in files:
+        lines = [re.sub(r"^#\s?", "", line) for line in open(os.path.join(ROOT, path))]
+        text = re.sub(r"\\\n\s*", " ", "".join(lines))
+        found += [(path, m) for m in re.findall(r"docker run [^\n`]*", text)]
+    return found
+
+
+def test_documented_docker_runs_can_start_nccl_ranks_and_keep_their_checkpoints():
+    """A training container needs more than Docker's 64 MB /dev/shm for NCCL's
+    ranks (--ipc=host or --shm-size), pinned memory on GPUs (memlock), and
+    runs/ on a volume, or its checkpoints go with the container."""
+    trains = [(p, c) for p, c in documented_docker_runs() if "bin/run_train" in c]
+    assert {p for p, _ in trains} >= {"docs/install.md", *DOCKERFILES}, trains
+    for path, command in trains:
+        assert "--ipc=host" in command or "--shm-size" in command, (path, command)
+        assert ":/app/runs" in command, (path, command)
+        if "--gpus" in command:
+            assert "--ulimit memlock=-1" in command, (path, command)
+
+
+def test_dockerignore_keeps_the_data_and_runs_out_of_the_build_context():
+    """Every folder the launch scripts and the Makefile read data from or write
+    runs to (their defaults): else `docker build` sends the data set as context
+    and `COPY . /app` bakes it into the image."""
+    ignored = set(open(os.path.join(ROOT, ".dockerignore")).read().split())
+    named = set()
+    for name in os.listdir(os.path.join(ROOT, "bin")):
+        text = open(os.path.join(ROOT, "bin", name), errors="replace").read()
+        named |= set(re.findall(r":-\./([\w-]+)", text))
+    makefile = open(os.path.join(ROOT, "Makefile")).read()
+    named |= set(re.findall(r"^(?:DEMO|BENCH|RUN)_DIR\s*\?=\s*([\w-]+)/", makefile, re.M))
+    assert named >= {"imagenet_tfrecord", "runs", "data"}, named
+    assert named <= ignored, named - ignored
+
+
 @pytest.mark.parametrize("path", sorted(DOCKERFILES))
 def test_dockerfile_installs_like_make_install_as_a_user(path):
     text = open(os.path.join(ROOT, path)).read()
