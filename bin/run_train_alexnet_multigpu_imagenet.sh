@@ -19,7 +19,7 @@ NUM_GPUS=${NUM_GPUS:-8}
 slots=0
 if [[ -n ${HOSTFILE:-} ]]; then
   hosts=(-hostfile "$HOSTFILE")
-  for n in $(grep -v '^\s*#' "$HOSTFILE" | sed -n 's/.*slots=\([0-9]*\).*/\1/p'); do slots=$((slots + n)); done
+  slots=$(bash "$ROOT/bin/hostfile_slots.sh" "$HOSTFILE")
 else
   HOSTS=${HOSTS:-localhost:$NUM_GPUS}
   hosts=(-H "$HOSTS")

@@ -25,10 +25,11 @@ PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/pyt
 HOSTFILE=${HOSTFILE:-$ROOT/hostfiles/mpirun.hosts}
 COMMAND=train
 if [[ ${1:-} == train || ${1:-} == doctor ]]; then COMMAND=$1; shift; fi
-slots=0
-for n in $(grep -v '^\s*#' "$HOSTFILE" | sed -n 's/.*slots=\([0-9]*\).*/\1/p'); do slots=$((slots + n)); done
-NP=${NP:-$slots}
-((NP > 0)) || { echo "$0: no slots in $HOSTFILE: set NP or give each host slots=N" >&2; exit 2; }
+NP=${NP:-$(bash "$ROOT/bin/hostfile_slots.sh" "$HOSTFILE")}
+((NP > 0)) || { echo "$0: no hosts in $HOSTFILE: set NP, or list the hosts (slots=N each)" >&2; exit 2; }
+# By its absolute path, mpirun tells the remote hosts where Open MPI is (as --prefix
+# does), so that hosts which load Open MPI as a module still find orted.
+MPIRUN=$(command -v mpirun) || { echo "$0: no mpirun on PATH (Open MPI: make install)" >&2; exit 2; }
 extra=()
 if [[ -n ${IFACE:-} ]]; then
   export NCCL_SOCKET_IFNAME="$IFACE"
@@ -46,7 +47,7 @@ for name in $(compgen -e); do
   esac
 done
 cd "$ROOT"
-exec mpirun -np "$NP" --hostfile "$HOSTFILE" \
+exec "$MPIRUN" -np "$NP" --hostfile "$HOSTFILE" \
   -bind-to none -map-by slot \
   -mca pml ob1 -mca btl ^openib \
   "${extra[@]}" \
