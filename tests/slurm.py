@@ -113,10 +113,12 @@ PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSub
     def output(self, job):
         return self._read(job.out)
 
-    def signal(self, job, name):
+    def signal(self, job, name, full=False):
         """Sends signal `name` to the job's running steps (srun's tasks), as Slurm
-        does before a time limit with --signal."""
-        self._run("scancel", f"--signal={name}", f"--name={job.name}")
+        does before a time limit with --signal; `full`: to the batch shell as well,
+        as a preemption does (GraceTime 0)."""
+        self._run("scancel", f"--signal={name}", *(["--full"] if full else []),
+                  f"--name={job.name}")
 
     def wait(self, job, timeout):
         """Returns (exit code, sbatch's and the job's output); cancels the job and

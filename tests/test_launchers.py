@@ -84,22 +84,35 @@ def sbatch_script(cluster, data, model_dir, env=None):
     return cluster.sbatch(*sbatch_args(model_dir, data, 2, env), timeout=300, cwd=ROOT)
 
 
+def env_telling_python(tmp_path):
+    """A $PYTHON for the launch scripts that first prints the Open MPI transports
+    the rank was given."""
+    path = tmp_path / "python-env"
+    path.write_text(f'#!/bin/bash\necho "rank transports: pml=${{OMPI_MCA_pml-unset}} '
+                    f'btl=${{OMPI_MCA_btl-unset}}"\nexec {sys.executable} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
 @pytest.mark.timeout(600)
 def test_sbatch_script_trains_through_srun_pmix(cluster, tiny_data, tmp_path):
-    code, out = sbatch_script(cluster, tiny_data, str(tmp_path / "run"))
+    """...with the transports the mpirun scripts give Open MPI."""
+    code, out = sbatch_script(cluster, tiny_data, str(tmp_path / "run"),
+                              {"PYTHON": env_telling_python(tmp_path)})
     assert code == 0, out[-4000:]
+    assert out.count("rank transports: pml=ob1 btl=^openib") == 2, out[-4000:]
     assert "all 2 ranks joined, on 1 host(s)" in out, out[-4000:]
     assert "identical on all 2 ranks" in out and "steps : 2 " in out
 
 
 def test_sbatch_script_asks_for_the_nodes_gpus_and_passes_the_cpus_on():
+    """srun gets sbatch's --cpus-per-task as an option: SRUN_CPUS_PER_TASK is read
+    by Slurm 22.05 to 23.02 only."""
     text = open(os.path.join(ROOT, "bin", "slurm_train_alexnet.sbatch")).read()
     options = re.findall(r"^#SBATCH (--[a-z-]+)", text, re.M)
     assert "--gpus-per-node" in options and "--gpus-per-task" not in options
-    lines = text.splitlines()
-    export = next(i for i, l in enumerate(lines) if l.startswith("export SRUN_CPUS_PER_TASK="))
-    assert "SLURM_CPUS_PER_TASK" in lines[export]
-    assert export < next(i for i, l in enumerate(lines) if l.startswith("srun "))
+    srun = next(line for line in text.splitlines() if line.startswith("srun "))
+    assert '--cpus-per-task="${SLURM_CPUS_PER_TASK' in srun, srun
 
 
 @pytest.mark.timeout(600)
@@ -107,12 +120,14 @@ def test_each_rank_is_bound_to_the_cpus_asked_for(cluster, tiny_data, tmp_path):
     """The test cluster binds tasks to CPUs (task/affinity, the usual site setting).
     Since Slurm 22.05 srun no longer takes --cpus-per-task from sbatch, so the
     script must pass it on, or each rank is bound to one core and the trainer,
-    which reads its affinity, takes one thread."""
+    which reads its affinity, takes one thread. A transport the user chose
+    (OMPI_MCA_btl) is kept."""
     cpus = os.cpu_count() or 1
     if cpus < 2:
         pytest.skip("one core: one CPU per task is all there is")
     model_dir = str(tmp_path / "run")
-    args, env = sbatch_args(model_dir, tiny_data, 2)
+    args, env = sbatch_args(model_dir, tiny_data, 2, {"PYTHON": env_telling_python(tmp_path),
+                                                      "OMPI_MCA_btl": "self,vader,tcp"})
     args = [a for a in args if not a.startswith(("--ntasks-per-node", "--cpus-per-task",
                                                  "--threads"))]
     code, out = cluster.sbatch(["--ntasks-per-node=1", f"--cpus-per-task={cpus}", *args], env,
@@ -121,6 +136,7 @@ def test_each_rank_is_bound_to_the_cpus_asked_for(cluster, tiny_data, tmp_path):
     params = [r["data"] for r in metrics_log.read(os.path.join(model_dir, "dllogger.json"))
               if r.get("step") == "PARAMETER"][0]
     assert params["cpu_affinity"] == cpus and params["threads_per_rank"] == cpus, params
+    assert "rank transports: pml=ob1 btl=self,vader,tcp" in out, out[-4000:]
 
 
 @pytest.mark.timeout(600)
@@ -133,6 +149,20 @@ def test_srun_without_pmi_is_refused_with_the_fix(cluster, tiny_data, tmp_path):
             "Horovod job: run srun --mpi=pmix") in out, out[-4000:]
     assert "joined" not in out
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.parametrize("lines, slots", [
+    (["gpu1 slots=8", "gpu2 slots=8"], 16),
+    (["gpu1 slots=8 max_slots=16"], 8),  # max_slots is a ceiling, not the slots
+    (["gpu1", "gpu2 slots=2"], 3),  # a host without slots= is 1, as Open MPI counts it
+    (["# gpu0 slots=8", "", "gpu1 slots=4  # four GPUs"], 4),
+])
+def test_hostfile_slots_are_counted_as_open_mpi_counts_them(tmp_path, lines, slots):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(["bash", os.path.join(ROOT, "bin", "hostfile_slots.sh"), str(hostfile)],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert int(out) == slots
 
 
 def digest(out):
@@ -167,10 +197,12 @@ def test_slurm_time_limit_signals_checkpoints_requeues_and_resumes_to_the_same_w
 
 
 @pytest.mark.timeout(600)
-def test_slurm_signal_without_requeue_exits_75_and_resubmitting_resumes(
+def test_slurm_preemption_without_requeue_exits_75_and_resubmitting_resumes(
         cluster, tiny_data, tmp_path):
-    """REQUEUE=0: the job ends with the ranks' status 75, and the same sbatch
-    command resumes it. The ranks hold after step 3 until the signal."""
+    """SIGTERM to the batch shell and every step, as a preemption sends it: the
+    shell outlives it (its trap) and waits for the ranks' checkpoint. REQUEUE=0:
+    the job ends with the ranks' status 75, and the same sbatch command resumes
+    it. The ranks hold after step 3 until the signal."""
     model_dir = str(tmp_path / "run")
     args, env = sbatch_args(model_dir, tiny_data, 400)
     job = cluster.submit(args, {**env, "REQUEUE": "0", "PYTHON": injected_python(tmp_path, "hold=3")},
@@ -180,11 +212,11 @@ def test_slurm_signal_without_requeue_exits_75_and_resubmitting_resumes(
         assert time.monotonic() < deadline, cluster.output(job)[-3000:]
         time.sleep(0.5)
     assert job.poll() is None, cluster.output(job)[-3000:]  # still training
-    cluster.signal(job, "TERM")
+    cluster.signal(job, "TERM", full=True)
     code, out = cluster.wait(job, timeout=240)
     assert code == 75, out[-4000:]  # EXIT_PREEMPTED, from srun through the batch script
     assert "stopped at step 4 on request" in out and checkpoints(model_dir)[-1] == 4
-    assert "requeued" not in out
+    assert "requeued" not in out and "SIGTERM: waiting for the ranks to checkpoint" in out
 
     code, out = cluster.sbatch(*sbatch_args(model_dir, tiny_data, 6), timeout=300, cwd=ROOT)
     assert code == 0, out[-4000:]
