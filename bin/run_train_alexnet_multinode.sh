@@ -46,6 +46,9 @@ for name in $(compgen -e); do
     PATH|LD_LIBRARY_PATH|PYTHONPATH|HOROVOD_*|NCCL_*|TF_*) extra+=(-x "$name") ;;
   esac
 done
+# HOSTS_WAIT=S: first wait up to S seconds until every host resolves and answers on
+# ssh's port (docker/mpijob.yaml sets it: a restarted worker's name can lag its pod).
+[[ -n ${HOSTS_WAIT:-} ]] && bash "$ROOT/bin/wait_for_hosts.sh" "$HOSTFILE" "${SSH_PORT:-22}"
 cd "$ROOT"
 exec "$MPIRUN" -np "$NP" --hostfile "$HOSTFILE" \
   -bind-to none -map-by slot \

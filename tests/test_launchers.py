@@ -7,6 +7,7 @@ Dockerfiles (linted; Docker cannot run here)."""
 import copy
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -165,6 +166,31 @@ def test_hostfile_slots_are_counted_as_open_mpi_counts_them(tmp_path, lines, slo
     assert int(out) == slots
 
 
+def test_waiting_for_hosts_names_those_not_ready_and_ends(tmp_path):
+    """bin/wait_for_hosts.sh (the launcher's wait before mpirun): a host that does
+    not resolve and one where nothing answers on the port are named, after the
+    deadline, with exit status 2."""
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=1\nno-such-host.invalid slots=1  # gone\n")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    res = subprocess.run(["bash", os.path.join(ROOT, "bin", "wait_for_hosts.sh"), str(hostfile),
+                          str(port)], env={**os.environ, "HOSTS_WAIT": "2"},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert (f"after 2 s, hosts not ready: localhost (nothing answers on port {port}), "
+            "no-such-host.invalid (does not resolve)") in res.stderr, res.stderr
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        hostfile.write_text("localhost slots=1\n")
+        res = subprocess.run(["bash", os.path.join(ROOT, "bin", "wait_for_hosts.sh"),
+                              str(hostfile), str(server.getsockname()[1])],
+                             capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def digest(out):
     return re.findall(r"weights digest (\w+), identical on all", out)
 
@@ -196,31 +222,43 @@ def test_slurm_time_limit_signals_checkpoints_requeues_and_resumes_to_the_same_w
     assert digest(out)[-1:] == digest(plain), (digest(out), digest(plain))
 
 
-@pytest.mark.timeout(600)
-def test_slurm_preemption_without_requeue_exits_75_and_resubmitting_resumes(
-        cluster, tiny_data, tmp_path):
-    """SIGTERM to the batch shell and every step, as a preemption sends it: the
-    shell outlives it (its trap) and waits for the ranks' checkpoint. REQUEUE=0:
-    the job ends with the ranks' status 75, and the same sbatch command resumes
-    it. The ranks hold after step 3 until the signal."""
-    model_dir = str(tmp_path / "run")
-    args, env = sbatch_args(model_dir, tiny_data, 400)
-    job = cluster.submit(args, {**env, "REQUEUE": "0", "PYTHON": injected_python(tmp_path, "hold=3")},
-                         cwd=ROOT)
+def preempt_at(cluster, job, step, total):
+    """Waits until the job's ranks hold after `step` (injected), then signals the
+    batch shell and every step, as a preemption does."""
     deadline = time.monotonic() + 240
-    while "step 3/400" not in cluster.output(job) and job.poll() is None:
+    while f"step {step}/{total}" not in cluster.output(job) and job.poll() is None:
         assert time.monotonic() < deadline, cluster.output(job)[-3000:]
         time.sleep(0.5)
     assert job.poll() is None, cluster.output(job)[-3000:]  # still training
     cluster.signal(job, "TERM", full=True)
+
+
+@pytest.mark.timeout(900)
+def test_slurm_preemption_checkpoints_then_ends_75_or_requeues_and_resumes(
+        cluster, tiny_data, tmp_path):
+    """SIGTERM to the batch shell and every step, as a preemption sends it: the
+    shell outlives it (its trap) and waits for the ranks' checkpoint. With
+    REQUEUE=0 the job ends with the ranks' status 75; the same sbatch command
+    resumes it, and preempted again (by default, REQUEUE=1) it requeues itself,
+    starts again and finishes. The ranks hold after a known step until the signal."""
+    model_dir = str(tmp_path / "run")
+    args, env = sbatch_args(model_dir, tiny_data, 400)
+    job = cluster.submit(args, {**env, "REQUEUE": "0", "PYTHON": injected_python(tmp_path, "hold=3")},
+                         cwd=ROOT)
+    preempt_at(cluster, job, 3, 400)
     code, out = cluster.wait(job, timeout=240)
     assert code == 75, out[-4000:]  # EXIT_PREEMPTED, from srun through the batch script
     assert "stopped at step 4 on request" in out and checkpoints(model_dir)[-1] == 4
     assert "requeued" not in out and "SIGTERM: waiting for the ranks to checkpoint" in out
 
-    code, out = cluster.sbatch(*sbatch_args(model_dir, tiny_data, 6), timeout=300, cwd=ROOT)
+    args, env = sbatch_args(model_dir, tiny_data, 8)
+    job = cluster.submit(args, {**env, "PYTHON": injected_python(tmp_path, "hold=5")}, cwd=ROOT)
+    preempt_at(cluster, job, 5, 8)
+    code, out = cluster.wait(job, timeout=300)  # sbatch --wait follows the job's requeue
     assert code == 0, out[-4000:]
-    assert "at step 4" in out and "steps : 6 " in out
+    assert "ckpt-4 at step 4" in out and "stopped at step 6 on request" in out, out[-4000:]
+    assert "(status 75): job" in out and "requeued" in out and "start 2," in out, out[-4000:]
+    assert "ckpt-6 at step 6" in out and "steps : 8 " in out, out[-4000:]
 
 
 # --- Kubernetes: docker/mpijob.yaml -------------------------------------------------

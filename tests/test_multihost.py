@@ -46,7 +46,7 @@ def test_training_across_two_hosts(two_hosts, launcher, tiny_data, tmp_path):
     if launcher == "mpirun":
         hostfile = tmp_path / "hosts"
         hostfile.write_text("".join(f"{h} slots=1\n" for h in netns.HOSTS))
-        env.update(NP="2", HOSTFILE=str(hostfile))
+        env.update(NP="2", HOSTFILE=str(hostfile), HOSTS_WAIT="60")  # both answer at once
         script = "bin/run_train_alexnet_multinode.sh"
     else:
         env.update(HOSTS=",".join(f"{h}:1" for h in netns.HOSTS),
