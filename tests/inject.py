@@ -8,7 +8,8 @@ trainer itself.
   stall=RANK:STEP    that rank hangs after that step, as a stuck input would
   hold=STEP[:RANK]   every rank (or that rank) waits after that step until a
                      signal asks it to stop (at most 300 s): a signal that lands
-                     at a known step
+                     at a known step, also one sent before it (SIGTERM and
+                     SIGINT are blocked until then)
   heartbeat=SECONDS  rank 0 answers the waiting ranks this seldom while it
                      works alone (a large value shows the stall warning that
                      the heartbeat prevents)
@@ -26,10 +27,21 @@ trainer itself.
 """
 
 import os
+import signal
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# hold=STEP: SIGTERM and SIGINT wait (blocked) until the hold begins, so that a signal
+# sent early (Slurm may send a time limit's up to a minute early) still lands at that
+# step; a run that starts past the hold (a resume) keeps them blocked. Blocked before
+# anything starts a thread: threads inherit the mask, so only the main thread, which
+# unblocks them, ever takes them.
+HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+OPTIONS = sys.argv[1:sys.argv.index("--") if "--" in sys.argv else None]
+if any(a.startswith("hold=") for a in OPTIONS):
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
 
 from hvd_alexnet.__main__ import run_command  # noqa: E402
 from hvd_alexnet.loop import Hooks  # noqa: E402
@@ -45,6 +57,8 @@ class Faults(Hooks):
             time.sleep(1e6)
         if self.step_delay and not (self.release and os.path.exists(self.release)):
             time.sleep(self.step_delay)
+        if step == self.hold:  # a signal sent before now is delivered here
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
         deadline = time.monotonic() + 300
         held = step == self.hold and self.hold_rank in (None, rank)
         while held and not stop_requested() and time.monotonic() < deadline:

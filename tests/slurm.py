@@ -113,11 +113,11 @@ PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSub
     def output(self, job):
         return self._read(job.out)
 
-    def signal(self, job, name, full=False):
+    def signal(self, job, name, batch=False):
         """Sends signal `name` to the job's running steps (srun's tasks), as Slurm
-        does before a time limit with --signal; `full`: to the batch shell as well,
-        as a preemption does (GraceTime 0)."""
-        self._run("scancel", f"--signal={name}", *(["--full"] if full else []),
+        does before a time limit with --signal and at a preemption with GraceTime;
+        `batch`: to the batch shell alone, as --signal=B:... does."""
+        self._run("scancel", f"--signal={name}", *(["--batch"] if batch else []),
                   f"--name={job.name}")
 
     def wait(self, job, timeout):

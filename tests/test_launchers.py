@@ -73,8 +73,8 @@ def sbatch_args(model_dir, data, steps, env=None):
     """The project's sbatch script as 2 tasks on the test's node (no GPUs, 1 CPU each)."""
     full_env = {k: v for k, v in os.environ.items()  # this test may run under a launcher
                 if not k.startswith(("OMPI_", "PMI_", "PMIX_", "HOROVOD_", "SLURM_"))}
-    full_env.update(PYTHON=sys.executable, DATA_DIR=data, MODEL_DIR=model_dir,
-                    TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    full_env.update({"PYTHON": sys.executable, "DATA_DIR": data, "MODEL_DIR": model_dir,
+                     "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
     args = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0",
             "--cpus-per-task=1", os.path.join(ROOT, "bin", "slurm_train_alexnet.sbatch"),
             *SMALL, f"--max_steps={steps}", "--noeval", "--num_classes=10"]
@@ -198,16 +198,20 @@ def digest(out):
 @pytest.mark.timeout(900)
 def test_slurm_time_limit_signals_checkpoints_requeues_and_resumes_to_the_same_weights(
         cluster, tiny_data, tmp_path):
-    """A real time limit: 3 minutes, SIGTERM 60 s before it (--signal; Slurm sends it
-    up to a minute early). The ranks hold after step 3 (injected) until that signal,
-    so it lands there on any machine; they checkpoint and exit 75, the script
-    requeues the job, Slurm starts it again, and it resumes and finishes with the
-    weights of an uninterrupted run (--deterministic: dropout seeded by step)."""
-    steps, limit = 6, ["--time=3", "--signal=TERM@60"]
+    """A real time limit: 2 minutes, SIGTERM 60 s before it (--signal; Slurm checks
+    every 30 s and sends it up to 30 s early, so 30 to 60 s after the start). The
+    ranks hold after step 3 (injected, SIGTERM blocked until then) until that
+    signal, so it lands there on any machine, even if it comes before step 3; they
+    checkpoint and exit 75, the script requeues the job, Slurm starts it again
+    (where SIGTERM stays blocked: it starts past step 3), and it resumes and
+    finishes with the weights of an uninterrupted run (--deterministic: dropout
+    seeded by step)."""
+    steps, limit = 6, ["--time=2", "--signal=TERM@60"]
     model_dir = str(tmp_path / "run")
     args, env = sbatch_args(model_dir, tiny_data, steps)
     code, out = cluster.sbatch([*limit, *args, "--deterministic"],
-                               {**env, "PYTHON": injected_python(tmp_path, "hold=3")}, timeout=600, cwd=ROOT)
+                               {**env, "PYTHON": injected_python(tmp_path, "hold=3")},
+                               timeout=600, cwd=ROOT)
     assert code == 0, out[-5000:]  # sbatch --wait follows the job through its requeue
     assert "job" in out and "start 1," in out and "start 2," in out, out[-5000:]
     assert "stopped at step 4 on request" in out, out[-5000:]
@@ -222,38 +226,38 @@ def test_slurm_time_limit_signals_checkpoints_requeues_and_resumes_to_the_same_w
     assert digest(out)[-1:] == digest(plain), (digest(out), digest(plain))
 
 
-def preempt_at(cluster, job, step, total):
-    """Waits until the job's ranks hold after `step` (injected), then signals the
-    batch shell and every step, as a preemption does."""
+def signal_shell_at(cluster, job, step, total):
+    """Waits until the job's ranks hold after `step` (injected), then sends SIGTERM
+    to the batch shell alone, as --signal=B:TERM@N does."""
     deadline = time.monotonic() + 240
     while f"step {step}/{total}" not in cluster.output(job) and job.poll() is None:
         assert time.monotonic() < deadline, cluster.output(job)[-3000:]
         time.sleep(0.5)
     assert job.poll() is None, cluster.output(job)[-3000:]  # still training
-    cluster.signal(job, "TERM", full=True)
+    cluster.signal(job, "TERM", batch=True)
 
 
 @pytest.mark.timeout(900)
-def test_slurm_preemption_checkpoints_then_ends_75_or_requeues_and_resumes(
+def test_sigterm_to_the_batch_shell_checkpoints_then_ends_75_or_requeues_and_resumes(
         cluster, tiny_data, tmp_path):
-    """SIGTERM to the batch shell and every step, as a preemption sends it: the
-    shell outlives it (its trap) and waits for the ranks' checkpoint. With
-    REQUEUE=0 the job ends with the ranks' status 75; the same sbatch command
-    resumes it, and preempted again (by default, REQUEUE=1) it requeues itself,
-    starts again and finishes. The ranks hold after a known step until the signal."""
+    """SIGTERM to the batch shell alone (--signal=B:TERM@N): the shell's trap passes
+    it to the ranks and waits for their checkpoint. With REQUEUE=0 the job ends with
+    the ranks' status 75; the same sbatch command resumes it, and signalled again (by
+    default, REQUEUE=1) it requeues itself, starts again and finishes. The ranks
+    hold after a known step until the signal reaches them."""
     model_dir = str(tmp_path / "run")
     args, env = sbatch_args(model_dir, tiny_data, 400)
-    job = cluster.submit(args, {**env, "REQUEUE": "0", "PYTHON": injected_python(tmp_path, "hold=3")},
-                         cwd=ROOT)
-    preempt_at(cluster, job, 3, 400)
+    job = cluster.submit(args, {**env, "REQUEUE": "0",
+                                "PYTHON": injected_python(tmp_path, "hold=3")}, cwd=ROOT)
+    signal_shell_at(cluster, job, 3, 400)
     code, out = cluster.wait(job, timeout=240)
     assert code == 75, out[-4000:]  # EXIT_PREEMPTED, from srun through the batch script
-    assert "stopped at step 4 on request" in out and checkpoints(model_dir)[-1] == 4
-    assert "requeued" not in out and "SIGTERM: waiting for the ranks to checkpoint" in out
+    assert "stopped at step 4 on request" in out and checkpoints(model_dir)[-1] == 4, out[-4000:]
+    assert "requeued" not in out and "SIGTERM: passed to the ranks" in out, out[-4000:]
 
     args, env = sbatch_args(model_dir, tiny_data, 8)
     job = cluster.submit(args, {**env, "PYTHON": injected_python(tmp_path, "hold=5")}, cwd=ROOT)
-    preempt_at(cluster, job, 5, 8)
+    signal_shell_at(cluster, job, 5, 8)
     code, out = cluster.wait(job, timeout=300)  # sbatch --wait follows the job's requeue
     assert code == 0, out[-4000:]
     assert "ckpt-4 at step 4" in out and "stopped at step 6 on request" in out, out[-4000:]
