@@ -12,8 +12,8 @@ RUN_DIR         ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 TRAIN_ARGS      ?=
 PYTEST_ARGS     ?=
 # Test files run on this many pytest workers, a file on one worker (its fixtures once):
-# much of the suite waits (on signals, step delays, Slurm), so 2 overlap even on 2 cores.
-TEST_WORKERS    ?= 2
+# much of the suite waits (on signals, step delays, Slurm), so 3 overlap even on 2 cores.
+TEST_WORKERS    ?= 3
 CHAOS_ARGS      ?=
 IMAGE           ?= hvd-alexnet
 
