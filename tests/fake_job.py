@@ -38,7 +38,9 @@ def launch(model_dir, steps):
         if failed or all(c == 0 for c in codes):
             for p in ranks:  # as horovodrun does: a failed rank ends the others
                 if p.poll() is None:
-                    p.wait(timeout=5) if failed[0] == 75 else p.kill()
+                    if failed[0] != 75:
+                        p.kill()
+                    p.wait(timeout=5)  # gone before the job ends, as horovodrun's are
             return failed[0] if failed else 0
         time.sleep(0.01)
 
