@@ -8,6 +8,7 @@ Launch: `horovodrun -np N python -m hvd_alexnet train ...` or
 import hashlib
 import os
 import socket
+import sys
 import threading
 
 import tensorflow as tf
@@ -25,9 +26,11 @@ def heartbeat_seconds():
 class Dist:
     """This process's place in the job, and the collectives the trainer uses."""
 
-    def __init__(self, hvd, compression, stall_timeout=0, heartbeat=None):
+    def __init__(self, hvd, compression, stall_timeout=0, heartbeat=None, device=None):
         self.hvd = hvd
         self.compression = compression
+        self.device = device  # this rank's GPU ("/gpu:0" once pinned), None on the CPU
+        self.first_step_allowed = 0  # seconds a process's first step may take (0: the timeout)
         self.hosts = []  # every rank's host name, by rank (filled by join)
         self.heartbeat = heartbeat or heartbeat_seconds()
         self._read_place()
@@ -83,7 +86,7 @@ class Dist:
     def allgather_object(self, obj, name):
         return self.hvd.allgather_object(obj, name=name)  # HVD
 
-    # --- rank 0 works alone (validation, checkpoint) while the others wait ----
+    # --- rank 0 works alone (a checkpoint) while the others wait --------------
     # A rank blocked in a collective that rank 0 has not joined trips Horovod's
     # stall check (60 s by default). So the waiting ranks sit in a loop of tiny
     # broadcasts that a thread of rank 0 answers every `heartbeat` seconds while
@@ -98,7 +101,7 @@ class Dist:
 
     def solo_tick(self):
         """Rank 0, during solo work: feeds this rank's watchdog."""
-        self.watchdog.beat("validating or checkpointing on rank 0")
+        self.watchdog.beat("checkpointing on rank 0")
 
     def solo_end(self, failure=None):
         """Rank 0's solo work is done, or failed (`failure`: one line saying why)."""
@@ -119,7 +122,7 @@ class Dist:
         """Ranks other than 0: wait until rank 0 calls solo_end(); returns its
         failure (None if it succeeded)."""
         while (done := self.broadcast_int(0, "hvd_alexnet.solo")) == 0:
-            self.watchdog.beat("waiting for rank 0 to validate and checkpoint")
+            self.watchdog.beat("waiting for rank 0 to checkpoint")
         return self.allgather_object(None, "hvd_alexnet.solo.failure")[0] if done == 2 else None
 
 
@@ -232,6 +235,41 @@ def cpu_threads(local_size):
 
 
 CPU_CYCLE_TIME_MS = 10
+# GPU hosts. Each rank's GPU gets its own threads to launch kernels (tf_cnn_benchmarks'
+# --gpu_thread_mode=gpu_private with 2 threads), unless the user set them.
+GPU_THREADS = {"TF_GPU_THREAD_MODE": "gpu_private", "TF_GPU_THREAD_COUNT": "2"}
+# TensorFlow 2.15's wheels carry no kernels built for Hopper (sm_90) and later: the
+# driver compiles their PTX at the first step, for many minutes. Its cache (256 MB
+# by default) cannot hold them all, so each run would compile again: 4 GiB (the
+# driver's maximum) keeps them, once per host. Set before CUDA starts.
+PTX_COMPILED_FROM = (9, 0)
+CUDA_CACHE = {"CUDA_CACHE_MAXSIZE": str(4 << 30)}
+FIRST_STEP_ALLOWED = 2 * 3600  # seconds the watchdog lets such a first step take
+
+
+def check_gpus(gpus, local_size):
+    """Refuses more ranks on a host than the GPUs they see: ranks would share one
+    (local_rank % gpus) and NCCL fail later with "Duplicate GPU detected". One
+    visible GPU is each rank's own when the launcher gives every rank its own
+    (srun --gpus-per-task=1, CUDA_VISIBLE_DEVICES by rank), so it is allowed."""
+    if 1 < gpus < local_size:
+        raise UsageError(f"{local_size} ranks on this host but {gpus} GPUs: ranks would share "
+                         f"a GPU (NCCL then fails with 'Duplicate GPU detected'); start at most "
+                         f"{gpus} ranks per host (horovodrun -H host:{gpus}, slots={gpus} in an "
+                         f"mpirun hostfile)")
+
+
+def compiles_at_first_step(capability):
+    """Whether a GPU of this compute capability (major, minor) runs TensorFlow
+    2.15's kernels only after the driver compiles them (Hopper and later)."""
+    return tuple(capability or (0, 0)) >= PTX_COMPILED_FROM
+
+
+def set_unless_set(values, env=None):
+    """The user's own settings win."""
+    env = os.environ if env is None else env
+    for name, value in values.items():
+        env.setdefault(name, value)
 
 
 def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, threads=0,
@@ -249,7 +287,10 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     # Flags win over Horovod's environment variables; both are read at init.
     if fusion_threshold_mb is not None:
         os.environ["HOROVOD_FUSION_THRESHOLD"] = str(int(fusion_threshold_mb * (1 << 20)))
+    set_unless_set(CUDA_CACHE)
     gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        set_unless_set(GPU_THREADS)
     if cycle_time_ms is None and "HOROVOD_CYCLE_TIME" not in os.environ and not gpus:
         # On CPU hosts Horovod's background thread, waking every 1 ms to negotiate,
         # takes cores the ranks compute on. 2 ranks x 1 core, 227x227, batch 32,
@@ -271,16 +312,29 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
 
     hvd.init()  # HVD
     check_launch(hvd.rank(), hvd.size())  # HVD
+    first_step = 0
     if gpus:
-        gpu = gpus[hvd.local_rank() % len(gpus)]  # HVD: one GPU per process
+        check_gpus(len(gpus), hvd.local_size())  # HVD
+        gpu = gpus[hvd.local_rank() % len(gpus)]  # HVD: one GPU per process (or its own one)
         tf.config.set_visible_devices(gpu, "GPU")
         tf.config.experimental.set_memory_growth(gpu, True)
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        if compiles_at_first_step(capability):
+            first_step = FIRST_STEP_ALLOWED
+            if hvd.local_rank() == 0:  # HVD
+                print(f"hvd_alexnet: {socket.gethostname()}: compute capability "
+                      f"{'.'.join(map(str, capability))} GPUs: TensorFlow 2.15 has no kernels "
+                      f"built for them, so the first step compiles them (many minutes on this "
+                      f"host's first run; later runs read CUDA's cache, "
+                      f"CUDA_CACHE_MAXSIZE={os.environ['CUDA_CACHE_MAXSIZE']})",
+                      file=sys.stderr, flush=True)
     threads = threads or cpu_threads(hvd.local_size())
     if not gpus:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
-    dist = Dist(hvd, compression, stall_timeout, heartbeat)
+    dist = Dist(hvd, compression, stall_timeout, heartbeat, "/gpu:0" if gpus else None)
+    dist.first_step_allowed = first_step
     if join:
         dist.join()
     return dist, threads
@@ -294,7 +348,7 @@ class Local:
     """One process and no Horovod: Dist's collectives for a job of one rank, so
     that the step function runs in a unit test without launching ranks."""
 
-    rank, size, is_root = 0, 1, True
+    rank, size, is_root, device = 0, 1, True, None
 
     def gradient_tape(self, tape):
         return tape

@@ -52,19 +52,13 @@ def main(argv):
     if problem:
         raise DataError(problem)
     say = print if dist.is_root else (lambda *a, **k: None)
-    mine = files[dist.rank::dist.size]  # a rank beyond the shard count reads nothing
-    on_disk = sum(reader.check_framing(f) for f in mine)
+    on_disk = sum(reader.check_framing(f) for f in files)
     model, _, _ = inference.load(args.model_dir, path)
     scorer = inference.Scorer(model, desc["num_classes"])
-    c1 = c5 = n = 0
-    if mine:
-        ticker = Ticker(f"evaluating (rank 0 of {dist.size})", on_disk, say)
-        c1, c5, n = scorer.count(reader.eval_dataset(mine, args.batch_size, desc["image_size"],
-                                                     desc["num_classes"], threads,
-                                                     first_label=args.first_label),
-                                 ticker.update)
-    c1, c5 = dist.sum(c1, "hvd_alexnet.eval.top1"), dist.sum(c5, "hvd_alexnet.eval.top5")  # HVD
-    n, on_disk = dist.sum(n, "hvd_alexnet.eval.n"), dist.sum(on_disk, "hvd_alexnet.eval.disk")
+    ticker = Ticker(f"evaluating (rank 0 of {dist.size})", on_disk // dist.size, say)
+    c1, c5, n = inference.summed(dist, scorer.count(reader.eval_dataset(  # HVD
+        files, args.batch_size, desc["image_size"], desc["num_classes"], threads,
+        first_label=args.first_label, rank=dist.rank, size=dist.size), ticker.update))
     if n != on_disk:
         raise DataError(f"evaluated {n} examples but the {args.split} shards hold "
                                f"{on_disk} records")

@@ -98,7 +98,7 @@ class Scorer:
 
     @tf.function(autograph=False)  # no Python control flow on tensors
     def _hits(self, images, labels):
-        logits = self.model(images, training=False)
+        logits = self.model(preprocess.normalize(images), training=False)
         count = lambda n: tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, n), tf.int64))
         return count(1), count(self.k)
 
@@ -112,9 +112,16 @@ class Scorer:
         return c1, ck, n
 
 
+def summed(dist, hits):
+    """(top-1 hits, top-k hits, examples) of this rank's share summed over the
+    ranks: exact counts, so N ranks score what one would."""
+    return tuple(dist.sum(value, f"hvd_alexnet.eval.{name}")  # HVD
+                 for value, name in zip(hits, ("top1", "top5", "n")))
+
+
 def _images(jpegs, size):
-    return tf.map_fn(lambda j: preprocess.eval_image(j, size), jpegs,
-                     fn_output_signature=tf.float32)
+    return preprocess.normalize(tf.map_fn(lambda j: preprocess.eval_image(j, size), jpegs,
+                                          fn_output_signature=tf.uint8))
 
 
 def probabilities(model, jpegs, size):

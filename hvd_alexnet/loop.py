@@ -33,7 +33,7 @@ class Hooks:
         `stop_requested()` tells whether a signal asked this rank to stop."""
 
     def after_validation_batch(self):
-        """Called by rank 0 after each batch of a validation pass."""
+        """Called by every rank after each batch of its validation share."""
 
     def before_save(self):
         """Called by rank 0 before it writes a checkpoint."""
@@ -78,6 +78,7 @@ class RunState:
     start_seen: int = 0  # examples seen at start_step
     skipped: int = 0  # corrupt records this rank skipped (--skip_corrupt)
     skipped_all: int = 0  # ... and all ranks, as of the last pause
+    read_mark: int = 0  # records of this epoch this rank had read before this stretch
     speed: progress.Throughput = dataclasses.field(default_factory=progress.Throughput)
 
     def warming_up(self, warmup):
@@ -127,14 +128,22 @@ class Loop:
     stop: StopRequest = dataclasses.field(default_factory=StopRequest)  # SIGTERM / SIGINT
 
     def train_stretch(self, batches, n, state):
-        """Runs `n` steps of `batches` (images, labels, positions); returns True
+        """Runs `n` steps of `batches.take(n)` (images, labels, positions: a
+        reader.Feed); returns True
         when a stop was requested of any rank. An elastic job commits every
         --elastic_commit_every steps inside the stretch (the caller, at its end).
         Raises Diverged, or DataError on every rank when one rank's data fails
-        (naming that rank)."""
+        (naming that rank).
+
+        Steps are dispatched back to back: the host waits for a step's results
+        (the stop vote, the loss) only at the steps where every rank reads them
+        (`reads_at`), so a stop or a failure takes effect at the next such step,
+        on every rank alike."""
         first, offset, epoch = state.step, state.step % state.steps_per_epoch, state.epoch
         steps, loss, positions, stopping, failure = iter(batches.take(n)), None, None, False, None
-        self.dist.watchdog.beat("reading the first batch of the epoch")
+        mark = state.read_mark if offset else 0  # the pipeline's position in the epoch
+        self.dist.watchdog.beat("reading the first batch of the epoch, or in the first step",
+                                self.dist.first_step_allowed if first == state.start_step else 0)
         state.speed.start()
         try:
             for images, labels, positions in steps:  # batch
@@ -144,12 +153,14 @@ class Loop:
                                         "(computing, or in the gradient all-reduce)")
                 state.speed.step(state.global_batch, loss if state.warming_up(
                     self.cfg.num_warmup_batches) else None)
-                if bool(stopping):  # before any other collective: a failing rank joins no more
-                    break
-                if state.step % self.cfg.log_every == 0 or state.step == state.total:  # log
-                    self._report(loss, epoch, state)
-                if state.step % self.cfg.elastic_commit_every == 0 and state.step - first < n:
-                    self.commit(state)  # commit
+                if self.reads_at(state.step, first + n):
+                    if bool(stopping):  # before any other collective: a failing rank joins no more
+                        break
+                    if state.step % self.cfg.log_every == 0 or state.step == state.total:  # log
+                        self._report(loss, epoch, state)
+                    if self.committed is not None and state.step % self.cfg.elastic_commit_every \
+                            == 0 and state.step - first < n:
+                        self.commit(state)  # commit
                 self.hooks.after_step(self.dist.rank, state.step, lambda: self.stop.requested)
             if loss is not None:
                 float(loss)  # wait for the last step before stopping the clock
@@ -157,24 +168,36 @@ class Loop:
         except tf.errors.InvalidArgumentError as e:
             failure = _diagnose(e, self.dist.rank, self.data.train_files, self.data.num_classes,
                                 self.cfg.first_label)
-        del steps  # the input pipeline's teardown, after the clock has stopped
         if not failure and state.step - first < n and not bool(stopping):
             failure = (f"rank {self.dist.rank}: the reader ended after {state.step - first} of "
                        f"{n} steps")
-        stopping = self._settle(failure, stopping, state)
+        stopping = self._settle(failure, stopping, state, first + n)
         if self.cfg.skip_corrupt and state.step > first:  # positions in order: gaps are skips
-            read = int(tf.reduce_max(positions)) + 1 - offset * state.step_batch
-            state.skipped += read - (state.step - first) * state.step_batch
+            state.read_mark = int(tf.reduce_max(positions)) + 1
+            state.skipped += state.read_mark - mark - (state.step - first) * state.step_batch
         return stopping
 
-    def _settle(self, failure, stopping, state):
-        """The stretch's end on every rank alike: a rank whose data failed runs one
-        more step, with the stop vote, so that the others leave the step they wait
-        in (its update is never saved); then every rank learns who failed, and why."""
+    def reads_at(self, step, end):
+        """Whether every rank waits for `step`'s results and reads its stop vote:
+        every --log_every steps (the progress line and the divergence check), at
+        an elastic job's commits, and at the stretch's `end`."""
+        return (step % self.cfg.log_every == 0 or step == end or (
+            self.committed is not None and step % self.cfg.elastic_commit_every == 0))
+
+    def _settle(self, failure, stopping, state, end):
+        """The stretch's end on every rank alike: a rank whose data failed runs
+        steps with the stop vote up to the next step where every rank reads it,
+        so that the others leave the steps they have dispatched (its updates are
+        never saved); then every rank learns who failed, and why."""
         if failure:
-            images = tf.zeros([state.step_batch, self.cfg.image_size, self.cfg.image_size, 3])
-            _, stopping = self.train_step(images, tf.zeros([state.step_batch], tf.int32),
-                                          tf.constant(True))
+            images = tf.zeros([state.step_batch, self.cfg.image_size, self.cfg.image_size, 3],
+                              tf.uint8)
+            labels = tf.zeros([state.step_batch], tf.int32)
+            while True:
+                _, stopping = self.train_step(images, labels, tf.constant(True))
+                state.step += 1
+                if self.reads_at(state.step, end) or state.step >= end:
+                    break
         stopping = bool(stopping)
         if stopping:  # a signal or a rank's failure
             failures = [f for f in self.dist.allgather_object(  # HVD

@@ -7,12 +7,14 @@ Horovod enters only through `dist` (gradient_tape, average, any_rank); with
 
 import tensorflow as tf
 
+from hvd_alexnet.data.preprocess import normalize
 from hvd_alexnet.model import weight_decay_loss
 
 
 def loss(model, images, labels, weight_decay):
-    """Mean cross-entropy of the logits plus L2 weight decay on the kernels."""
-    logits = model(images, training=True)
+    """Mean cross-entropy of the logits plus L2 weight decay on the kernels;
+    `images` are uint8, normalised here, on the step's device."""
+    logits = model(normalize(images), training=True)
     xent = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
         labels, logits, from_logits=True))
     return xent + weight_decay * weight_decay_loss(model)

@@ -8,8 +8,9 @@ again after each change of hosts, from the last commit instead of the disk.
         --data_dir data/demo --model_dir runs/demo --image_size 128 --epochs 6
 
 Lines that talk to other ranks go through `dist` (distributed.py) and are
-marked `# HVD`. Rank 0 alone validates, logs and checkpoints; the other ranks
-wait for it in a heartbeat loop that Horovod's stall check never sees as stuck.
+marked `# HVD`. Rank 0 alone logs and checkpoints; the other ranks wait for it
+in a heartbeat loop that Horovod's stall check never sees as stuck. Every rank
+validates its share of the validation set.
 """
 
 import dataclasses
@@ -123,8 +124,14 @@ def train(job):
         loop.commit(state)
         validation = Validation(learner.model, cfg, data, job.threads, dist, report, job.hooks)
         dist.watchdog.start_once()  # an elastic job's next attempt: already running
-        # 5. Train to each pause; there rank 0 checkpoints (and validates).
-        final = train_to_end(job, loop, ckpts, state, validation)
+        # 5. Train to each pause, from one input pipeline; there rank 0 checkpoints,
+        # then every rank validates its share (when due).
+        feed = prepare.feed(cfg, data, state, dist.rank, job.threads, dist.device)
+        state.read_mark = state.step % state.steps_per_epoch * state.step_batch
+        try:
+            final = train_to_end(job, loop, ckpts, state, validation, feed)
+        finally:
+            feed.close()
         dist.watchdog.stop()
         # 6. Finish: the ranks agree on the weights; rank 0 writes the summary.
         return finish(job, state, report, final)
@@ -146,22 +153,20 @@ def start_at(job, ckpts, state):
         learner.opt.iterations.assign(state.step)
 
 
-def train_to_end(job, loop, ckpts, state, validation):
-    """Trains stretch by stretch; at each pause rank 0 checkpoints (and
-    validates) while the others wait. Returns the last validation's result."""
+def train_to_end(job, loop, ckpts, state, validation, feed):
+    """Trains stretch by stretch from `feed`; at each pause rank 0 checkpoints
+    while the others wait, then all validate if it is due. Returns the last
+    validation's result."""
     cfg, dist, final = loop.cfg, loop.dist, {}
     while state.step < state.total:
         epoch, steps = state.epoch, state.stretch(cfg.checkpoint_every_steps)
-        batches = prepare.epoch_batches(cfg, loop.data, state.step_batch, state.steps_per_epoch,
-                                        epoch, state.step % state.steps_per_epoch, dist.rank,
-                                        job.threads)
-        stopping = loop.train_stretch(batches, steps, state)
+        stopping = loop.train_stretch(feed, steps, state)
         if cfg.skip_corrupt:
             state.skipped_all = dist.sum(state.skipped, "hvd_alexnet.skipped")  # HVD
             loop.report.log([epoch, state.step], {"skipped_corrupt_records": state.skipped_all})
-        due = not stopping and validation.due(state, epoch)
-        final = pause(dist, ckpts, state, lambda: validation.run(epoch, state.step), due,
-                      loop.hooks) or final
+        pause(dist, ckpts, state, loop.hooks)
+        if not stopping and validation.due(state, epoch):  # on every rank
+            final = validation.run(epoch, state.step)
         if stopping:
             loop.stop.settle()
             loop.report.log([epoch, state.step], {"preempted": True})
@@ -200,20 +205,18 @@ def bind(learner, cfg, state, dist):
                                 cfg.accumulate_steps, learner.seeds, cfg.xla)
 
 
-def pause(dist, ckpts, state, validate, due, hooks):
-    """Rank 0 checkpoints and, if `due`, validates, while the other ranks wait
-    in the heartbeat loop. Returns the validation's result (or None)."""
+def pause(dist, ckpts, state, hooks):
+    """Rank 0 checkpoints while the other ranks wait in the heartbeat loop."""
     if not dist.is_root:
         failure = dist.wait_for_root()  # HVD
         if failure:
             raise DataError(failure)
-        return None
+        return
     dist.solo_begin()  # HVD: a thread answers the waiting ranks meanwhile
     try:
         hooks.before_save()
         ckpts.save(state.step, state.examples_seen)
         dist.solo_tick()
-        result = validate() if due else None
     except DataError as e:  # the waiting ranks exit with the same line
         dist.solo_end(failure=str(e))  # HVD
         raise
@@ -221,7 +224,6 @@ def pause(dist, ckpts, state, validate, due, hooks):
         dist.solo_abandon()
         raise
     dist.solo_end()  # HVD
-    return result
 
 
 def finish(job, state, report, final):

@@ -1,9 +1,6 @@
-"""Rank 0's validation pass during training: top-1 / top-5 over every
-validation record, counted by the same `inference.Scorer` as `evaluate`.
-
-The other ranks wait meanwhile, answered by a thread of this rank (see
-distributed.py); `dist.solo_tick()` after each batch feeds this rank's watchdog.
-"""
+"""The validation pass during training: top-1 / top-5 over every validation
+record, on every rank (each its share, reader.eval_dataset), the exact counts
+summed; counted by the same `inference.Scorer` as `evaluate`. Rank 0 reports."""
 
 import time
 
@@ -30,25 +27,34 @@ class Validation:
         return state.step == state.total or bool(epoch_done and every and (epoch + 1) % every == 0)
 
     def run(self, epoch, step):
-        """Validates, reports, and returns {"top1", "top5", "validation_examples",
-        "validation_seconds"}."""
-        ds = reader.eval_dataset(self.data.val_files, self.cfg.eval_batch_size,
-                                 self.cfg.image_size, self.data.num_classes, self.threads,
-                                 skip_corrupt=self.cfg.skip_corrupt,
-                                 first_label=self.cfg.first_label)
-        t0, ticker = time.perf_counter(), Ticker("validating", self.data.num_val, self.report.say)
+        """Validates on every rank, reports (rank 0), and returns {"top1", "top5",
+        "validation_examples", "validation_seconds"}; a bad record on any rank
+        raises DataError on every rank, naming it."""
+        dist = self.dist
+        ds = reader.to_device(reader.eval_dataset(
+            self.data.val_files, self.cfg.eval_batch_size, self.cfg.image_size,
+            self.data.num_classes, self.threads, skip_corrupt=self.cfg.skip_corrupt,
+            first_label=self.cfg.first_label, rank=dist.rank, size=dist.size), dist.device)
+        t0 = time.perf_counter()
+        ticker = Ticker(f"validating (rank 0's share of {dist.size})",
+                        self.data.num_val // dist.size, self.report.say)
 
         def after_batch(examples):
             self.hooks.after_validation_batch()
-            self.dist.solo_tick()
+            dist.watchdog.beat("validating")
             ticker.update(examples)
 
+        hits, failure = (0, 0, 0), None
         try:
-            c1, c5, n = self.scorer.count(ds, after_batch)
+            hits = self.scorer.count(ds, after_batch)
         except tf.errors.InvalidArgumentError as e:  # a bad label names its file and record
             first = (e.message or "").strip().splitlines()[:1] or [type(e).__name__]
-            raise DataError(f"rank 0, validating: {reader.bad_label(e.message) or first[0]}") \
-                from None
+            failure = f"rank {dist.rank}, validating: {reader.bad_label(e.message) or first[0]}"
+        failures = [f for f in dist.allgather_object(  # HVD
+            failure, "hvd_alexnet.validation.failure") if f]
+        if failures:
+            raise DataError("; ".join(failures))
+        c1, c5, n = inference.summed(dist, hits)  # HVD
         result = {"top1": c1 / n, "top5": c5 / n, "validation_examples": n,
                   "validation_seconds": time.perf_counter() - t0}
         self.report.validation(epoch, step, result, inference.top5_note(self.data.num_classes))

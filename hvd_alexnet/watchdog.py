@@ -21,11 +21,13 @@ class Watchdog(threading.Thread):
     def __init__(self, rank, timeout):
         super().__init__(name="hvd_alexnet-watchdog", daemon=True)
         self.rank, self.timeout = rank, timeout
-        self.activity, self.last = "starting", time.monotonic()
+        self.activity, self.last, self.allow = "starting", time.monotonic(), 0
         self.running = True
 
-    def beat(self, activity):
-        self.activity, self.last = activity, time.monotonic()
+    def beat(self, activity, allow=0):
+        """Progress, now `activity`; `allow`: seconds this activity may take if
+        more than the timeout (a first step that compiles every kernel)."""
+        self.activity, self.last, self.allow = activity, time.monotonic(), allow
 
     def start_once(self):
         """Starts the deadline (an elastic job's later attempts find it running;
@@ -42,7 +44,7 @@ class Watchdog(threading.Thread):
         period = min(1.0, max(self.timeout / 10, 0.1))
         while self.running:
             idle = time.monotonic() - self.last
-            if idle > self.timeout:
+            if idle > max(self.timeout, self.allow):
                 print(f"hvd_alexnet: rank {self.rank}: no progress for {idle:.0f} s while "
                       f"{self.activity} (--stall_timeout_sec={self.timeout:g}); stopping the "
                       f"job", file=sys.stderr, flush=True)

@@ -13,8 +13,8 @@ trainer itself.
   heartbeat=SECONDS  rank 0 answers the waiting ranks this seldom while it
                      works alone (a large value shows the stall warning that
                      the heartbeat prevents)
-  validation_delay=SECONDS  rank 0 sleeps this long after each validation
-                     batch: a validation pass long by construction
+  validation_delay=SECONDS  every rank sleeps this long after each batch of
+                     its validation share: a validation pass long by construction
   save_delay=SECONDS rank 0 sleeps this long before each checkpoint it writes: a
                      save slow by construction (as 0.5 GB to a network disk is)
   step_delay=SECONDS every rank sleeps this long after each step: a run of N

@@ -79,16 +79,17 @@ def test_preprocessing_shapes_and_range_eager_and_in_tf_data(built):
     assert boxes.shape == (0, 4)
     for image in (preprocess.train_image(jpeg, boxes, 67, seed=tf.constant([1, 2], tf.int64)),
                   preprocess.eval_image(jpeg, 99)):
-        assert image.dtype == tf.float32 and image.shape[2] == 3
-        assert -1.0 <= float(tf.reduce_min(image)) and float(tf.reduce_max(image)) <= 1.0
-        assert float(tf.math.reduce_std(image)) > 0.05  # a real picture, not a blank
+        assert image.dtype == tf.uint8 and image.shape[2] == 3  # 1 byte a value to copy
+        normalized = preprocess.normalize(image)  # on the device, in the step
+        assert -1.0 <= float(tf.reduce_min(normalized)) and float(tf.reduce_max(normalized)) <= 1
+        assert float(tf.math.reduce_std(normalized)) > 0.05  # a real picture, not a blank
     ds = reader.train_dataset(schema.list_shards(str(out), "train"), 4, 67, 2, steps=2)
     batches = list(ds)
     assert len(batches) == 2
     for images, labels, _ in batches:
-        assert images.shape == (4, 67, 67, 3) and labels.dtype == tf.int32
+        assert images.shape == (4, 67, 67, 3) and images.dtype == tf.uint8
+        assert labels.dtype == tf.int32
         assert set(labels.numpy()) <= {0, 1}  # 1..N on disk become 0..N-1
-        assert float(tf.reduce_min(images)) >= -1 and float(tf.reduce_max(images)) <= 1
     ev = list(reader.eval_dataset(schema.list_shards(str(out), "validation"), 2, 80, 2))
     assert sum(int(b[0].shape[0]) for b in ev) == 4 and ev[0][0].shape[1:] == (80, 80, 3)
 
@@ -104,6 +105,39 @@ def test_same_seed_same_batches_and_resume_skips_exactly(built):
     assert all(np.array_equal(a, b) for a, b in zip(full, again))
     assert len(tail) == 2 and all(np.array_equal(a, b) for a, b in zip(full[2:], tail))
     assert not all(np.array_equal(a, b) for a, b in zip(full, other))
+
+
+def test_one_pipeline_for_the_run_is_its_epochs_each_reshuffled(built):
+    """epochs=3 from epoch 1 gives epoch 1's batches, then 2's, then 3's, as
+    one-epoch pipelines give them; a resume in epoch 1 gives the same tail."""
+    out, _, _ = built
+    files = schema.list_shards(str(out), "train")
+    epoch = lambda e, **kw: [b[0].numpy() for b in reader.train_dataset(
+        files, 2, 67, 2, steps=4, seed=3, epoch=e, **kw)]
+    each = epoch(1) + epoch(2) + epoch(3)
+    run = epoch(1, epochs=3)
+    assert len(run) == 12 and all(np.array_equal(a, b) for a, b in zip(run, each))
+    resumed = epoch(1, epochs=3, skip_steps=3)
+    assert len(resumed) == 9 and all(np.array_equal(a, b) for a, b in zip(resumed, each[3:]))
+    assert not all(np.array_equal(a, b) for a, b in zip(each[:4], each[4:8]))  # reshuffled
+
+
+def test_the_evaluation_crop_keeps_the_aspect_ratio():
+    """A 96 x 160 image (a ramp: red = column, green = 2 x row) to 64 x 64: the
+    central square of side 96 / 1.145 = 83 (top 6, left 38), resized. Worked
+    out by hand: output column j samples column 38 + (j + 0.5) x 83/64 - 0.5, so
+    the first is 38.15 and the last 119.85; rows likewise 6.15 and 88.85. (The
+    squashed central 87.5 % would start at column 10.) JPEG's own rounding moves
+    a decoded ramp by up to 3."""
+    rows, cols = np.meshgrid(np.arange(96), np.arange(160), indexing="ij")
+    ramp = np.stack([cols, 2 * rows, np.zeros_like(rows)], -1).astype(np.uint8)
+    jpeg = tf.io.encode_jpeg(tf.constant(ramp), quality=100, chroma_downsampling=False)
+    assert preprocess.eval_window(96, 160).numpy().tolist() == [6, 38, 83, 83]
+    image = preprocess.eval_image(jpeg, 64).numpy().astype(float)
+    assert image.shape == (64, 64, 3)
+    red, green = image[:, :, 0].mean(axis=0), image[:, :, 1].mean(axis=1)
+    np.testing.assert_allclose([red[0], red[-1]], [38.15, 119.85], atol=3)
+    np.testing.assert_allclose([green[0], green[-1]], [2 * 6.15, 2 * 88.85], atol=3)
 
 
 def _write_records(path, labels):

@@ -89,10 +89,14 @@ def _corrupt_copy(tiny_data, data):
 @pytest.mark.parametrize("launcher", ["gloo", "mpi"])
 def test_undecodable_jpeg_names_the_file_and_record_on_every_rank(tiny_data, tmp_path, launcher):
     """Rank 1's data fails; every rank (rank 0 too) exits with the status of a data
-    error and the line that names rank 1, the file and the record."""
+    error and the line that names rank 1, the file and the record. Under gloo the
+    ranks read the steps' results every 3 steps only: rank 1 fails in step 1 and
+    runs steps with the stop vote up to step 3, which rank 0 has dispatched."""
     shard = _corrupt_copy(tiny_data, tmp_path / "data")
     res = launch(["train", f"--data_dir={tmp_path}/data", f"--model_dir={tmp_path}/m", *SMALL,
-                  "--noshuffle", "--epochs=1", "--noeval"], np=2, launcher=launcher, timeout=180)
+                  "--noshuffle", "--epochs=1", "--noeval",
+                  f"--log_every={3 if launcher == 'gloo' else 1}"],
+                 np=2, launcher=launcher, timeout=180)
     line = f"hvd_alexnet train: data error: rank 1: {shard}: record 2: JPEG does not decode"
     assert res.stdout.count(line) == 2, res.stdout[-3000:]  # from both ranks
     assert "--skip_corrupt" in res.stdout and "<stderr>:Traceback" not in res.stdout
@@ -101,7 +105,10 @@ def test_undecodable_jpeg_names_the_file_and_record_on_every_rank(tiny_data, tmp
         assert "Exit code: 3" in " ".join(res.stdout.split())  # horovodrun's report of a rank
 
 
-def test_a_bad_validation_label_stops_every_rank_with_rank_0s_line(tiny_data, tmp_path):
+def test_a_bad_validation_label_stops_every_rank_with_the_line_of_the_rank_that_read_it(
+        tiny_data, tmp_path):
+    """Every rank validates a share: of the one validation file's records, rank 1
+    reads the odd ones, so record 3's bad label is rank 1's to find."""
     import tensorflow as tf
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("raw"))
@@ -113,7 +120,7 @@ def test_a_bad_validation_label_stops_every_rank_with_rank_0s_line(tiny_data, tm
             w.write(e.SerializeToString())
     res = launch(["train", f"--data_dir={data}", f"--model_dir={tmp_path}/m", *SMALL,
                   "--max_steps=2"], np=2, launcher="mpi", timeout=180)
-    line = (f"hvd_alexnet train: data error: rank 0, validating: {shard}: record 3: label 99 "
+    line = (f"hvd_alexnet train: data error: rank 1, validating: {shard}: record 3: label 99 "
             f"is outside 1..10")
     assert res.returncode == 3 and res.stdout.count(line) == 2, res.stdout[-3000:]
 

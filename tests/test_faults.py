@@ -43,16 +43,18 @@ EXACT = SMALL + ["--epochs=2", "--noeval", "--deterministic"]  # dropout 0.5 too
 
 
 def test_preempted_job_checkpoints_and_resumes_to_the_same_weights(tiny_data, tmp_path):
-    """SIGTERM to horovodrun: each rank stops at the next step, rank 0 checkpoints,
-    exit status 75; the restarted job ends with an uninterrupted run's weights.
-    The ranks hold after step 13 until the signal comes (injected), so it lands
-    there on any machine: they stop after step 14."""
+    """SIGTERM to horovodrun: the ranks vote to stop in the next step, and read
+    the vote (the host waits for a step's results) every --log_every=4 steps:
+    every rank stops at the same step, rank 0 checkpoints it, exit status 75;
+    the restarted job ends with an uninterrupted run's weights. The ranks hold
+    after step 13 until the signal comes (injected), so it lands there on any
+    machine: they vote in step 14 and stop after step 16."""
     import numpy as np
     straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
-    args = ["train", f"--data_dir={tiny_data}", *EXACT]
+    args = ["train", f"--data_dir={tiny_data}", *EXACT, "--log_every=4"]
     proc = start([*args, f"--model_dir={stopped}"], np=2, launcher="gloo", faults=["hold=13"])
     try:
-        wait_for_step(stopped, 13, proc)
+        wait_for_step(stopped, 12, proc)  # logged every 4 steps; the signal waits for 13
         os.kill(proc.pid, signal.SIGTERM)  # the launcher, as a scheduler would
         res = finish(proc, timeout=60)
     finally:
@@ -65,7 +67,7 @@ def test_preempted_job_checkpoints_and_resumes_to_the_same_weights(tiny_data, tm
     assert len({s for _, s in stops}) == 1
     last = checkpoints(stopped)[-1]
     assert last == int(stops[0][1]) and 13 <= last < 20  # a mid-run checkpoint of that step
-    assert last == 14  # the step after the hold
+    assert last == 16  # the first step read after the hold's vote
     res = finish(start([*args, f"--model_dir={stopped}"], np=2, launcher="gloo"), 240)
     assert res.returncode == 0 and f"at step {last}" in res.stdout, res.stdout[-3000:]
     res = finish(start([*args, f"--model_dir={straight}"], np=2, launcher="gloo"), 240)

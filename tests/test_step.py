@@ -19,7 +19,7 @@ def _trained(micro_batches, dropout=0.0, steps=1, xla=False):
     opt.build(model.trainable_variables)
     step = make_train_step(model, opt, distributed.Local(), 1e-4, micro_batches, seeds, xla)
     g = tf.random.Generator.from_seed(1)
-    images = g.uniform([8, 67, 67, 3], -1.0, 1.0)
+    images = tf.cast(g.uniform([8, 67, 67, 3], 0, 256, tf.int32), tf.uint8)  # as the reader
     labels = g.uniform([8], 0, CLASSES, dtype=tf.int32)
     losses = [float(step(images, labels, tf.constant(False))[0]) for _ in range(steps)]
     return [v.numpy() for v in model.trainable_variables], losses, int(opt.iterations)
@@ -66,7 +66,7 @@ def test_a_stop_request_comes_back_from_the_step():
     model = build_alexnet(67, CLASSES, 0.0)
     opt.build(model.trainable_variables)
     step = make_train_step(model, opt, distributed.Local(), 1e-4)
-    images, labels = tf.zeros([2, 67, 67, 3]), tf.constant([1, 2])
+    images, labels = tf.zeros([2, 67, 67, 3], tf.uint8), tf.constant([1, 2])
     assert bool(step(images, labels, tf.constant(True))[1])
     assert not bool(step(images, labels, tf.constant(False))[1])
 

@@ -103,15 +103,19 @@ def plan_steps(cfg, data, size):
     return step_batch, global_batch, spe, total
 
 
-def epoch_batches(cfg, data, step_batch, steps_per_epoch, epoch, offset, rank, threads):
-    """This rank's batches of `epoch` from step `offset` on (a resume, or the
-    stretch after a periodic checkpoint)."""
+def feed(cfg, data, state, rank, threads, device=None):
+    """This rank's batches from `state.step` (a RunState) to the run's end: one
+    pipeline, reshuffled each epoch, built again only on a resume (or an
+    elastic job's change of hosts). `device`: the GPU to stage batches on."""
     if cfg.synthetic:
-        return reader.synthetic_dataset(step_batch, cfg.image_size, data.num_classes,
-                                        cfg.seed + rank, threads)
-    return reader.train_dataset(
-        data.train_files, step_batch, cfg.image_size, data.num_classes, steps_per_epoch,
-        seed=cfg.seed, epoch=epoch, rank=rank, skip_steps=offset, shuffle=cfg.shuffle,
-        augment=cfg.augment, flip=cfg.flip, area_range=(cfg.crop_area_min, 1.0),
-        threads=threads, deterministic=cfg.deterministic, skip_corrupt=cfg.skip_corrupt,
-        first_label=cfg.first_label)
+        return reader.Feed(batch=reader.synthetic_batch(
+            state.step_batch, cfg.image_size, data.num_classes, cfg.seed + rank, device))
+    spe = state.steps_per_epoch
+    ds = reader.train_dataset(
+        data.train_files, state.step_batch, cfg.image_size, data.num_classes, spe,
+        seed=cfg.seed, epoch=state.epoch, rank=rank, skip_steps=state.step % spe,
+        shuffle=cfg.shuffle, augment=cfg.augment, flip=cfg.flip,
+        area_range=(cfg.crop_area_min, 1.0), threads=threads, deterministic=cfg.deterministic,
+        skip_corrupt=cfg.skip_corrupt, first_label=cfg.first_label,
+        epochs=-(-state.total // spe) - state.epoch)
+    return reader.Feed(reader.to_device(ds, device))

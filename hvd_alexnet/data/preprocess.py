@@ -2,18 +2,33 @@
 
 All randomness is stateless and keyed by a per-example seed, so a pipeline
 rebuilt with the same seeds (a resumed run) sees exactly the same images.
-Outputs are float32 in [-1, 1], shape [size, size, 3].
+The pipeline's images are uint8, shape [size, size, 3]: a quarter of float32's
+bytes to copy to the device. `normalize` makes them float32 in [-1, 1] there,
+inside the step (and the scorer), as tf_cnn_benchmarks' normalized_image does.
+
+The recipe is tf_cnn_benchmarks' (preprocessing.py): for training a distorted
+crop (area 5-100 %, aspect 3/4-4/3, covering 10 % of the object box, 100
+attempts), squashed to the square, a random flip; for evaluation the image
+scaled keeping its aspect ratio so that its shorter side is 1.145 x the size,
+then the central size x size. Here both decode only their crop (the same
+pixels, fewer decoded), and the evaluation crops before it resizes: the
+central square of side shorter side / 1.145, resized to the size.
 """
 
 import tensorflow as tf
 
-EVAL_CROP_FRACTION = 0.875
+EVAL_SCALE = 1.145  # tf_cnn_benchmarks: 256 / 224 rounded; the crop is 1 / 1.145 of the short side
+CROP_ATTEMPTS = 100  # sample_distorted_bounding_box's tries before it takes the whole image
+
+
+def normalize(images):
+    """uint8 images (0-255) to float32 in [-1, 1]: on the device, in the step."""
+    return tf.cast(images, tf.float32) * (1 / 127.5) - 1.0
 
 
 def _finish(image, size):
     image = tf.image.resize(image, [size, size], method="bilinear")
-    image = tf.clip_by_value(image, 0.0, 255.0)
-    image = image / 127.5 - 1.0
+    image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
     image.set_shape([size, size, 3])
     return image
 
@@ -33,7 +48,7 @@ def train_image(jpeg, boxes, size, seed, area_range=(0.05, 1.0), augment=True, f
     begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape, boxes, seed=seeds[0], min_object_covered=0.1,
         aspect_ratio_range=(3 / 4, 4 / 3), area_range=area_range,
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
+        max_attempts=CROP_ATTEMPTS, use_image_if_no_bounding_boxes=True)
     window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
     image = tf.cast(tf.image.decode_and_crop_jpeg(jpeg, window, channels=3), tf.float32)
     if flip:
@@ -41,12 +56,17 @@ def train_image(jpeg, boxes, size, seed, area_range=(0.05, 1.0), augment=True, f
     return _finish(image, size)
 
 
+def eval_window(height, width):
+    """The central square that evaluation keeps, [top, left, side, side]: that of
+    the image scaled so its shorter side is EVAL_SCALE x the output size."""
+    side = tf.maximum(tf.cast(tf.cast(tf.minimum(height, width), tf.float32) / EVAL_SCALE,
+                              tf.int32), 1)
+    return tf.stack([(height - side) // 2, (width - side) // 2, side, side])
+
+
 def eval_image(jpeg, size):
-    """Central crop of 87.5 % of each side (decoding only the crop), resize."""
+    """The central square of the image keeping its aspect ratio (decoding only
+    it), resized to size x size."""
     shape = tf.io.extract_jpeg_shape(jpeg)
-    h, w = shape[0], shape[1]
-    ch = tf.cast(tf.cast(h, tf.float32) * EVAL_CROP_FRACTION, tf.int32)
-    cw = tf.cast(tf.cast(w, tf.float32) * EVAL_CROP_FRACTION, tf.int32)
-    window = tf.stack([(h - ch) // 2, (w - cw) // 2, tf.maximum(ch, 1), tf.maximum(cw, 1)])
-    image = tf.cast(tf.image.decode_and_crop_jpeg(jpeg, window, channels=3), tf.float32)
-    return _finish(image, size)
+    image = tf.image.decode_and_crop_jpeg(jpeg, eval_window(shape[0], shape[1]), channels=3)
+    return _finish(tf.cast(image, tf.float32), size)

@@ -6,6 +6,7 @@ its reader repeats its shards behind that, so uneven shards can never leave one
 rank waiting for a step that another never takes.
 """
 
+import itertools
 import re
 import struct
 
@@ -17,6 +18,7 @@ from hvd_alexnet.errors import DataError
 AUTOTUNE = tf.data.AUTOTUNE
 READ_BUFFER = 8 << 20  # bytes; large sequential reads suit network filesystems
 PREFETCH_BATCHES = 3
+DEVICE_BATCHES = 2  # batches staged on a GPU ahead of the step
 
 
 def rank_shards(files, rank, size):
@@ -107,56 +109,80 @@ def _options(threads, deterministic):
 def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epoch=0,
                   rank=0, skip_steps=0, shuffle=True, augment=True, flip=True,
                   area_range=(0.05, 1.0), shuffle_buffer=10000, threads=None,
-                  deterministic=True, skip_corrupt=False, first_label=1):
-    """`steps` batches of (images, labels, positions) of one epoch for one rank,
-    after skipping `skip_steps` (a resume).
+                  deterministic=True, skip_corrupt=False, first_label=1, epochs=1):
+    """`steps` batches of (images, labels, positions) per epoch for one rank, for
+    `epochs` epochs from `epoch` on, the first after skipping `skip_steps` of it
+    (a resume): one pipeline for a run, each epoch reshuffled.
 
     File order and the record shuffle are seeded by (seed, epoch, rank), and the
     augmentation by (seed, epoch, position in the epoch), so the same arguments
-    give the same batches. With `skip_corrupt`, records that do not decode or
-    have a bad label are dropped; the positions (in order) show how many.
+    give the same batches. Positions count from 0 in each epoch. With
+    `skip_corrupt`, records that do not decode or have a bad label are dropped;
+    the positions (in order) show how many.
     """
     deterministic = deterministic or skip_corrupt  # in-order positions count the skips
-    epoch_seed = seed * 1_000_003 + epoch * 1009 + rank
-    n = len(files)
-    ds = tf.data.Dataset.from_tensor_slices(list(files))
-    if shuffle:
-        ds = ds.shuffle(n, seed=epoch_seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(plain(_records_with_origin), cycle_length=min(n, 16), block_length=1,
-                       num_parallel_calls=min(n, 16) if deterministic else AUTOTUNE)
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=True)
-    # Repeat after the shuffle: each pass over the rank's shards is a fresh
-    # permutation with no example twice. With steps from steps_per_epoch() an
-    # epoch fits in one pass; the repeat is the guard that a rank never runs dry
-    # (records skipped with skip_corrupt, shards that shrank since the count).
-    ds = ds.repeat()
-    todo = (steps - skip_steps) * batch_size
-    ds = ds.skip(skip_steps * batch_size).enumerate(skip_steps * batch_size)
-    if not skip_corrupt:
-        ds = ds.take(todo)  # exact, and before any decoding
+    files, n = list(files), len(files)
 
-    def load(position, origin):
-        filename, index, record = origin
-        jpeg, label, boxes = schema.parse(record)
-        image = preprocess.train_image(jpeg, boxes, image_size, seed=tf.stack(
-            [tf.cast(epoch_seed, tf.int64), position]), area_range=area_range, augment=augment,
-            flip=flip)
-        return image, _checked_label(label, filename, index, num_classes, first_label), position
+    def one_epoch(e, skip):  # int64 tensors: the epoch, and the steps of it to skip
+        # The shuffles' seeds are the epoch's alone, not combined with a global
+        # seed (Keras' set_random_seed): TensorFlow cannot combine a global seed
+        # of 0 with a tensor seed. This sets the seed of this function's graph only.
+        tf.random.set_seed(None)
+        epoch_seed = seed * 1_000_003 + e * 1009 + rank
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        if shuffle:
+            ds = ds.shuffle(n, seed=epoch_seed)
+        ds = ds.interleave(plain(_records_with_origin), cycle_length=min(n, 16), block_length=1,
+                           num_parallel_calls=min(n, 16) if deterministic else AUTOTUNE)
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=epoch_seed)
+        # Repeat after the shuffle: each pass over the rank's shards is a fresh
+        # permutation with no example twice. With steps from steps_per_epoch() an
+        # epoch fits in one pass; the repeat is the guard that a rank never runs dry
+        # (records skipped with skip_corrupt, shards that shrank since the count).
+        ds = ds.repeat()
+        todo = (steps - skip) * batch_size
+        ds = ds.skip(skip * batch_size).enumerate(skip * batch_size)
+        if not skip_corrupt:
+            ds = ds.take(todo)  # exact, and before any decoding
 
-    ds = ds.map(plain(load), num_parallel_calls=AUTOTUNE)
-    if skip_corrupt:
-        ds = ds.ignore_errors().take(todo)
+        def load(position, origin):
+            filename, index, record = origin
+            jpeg, label, boxes = schema.parse(record)
+            image = preprocess.train_image(jpeg, boxes, image_size, seed=tf.stack(
+                [epoch_seed, position]), area_range=area_range, augment=augment, flip=flip)
+            return image, _checked_label(label, filename, index, num_classes, first_label), \
+                position
+
+        ds = ds.map(plain(load), num_parallel_calls=AUTOTUNE)
+        if skip_corrupt:
+            ds = ds.ignore_errors().take(todo)
+        return ds
+
+    # An epoch's count is whole batches, so no batch spans two epochs; the
+    # prefetch runs on across the boundary (and through a pause between stretches).
+    ds = tf.data.Dataset.range(epoch, epoch + epochs).map(
+        lambda e: (e, tf.where(e == epoch, tf.constant(skip_steps, tf.int64), 0)))
+    ds = ds.flat_map(plain(one_epoch))
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(PREFETCH_BATCHES)
     return ds.with_options(_options(threads, deterministic))
 
 
 def eval_dataset(files, batch_size, image_size, num_classes, threads=None, skip_corrupt=False,
-                 first_label=1):
-    """Every validation record once, central crop, last batch possibly short."""
-    ds = tf.data.Dataset.from_tensor_slices(list(files))
-    ds = ds.interleave(plain(_records_with_origin), cycle_length=min(len(files), 16),
+                 first_label=1, rank=0, size=1):
+    """Every validation record once over `size` ranks, central crop, last batch
+    possibly short: this rank's share, whole files when the files divide evenly
+    among the ranks (ImageNet's 128 over 8), else every size-th record of each
+    file (any count: each rank reads every file, decodes its records only)."""
+    files = list(files)
+    whole_files = len(files) % size == 0
+    if whole_files:
+        files = files[rank::size]
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string))  # maybe none
+    ds = ds.interleave(plain(_records_with_origin), cycle_length=max(1, min(len(files), 16)),
                        num_parallel_calls=AUTOTUNE, deterministic=False)
+    if not whole_files:
+        ds = ds.filter(plain(lambda filename, index, record: index % size == rank))
 
     def load(filename, index, record):
         jpeg, label, _ = schema.parse(record)
@@ -170,15 +196,48 @@ def eval_dataset(files, batch_size, image_size, num_classes, threads=None, skip_
     return ds.with_options(_options(threads, False))
 
 
-def synthetic_dataset(batch_size, image_size, num_classes, seed=0, threads=None):
-    """One fixed random batch, repeated: the compute-only benchmark (no files, no decode).
-    The same options as the real reader's (no autotuning: see _options)."""
+def synthetic_batch(batch_size, image_size, num_classes, seed=0, device=None):
+    """One fixed random batch (images, labels, positions), copied once to
+    `device` (a rank's GPU; None: the CPU) and never again, as Horovod's
+    synthetic benchmark does: the compute-only benchmark (no files, no decode)."""
     g = tf.random.Generator.from_seed(seed)
-    images = g.uniform([batch_size, image_size, image_size, 3], -1.0, 1.0)
+    images = tf.cast(g.uniform([batch_size, image_size, image_size, 3], 0, 256, tf.int32),
+                     tf.uint8)
     labels = g.uniform([batch_size], 0, num_classes, dtype=tf.int32)
-    positions = tf.zeros([batch_size], tf.int64)  # the shape of train_dataset's batches
-    ds = tf.data.Dataset.from_tensors((images, labels, positions)).repeat()
-    return ds.with_options(_options(threads, False))
+    batch = images, labels, tf.zeros([batch_size], tf.int64)  # the shape of train batches
+    if not device:
+        return batch
+    with tf.device(device):
+        return tuple(tf.identity(t) for t in batch)
+
+
+def to_device(ds, device):
+    """On a GPU (`device`, e.g. "/gpu:0"), the dataset's next batches are copied
+    to it while the current step runs (tf_cnn_benchmarks' staging area); on the
+    CPU (None) the dataset as it is."""
+    if not device:
+        return ds
+    return ds.apply(tf.data.experimental.prefetch_to_device(device, DEVICE_BATCHES))
+
+
+class Feed:
+    """A rank's batches for a whole run, handed out stretch by stretch from one
+    iterator (one pipeline: its prefetch fills during the pauses), or the
+    synthetic batch again and again."""
+
+    def __init__(self, dataset=None, batch=None):
+        self._batches = iter(dataset) if dataset is not None else None
+        self._batch = batch
+
+    def take(self, n):
+        """The next `n` batches (fewer if the pipeline ends)."""
+        if self._batches is None:
+            return itertools.repeat(self._batch, n)
+        return itertools.islice(self._batches, n)
+
+    def close(self):
+        """Ends the pipeline (its threads) now rather than at garbage collection."""
+        self._batches = self._batch = None
 
 
 def find_undecodable(files, num_classes, first_label=1):

@@ -44,6 +44,7 @@ def bare(a):
     import tensorflow as tf
 
     from hvd_alexnet import optim
+    from hvd_alexnet.data.reader import synthetic_batch
     from hvd_alexnet.distributed import cpu_threads
     from hvd_alexnet.model import build_alexnet
     from hvd_alexnet.step import loss as training_loss
@@ -54,9 +55,7 @@ def bare(a):
         tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = build_alexnet(a.image, NUM_CLASSES)
     opt = optim.make_optimizer(0.01, 0.9)
-    g = tf.random.Generator.from_seed(0)
-    images = g.uniform([a.batch, a.image, a.image, 3], -1.0, 1.0)
-    labels = g.uniform([a.batch], 0, NUM_CLASSES, dtype=tf.int32)
+    images, labels, _ = synthetic_batch(a.batch, a.image, NUM_CLASSES)  # the trainer's
 
     @tf.function
     def step():
