@@ -64,8 +64,9 @@ def define(fv):
            "it runs, slowly); bf16: mixed bfloat16 (fast on CPUs with AMX/AVX512-BF16, and on "
            "A100 and newer); mixed: the device's best (fp16 on a GPU, bf16 on a CPU).")
     d.float("initial_loss_scale", 2.0 ** 15,
-            "fp16: the dynamic loss scale's start (halved after each step whose gradients "
-            "overflow, that step skipped on every rank; doubled after 2000 good steps).")
+            "fp16 (and --fp16_allreduce): the dynamic loss scale's start (halved after each "
+            "step whose gradients overflow, that step skipped on every rank; doubled after "
+            "2000 good steps).")
     d.bool("xla", False, "Compile the forward and backward pass with XLA (jit_compile); the "
            "all-reduce and the update stay outside it.")
     # Horovod
@@ -75,7 +76,9 @@ def define(fv):
     d.float("cycle_time_ms", None,
             "Horovod cycle time in ms (default: $HOROVOD_CYCLE_TIME, else 10 on CPU "
             "hosts and Horovod's 1 on GPU hosts).")
-    d.bool("fp16_allreduce", False, "Compress gradients to float16 for the all-reduce.")
+    d.bool("fp16_allreduce", False, "Compress gradients to float16 for the all-reduce: each "
+           "rank's gradient / ranks is summed (it cannot overflow where one rank's fits), under "
+           "a dynamic loss scale at any precision (small gradients do not flush to 0).")
     d.float("stall_timeout_sec", 1800,
             "A rank without progress for this long (stuck reading, or in a collective "
             "whose peer hangs) ends the job; 0: never. Keep it above a validation pass.")

@@ -51,16 +51,25 @@ class Dist:
         self.hosts = self.allgather_object(socket.gethostname(), "hvd_alexnet.hosts")  # HVD
 
     # --- gradients and state -------------------------------------------------
+    @property
+    def predivide(self):
+        """float16 sums (--fp16_allreduce) are of each rank's share, gradient / N,
+        so that N ranks' sum cannot overflow where one rank's gradient fits;
+        float32 sums divide after the sum (Horovod's Average)."""
+        return float(self.size) if self.compression is self.hvd.Compression.fp16 else 1.0
+
     def gradient_tape(self, tape):
         """The tape whose gradient() averages over all ranks (ring all-reduce, fused)."""
-        return self.hvd.DistributedGradientTape(tape, compression=self.compression)  # HVD
+        return self.hvd.DistributedGradientTape(  # HVD
+            tape, compression=self.compression, gradient_predivide_factor=self.predivide)
 
     def average(self, tensors):
         """What gradient_tape() does to the gradients: one averaging all-reduce per
         tensor, fused into buffers by Horovod's background thread (the benchmark
-        times this alone)."""
-        return [self.hvd.allreduce(t, op=self.hvd.Average, compression=self.compression)  # HVD
-                for t in tensors]
+        times this alone). Horovod multiplies the postscale by 1 / N for Average."""
+        return [self.hvd.allreduce(t, op=self.hvd.Average, compression=self.compression,  # HVD
+                                   prescale_factor=1 / self.predivide,
+                                   postscale_factor=self.predivide) for t in tensors]
 
     def broadcast_variables(self, variables):
         """Makes every rank's copy equal to rank 0's (start, and after a restore)."""

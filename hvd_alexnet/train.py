@@ -183,8 +183,11 @@ def build(cfg, num_classes):
     tf.keras.mixed_precision.set_global_policy(policy)
     schedule = optim.Schedule(steps_per_epoch=1, peak=cfg.base_lr, warmup_epochs=0,
                               schedule="constant", epochs=1)  # until bind() fits it to the job
+    # A dynamic loss scale in float16, and for float16 gradient sums of float32
+    # training too: unscaled, gradients below 6e-8 would flush to 0 in the sum.
+    scaled = policy == "mixed_float16" or cfg.fp16_allreduce
     opt = optim.make_optimizer(schedule, cfg.momentum, loss_scale=(
-        cfg.initial_loss_scale if policy == "mixed_float16" else None))
+        cfg.initial_loss_scale if scaled else None))
     # Dropout masks seeded by (seed, rank, step, micro-batch): the same after a resume.
     seeds = step.DropoutSeeds(cfg.seed, 0, opt.iterations, cfg.accumulate_steps)
     model = build_alexnet(cfg.image_size, num_classes, cfg.dropout, dropout_seed=seeds)

@@ -44,3 +44,56 @@ def test_xla_on_two_ranks(tiny_data, tmp_path):
     assert "identical on all 2 ranks" in res.stdout
     losses = [r["data"]["loss"] for r in step_records(tmp_path)]
     assert len(losses) == 4 and all(l == l for l in losses)  # finite, logged each step
+
+
+FP16_SUM = """
+import tensorflow as tf
+from hvd_alexnet import distributed
+dist, _ = distributed.init(fp16_allreduce=True)
+g = tf.constant([40000.0, 1e-3])  # fits float16 (max 65504); 2 ranks' sum would not
+v = tf.Variable([1.0, 1.0])
+with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(v * g)
+taped = dist.gradient_tape(tape).gradient(loss, [v])[0]
+print("AVERAGED", dist.rank, dist.average([g])[0].numpy().tolist(), taped.numpy().tolist())
+"""
+
+
+def test_float16_sums_are_of_each_ranks_share_so_they_cannot_overflow(tmp_path):
+    """2 ranks, each with a gradient of 40,000 in float16: summed first, 80,000
+    is past float16's largest (65,504) and the mean would be inf; each rank's
+    half summed is 40,000. Both the gradient tape and the micro-batch path."""
+    from hvd_alexnet.tools.launch import ROOT, job_command, job_env
+    import re
+    import subprocess
+    res = subprocess.run(job_command(["-c", FP16_SUM], 2, "gloo"), cwd=ROOT, env=job_env(),
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    found = re.findall(r"AVERAGED (\d) \[(\S+), (\S+)\] \[(\S+), (\S+)\]", res.stdout)
+    assert sorted(r for r, *_ in found) == ["0", "1"], res.stdout[-3000:]
+    for _, big, small, taped_big, taped_small in found:
+        assert float(big) == float(taped_big) == 40000.0
+        assert abs(float(small) - 1e-3) < 1e-6 and abs(float(taped_small) - 1e-3) < 1e-6
+
+
+def test_float16_gradient_sums_of_float32_training_track_float32_sums(tiny_data, tmp_path):
+    """fp32 training, 2 ranks, 6 deterministic steps: with --fp16_allreduce (under
+    a loss scale) the weights stay within float16's precision of those summed in
+    float32, and the loss does not diverge (the trainer stops if it does)."""
+    import numpy as np
+    from helpers import final_weights
+    args = ["train", f"--data_dir={tiny_data}", *SMALL, "--max_steps=6", "--noeval",
+            "--deterministic", "--dropout=0", "--initial_loss_scale=1024"]
+    runs = {}
+    for name, extra in (("fp32", []), ("fp16", ["--fp16_allreduce"])):
+        model_dir = str(tmp_path / name)
+        res = launch([*args, f"--model_dir={model_dir}", *extra], np=2, launcher="gloo",
+                     timeout=300)
+        assert res.returncode == 0, res.stdout[-3000:]
+        runs[name] = final_weights(model_dir)
+        losses = [r["data"]["loss"] for r in step_records(model_dir)]
+        assert all(np.isfinite(losses)) and len(losses) == 6
+    scales = [r["data"].get("loss_scale") for r in step_records(str(tmp_path / "fp16"))]
+    assert scales == [1024] * 6  # the float16 sums' loss scale; no step overflowed
+    for a, b in zip(runs["fp32"], runs["fp16"]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-3 * max(1e-3, np.abs(a).max()))
