@@ -164,7 +164,9 @@ def train_to_end(job, loop, ckpts, state, validation, feed):
         if cfg.skip_corrupt:
             state.skipped_all = dist.sum(state.skipped, "hvd_alexnet.skipped")  # HVD
             loop.report.log([epoch, state.step], {"skipped_corrupt_records": state.skipped_all})
-        pause(dist, ckpts, state, loop.hooks)
+        saved_in = pause(dist, ckpts, state, loop.hooks)
+        if saved_in is not None:  # rank 0: the pause's cost (make bench's epoch gap)
+            loop.report.event([epoch, state.step], {"checkpoint_seconds": saved_in})
         if not stopping and validation.due(state, epoch):  # on every rank
             final = validation.run(epoch, state.step)
         if stopping:
@@ -209,12 +211,14 @@ def bind(learner, cfg, state, dist):
 
 
 def pause(dist, ckpts, state, hooks):
-    """Rank 0 checkpoints while the other ranks wait in the heartbeat loop."""
+    """Rank 0 checkpoints while the other ranks wait in the heartbeat loop;
+    returns its seconds on rank 0 (None on the others)."""
     if not dist.is_root:
         failure = dist.wait_for_root()  # HVD
         if failure:
             raise DataError(failure)
-        return
+        return None
+    t0 = time.perf_counter()
     dist.solo_begin()  # HVD: a thread answers the waiting ranks meanwhile
     try:
         hooks.before_save()
@@ -227,6 +231,7 @@ def pause(dist, ckpts, state, hooks):
         dist.solo_abandon()
         raise
     dist.solo_end()  # HVD
+    return time.perf_counter() - t0
 
 
 def finish(job, state, report, final):

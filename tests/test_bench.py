@@ -28,13 +28,15 @@ def test_bench_writes_every_chosen_row_and_the_targets(tiny_data, tmp_path):
     cmd = [sys.executable, "-m", "hvd_alexnet", "bench", f"--data_dir={tiny_data}",
            f"--out_dir={tmp_path}", "--image_size=67", "--warmup=0", "--windows=2",
            "--window_images=8",
-           "--only=bare,synthetic_1,synthetic_1_long,pipeline,allreduce_hvd_gloo"]
+           "--only=bare,synthetic_1,synthetic_1_long,pipeline,allreduce_hvd_gloo,epoch_gap,"
+           "validation_root,validation_all"]
     res = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     results = json.load(open(tmp_path / "benchmarks.json"))
-    assert sorted(results["rows"]) == ["allreduce_hvd_gloo", "bare", "pipeline", "synthetic_1",
-                                       "synthetic_1_long"]
+    assert sorted(results["rows"]) == ["allreduce_hvd_gloo", "bare", "epoch_gap", "pipeline",
+                                       "synthetic_1", "synthetic_1_long", "validation_all",
+                                       "validation_root"]
     long = results["rows"].pop("synthetic_1_long")  # one block per fresh process
     assert len(long["windows"]) == bench.FRESH_PROCESSES and all(w > 0 for w in long["windows"])
     for row in results["rows"].values():
@@ -45,7 +47,16 @@ def test_bench_writes_every_chosen_row_and_the_targets(tiny_data, tmp_path):
     overhead = results["targets"][0]
     assert overhead[2] == 0.97 and overhead[1] == (results["rows"]["synthetic_1"]["median"] /
                                                    results["rows"]["bare"]["median"])
+    # 2 epoch boundaries (80 records, batch 32: 2 steps an epoch), each in median steps
+    assert results["rows"]["epoch_gap"]["steps_per_epoch"] == 2
+    targets = {name: (ratio, want) for name, ratio, want in results["targets"]}
+    validation = targets["validation, 2 ranks: every rank its share / rank 0 alone"]
+    assert validation == (results["rows"]["validation_all"]["median"] /
+                          results["rows"]["validation_root"]["median"], -0.6)
+    gap = targets["an epoch boundary in median steps (data on disk)"]
+    assert gap == (results["rows"]["epoch_gap"]["median"], -2.0)
     text = open(tmp_path / "benchmarks.md").read()
+    assert "| <= 0.6 |" in text and "| <= 2.0 |" in text
     assert "| trainer, synthetic, 1 rank |" in text and "not measured" in text
     assert "Reference: 1,833.9 images/s" in text and results["machine"]["cores"] == os.cpu_count()
 

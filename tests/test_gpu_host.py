@@ -80,3 +80,10 @@ def test_the_watchdog_allows_a_compiling_first_step_but_not_the_next():
                          timeout=120)
     assert res.stdout.strip() == "alive", res.stderr[-2000:]
     assert res.returncode == EXIT_STALLED and "while in a later step" in res.stderr
+
+
+def test_gpu_check_gives_a_first_step_that_compiles_its_time():
+    from hvd_alexnet.tools import gpu_check
+    assert gpu_check.measurement_timeout(600, [(9, 0), (9, 0)]) == distributed.FIRST_STEP_ALLOWED
+    assert gpu_check.measurement_timeout(600, [(8, 0)]) == 600  # A100: nothing to compile
+    assert gpu_check.measurement_timeout(600, []) == 600  # an old driver: unknown

@@ -27,6 +27,7 @@ from hvd_alexnet.tools import bench, costs
 from hvd_alexnet.tools.launch import BIN
 
 MIN_EFFICIENCY = 0.8  # N GPUs / (N x 1 GPU), fp32: below it the all-reduce or the host limits
+GPU_BATCH, CPU_BATCH = 512, 64  # per rank: a big GPU's AlexNet batch (tf_cnn_benchmarks'); a CPU's
 
 
 def host_facts():
@@ -49,7 +50,30 @@ def host_facts():
         facts["nvidia_smi"] = smi.stdout.strip().splitlines() if smi.returncode == 0 else []
     except OSError:
         facts["nvidia_smi"] = []
+    facts["compute_capabilities"] = compute_capabilities()
     return facts
+
+
+def compute_capabilities():
+    """[(major, minor)] of the host's GPUs (nvidia-smi's compute_cap, drivers from
+    510 on), [] if unknown."""
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=60)
+    except OSError:
+        return []
+    found = re.findall(r"^\s*(\d+)\.(\d+)\s*$", smi.stdout, re.M) if smi.returncode == 0 else []
+    return [(int(major), int(minor)) for major, minor in found]
+
+
+def measurement_timeout(timeout, capabilities):
+    """Seconds a measurement may take: on GPUs whose kernels the driver compiles at
+    the first step (Hopper and later), enough for that compile (once per host:
+    CUDA's cache keeps it for the later measurements)."""
+    from hvd_alexnet import distributed  # TensorFlow: only when asked
+    if any(distributed.compiles_at_first_step(c) for c in capabilities):
+        return max(timeout, distributed.FIRST_STEP_ALLOWED)
+    return timeout
 
 
 def rank_devices(ranks, timeout):
@@ -118,7 +142,8 @@ FLAGS = flags.FlagValues()
 d = command.definers(FLAGS)
 d.integer("ranks", 0, "Ranks for the N-rank rows (0: every GPU; on a CPU, its cores).")
 d.integer("image_size", 227, "Image side.")
-d.integer("batch", 64, "Images per rank and step.")
+d.integer("batch", 0, "Images per rank and step (0: tf_cnn_benchmarks' AlexNet batch of 512 "
+          "on a GPU, 64 on a CPU).")
 d.integer("warmup", 1, "Untimed windows first.")
 d.integer("windows", 3, "Timed windows per row.")
 d.integer("window_images", 0, "Images per window (0: 10 steps' worth).")
@@ -130,7 +155,14 @@ def main(argv=None):
     facts = host_facts()
     gpu = bool(facts["gpus"])
     ranks = FLAGS.ranks or len(facts["gpus"]) or os.cpu_count() or 1
-    a = command.values(FLAGS, window_images=FLAGS.window_images or 10 * FLAGS.batch)
+    batch = FLAGS.batch or (GPU_BATCH if gpu else CPU_BATCH)
+    timeout = measurement_timeout(FLAGS.timeout, facts["compute_capabilities"])
+    a = command.values(FLAGS, batch=batch, timeout=timeout,
+                       window_images=FLAGS.window_images or 10 * batch)
+    if timeout > FLAGS.timeout:
+        print(f"compute capability {max(facts['compute_capabilities'])} GPUs: TensorFlow 2.15 "
+              f"compiles its kernels for them at the first step (many minutes, once per host); "
+              f"each measurement may take {timeout} s")
     hvd_built = ", ".join(k for k, v in facts["horovod"].items() if v and k != "TensorFlow")
     print(f"hvd_alexnet gpu check: {len(facts['gpus'])} GPU(s)"
           + (f" ({'; '.join(facts['nvidia_smi'])})" if facts["nvidia_smi"] else "")

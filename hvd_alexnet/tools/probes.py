@@ -5,6 +5,7 @@
     mpirun -np 2 python -m hvd_alexnet.tools.probes allreduce --image 227    # Horovod, fused
     mpirun -np 2 python -m hvd_alexnet.tools.probes mpi_allreduce --image 227  # plain mpi4py
     horovodrun -np 8 python -m hvd_alexnet.tools.probes devices  # each rank's device
+    horovodrun -np 2 python -m hvd_alexnet.tools.probes validation --data_dir data/bench
 
 Each process prints one JSON line: {"probe", "rank", "unit", "windows": [rate per
 timed window], ...}, windows timed after `--warmup` untimed ones. `bare` launched
@@ -83,6 +84,28 @@ def pipeline(a):
     return {"unit": "images/s", "windows": [a.per_window * a.batch / s for s in secs]}
 
 
+def validation(a):
+    """Passes over the validation shards as the trainer makes them (each rank its
+    share, the exact counts summed; --validators=root: rank 0 reads every
+    record while the others wait in the sum, as before issue 25), with the
+    trainer's threads per rank. Seconds per pass."""
+    from hvd_alexnet import distributed, inference
+    from hvd_alexnet.data import reader, schema
+    from hvd_alexnet.model import build_alexnet
+    dist, threads = distributed.init()  # HVD
+    files = schema.list_shards(a.data_dir, schema.VALIDATION)
+    scorer = inference.Scorer(build_alexnet(a.image, NUM_CLASSES), NUM_CLASSES)
+    rank, size = (dist.rank, dist.size) if a.validators == "all" else (0, 1)
+    mine = files if dist.is_root or a.validators == "all" else []
+
+    def one_pass():
+        ds = reader.eval_dataset(mine, a.batch, a.image, NUM_CLASSES, threads, rank=rank,
+                                 size=size)
+        inference.summed(dist, scorer.count(ds))  # HVD
+
+    return {"unit": "s", "windows": _windows(one_pass, a.warmup, a.windows, 1)}
+
+
 def _gradient_shapes(image):
     from hvd_alexnet.model import build_alexnet
     return [v.shape for v in build_alexnet(image, NUM_CLASSES).trainable_variables]
@@ -138,7 +161,7 @@ def devices(a):
 
 
 PROBES = {"bare": bare, "pipeline": pipeline, "allreduce": allreduce,
-          "mpi_allreduce": mpi_allreduce, "devices": devices}
+          "mpi_allreduce": mpi_allreduce, "devices": devices, "validation": validation}
 
 
 FLAGS = flags.FlagValues()
@@ -147,7 +170,8 @@ d.integer("batch", 32, "Images per step.")
 d.integer("image", 227, "Image side.")
 d.enum("precision", "fp32", ["fp32", "mixed"], "bare: mixed is bfloat16 on the CPU.")
 d.float("weight_decay", 1e-4, "bare: as train's --weight_decay.")
-d.string("data_dir", None, "pipeline: the TFRecords.")
+d.string("data_dir", None, "pipeline, validation: the TFRecords.")
+d.enum("validators", "all", ["all", "root"], "validation: every rank its share, or rank 0 alone.")
 d.float("fusion_mb", None, "allreduce: Horovod's fusion buffer in MiB.")
 d.integer("threads", 0, "bare: CPU threads (0: all cores).")
 d.integer("warmup", 2, "Untimed windows first.")
