@@ -79,6 +79,7 @@ class RunState:
     skipped: int = 0  # corrupt records this rank skipped (--skip_corrupt)
     skipped_all: int = 0  # ... and all ranks, as of the last pause
     read_mark: int = 0  # records of this epoch this rank had read before this stretch
+    checkpoint_seconds: float = None  # rank 0's last checkpoint: in the next progress record
     speed: progress.Throughput = dataclasses.field(default_factory=progress.Throughput)
 
     def warming_up(self, warmup):
@@ -233,6 +234,8 @@ class Loop:
         scale = self.loss_scale()
         if scale is not None:
             values["loss_scale"] = scale
+        if state.checkpoint_seconds is not None:  # the pause before (make bench's epoch gap)
+            values["checkpoint_seconds"], state.checkpoint_seconds = state.checkpoint_seconds, None
         self.report.train(epoch, state.step, values)
 
 

@@ -191,9 +191,11 @@ class Reporter:
                      f"subset each epoch")
 
     def train(self, epoch, step, values):
-        """Every --log_every steps: loss, learning_rate, images_per_sec."""
+        """Every --log_every steps: loss, learning_rate, images_per_sec (and
+        loss_scale, and checkpoint_seconds after a pause: not a curve)."""
         self.metrics.log([epoch, step], values, echo=False)
-        self.board.scalars("train", step, values)
+        self.board.scalars("train", step, {k: v for k, v in values.items()
+                                           if k != "checkpoint_seconds"})
         self.say(self.progress.line(step, values["loss"], values["learning_rate"],
                                     values["images_per_sec"]))
 

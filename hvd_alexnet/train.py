@@ -164,9 +164,7 @@ def train_to_end(job, loop, ckpts, state, validation, feed):
         if cfg.skip_corrupt:
             state.skipped_all = dist.sum(state.skipped, "hvd_alexnet.skipped")  # HVD
             loop.report.log([epoch, state.step], {"skipped_corrupt_records": state.skipped_all})
-        saved_in = pause(dist, ckpts, state, loop.hooks)
-        if saved_in is not None:  # rank 0: the pause's cost (make bench's epoch gap)
-            loop.report.event([epoch, state.step], {"checkpoint_seconds": saved_in})
+        state.checkpoint_seconds = pause(dist, ckpts, state, loop.hooks)
         if not stopping and validation.due(state, epoch):  # on every rank
             final = validation.run(epoch, state.step)
         if stopping:

@@ -189,15 +189,14 @@ def epoch_gaps(row, a, boundaries=2):
                  f"--max_steps={boundaries * spe + 2}", "--noeval", "--keep_checkpoints=1",
                  "--num_classes=1000"], row.ranks, row.launcher, a.timeout)
         records = metrics_log.read(os.path.join(model_dir, metrics_log.LOG_FILE))
-    at = {r["step"][1]: float(r["timestamp"]) for r in metrics_log.step_records(records)
-          if "loss" in r["data"]}
-    saved = {r["step"][1]: r["data"]["checkpoint_seconds"] for r in records
-             if isinstance(r.get("step"), list) and "checkpoint_seconds" in r.get("data", {})}
+    logged = {r["step"][1]: r for r in metrics_log.step_records(records) if "loss" in r["data"]}
+    at = {s: float(r["timestamp"]) for s, r in logged.items()}
     ends = [k * spe for k in range(1, boundaries + 1)]
     steps = [at[s + 1] - at[s] for s in range(3, max(at)) if s + 1 in at and s not in ends]
     median = statistics.median(steps)
     return {"unit": "median steps", "steps_per_epoch": spe, "median_step_s": median,
-            "windows": [(at[e + 1] - at[e] - saved.get(e, 0.0)) / median for e in ends]}
+            "windows": [(at[e + 1] - at[e] - logged[e + 1]["data"]["checkpoint_seconds"]) / median
+                        for e in ends]}
 
 
 def window_rates(records):

@@ -3,9 +3,11 @@ minutes and with no data set, whether this project's GPU path works and how fast
 
 It prints what TensorFlow and Horovod were built with and see (GPUs, driver,
 CUDA and cuDNN, Horovod's NCCL / MPI / Gloo), one row per rank with the device
-that rank is pinned to, the trainer's synthetic images/s at fp32 and at mixed
-precision on 1 rank and on all of them (with the scaling efficiency), Horovod's
-all-reduce of AlexNet's gradients, and `plan`'s prediction for the N-rank step
+that rank is pinned to, the images/s of the trainer's step on a synthetic batch
+at fp32 and at mixed precision (both in one process: start-up and the first
+compile paid once) on 1 rank and on all of them (with the scaling
+efficiency), Horovod's all-reduce of AlexNet's gradients, and `plan`'s
+prediction for the N-rank step
 from the 1-rank rate and that all-reduce beside the measurement; then one check
 a line and a verdict (exit 0: ready, 2: a problem).
 
@@ -84,18 +86,25 @@ def rank_devices(ranks, timeout):
 
 
 def rows(ranks, gpu, batch):
-    mixed = "mixed float16" if gpu else "mixed bfloat16"
-    synthetic = lambda precision: ["--synthetic", f"--precision={precision}"]
+    """The measurements: the trainer's step at both precisions on 1 rank (one
+    process) and on all (one job), and the all-reduce."""
     return [
-        bench.Row("fp32_1", "1 rank, fp32", "train", 1, synthetic("fp32"), batch=batch),
-        bench.Row("mixed_1", f"1 rank, {mixed}", "train", 1, synthetic("mixed"), batch=batch),
-        bench.Row("fp32_n", f"{ranks} ranks, fp32 (aggregate)", "train", ranks,
-                  synthetic("fp32"), batch=batch),
-        bench.Row("mixed_n", f"{ranks} ranks, {mixed} (aggregate)", "train", ranks,
-                  synthetic("mixed"), batch=batch),
+        bench.Row("precisions_1", "1 rank", "probe", 1, ["precisions"], batch=batch),
+        bench.Row("precisions_n", f"{ranks} ranks", "probe", ranks, ["precisions"], batch=batch),
         bench.Row("allreduce", f"all-reduce of the gradients, {ranks} ranks"
                   f"{' (NCCL)' if gpu else ''}", "probe", ranks, ["allreduce"], batch=batch),
     ]
+
+
+def results(row, m, gpu):
+    """[(key, label, measurement)]: a precisions row gives an fp32 and a mixed one."""
+    if row.key == "allreduce":
+        return [(row.key, row.label, m)]
+    n = row.key[len("precisions_"):]
+    total = " (aggregate)" if n == "n" else ""
+    mixed = "mixed float16" if gpu else "mixed bfloat16"
+    return [(f"fp32_{n}", f"{row.label}, fp32{total}", m),
+            (f"mixed_{n}", f"{row.label}, {mixed}{total}", {**m, "windows": m["mixed"]})]
 
 
 def predicted(r, ranks, gpu, a):
@@ -180,10 +189,10 @@ def main(argv=None):
     print(f"\n| measurement ({a.image_size}x{a.image_size}, batch {a.batch} per rank, "
           f"synthetic) | median | spread | unit |\n|---|---|---|---|")
     for row in rows(ranks, gpu, a.batch):
-        r[row.key] = m = bench.measure(row, a)
-        m["median"] = statistics.median(m["windows"])
-        print(f"| {row.label} | {m['median']:.2f} | {min(m['windows']):.2f}-"
-              f"{max(m['windows']):.2f} | {m['unit']} |", flush=True)
+        for key, label, m in results(row, bench.measure(row, a), gpu):
+            r[key] = m = {**m, "median": statistics.median(m["windows"])}
+            print(f"| {label} | {m['median']:.2f} | {min(m['windows']):.2f}-"
+                  f"{max(m['windows']):.2f} | {m['unit']} |", flush=True)
     prediction = predicted(r, ranks, gpu, a)
     print(f"| plan's prediction, {ranks} ranks, fp32 (from the 1-rank rate and the "
           f"all-reduce above) | {prediction:.2f} | | images/s |\n")

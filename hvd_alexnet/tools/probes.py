@@ -6,6 +6,7 @@
     mpirun -np 2 python -m hvd_alexnet.tools.probes mpi_allreduce --image 227  # plain mpi4py
     horovodrun -np 8 python -m hvd_alexnet.tools.probes devices  # each rank's device
     horovodrun -np 2 python -m hvd_alexnet.tools.probes validation --data_dir data/bench
+    horovodrun -np 8 python -m hvd_alexnet.tools.probes precisions  # fp32, then mixed
 
 Each process prints one JSON line: {"probe", "rank", "unit", "windows": [rate per
 timed window], ...}, windows timed after `--warmup` untimed ones. `bare` launched
@@ -82,6 +83,38 @@ def pipeline(a):
     it = iter(ds)
     secs = _windows(lambda: next(it)[0].numpy(), a.warmup, a.windows, a.per_window)
     return {"unit": "images/s", "windows": [a.per_window * a.batch / s for s in secs]}
+
+
+def precisions(a):
+    """The trainer's step (train.build and bind: its model, optimizer, loss scale
+    and averaging all-reduce) on the synthetic batch on this rank's device, at
+    fp32 and then at mixed precision in one process, so that start-up and the
+    first compile are paid once. Images/s of the job per window: "windows"
+    (fp32) and "mixed"."""
+    import tensorflow as tf
+
+    from hvd_alexnet import config, distributed, train
+    from hvd_alexnet.data.reader import synthetic_batch
+    from hvd_alexnet.loop import RunState
+    dist, _ = distributed.init()  # HVD
+    images, labels, _ = synthetic_batch(a.batch, a.image, NUM_CLASSES, dist.rank, dist.device)
+    rates = {}
+    for precision in ("fp32", "mixed"):
+        fv = config.define(flags.FlagValues())
+        fv(["train", "--synthetic", "--model_dir=unused", f"--precision={precision}",
+            f"--image_size={a.image}", f"--batch_size={a.batch}"])
+        cfg, _ = config.resolve(fv)
+        learner = train.build(cfg, NUM_CLASSES)
+        state = RunState(a.batch, a.batch * dist.size, steps_per_epoch=1000, total=1 << 30)
+        step = train.bind(learner, cfg, state, dist)
+        dist.broadcast_variables(learner.variables)  # HVD
+        stop = tf.constant(False)
+        secs = _windows(lambda: float(step(images, labels, stop)[0]), a.warmup, a.windows,
+                        a.per_window)
+        rates[precision] = [a.per_window * a.batch * dist.size / s for s in secs]
+    tf.keras.mixed_precision.set_global_policy("float32")
+    return {"unit": "images/s", "windows": rates["fp32"], "mixed": rates["mixed"],
+            "policy": learner.policy}
 
 
 def validation(a):
@@ -161,7 +194,8 @@ def devices(a):
 
 
 PROBES = {"bare": bare, "pipeline": pipeline, "allreduce": allreduce,
-          "mpi_allreduce": mpi_allreduce, "devices": devices, "validation": validation}
+          "mpi_allreduce": mpi_allreduce, "devices": devices, "validation": validation,
+          "precisions": precisions}
 
 
 FLAGS = flags.FlagValues()
