@@ -34,6 +34,14 @@ def max_diff(a, b):
     return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
+# The largest weight difference that float rounding leaves between a batch reduced
+# on 1 rank and on 2 (in another order). oneDNN's kernels are not bit-stable from
+# run to run; since the affine layers took tf_cnn_benchmarks' initialisation, one
+# fresh-clone run read 1.07e-5 where 1e-5 had held. The wrong reduction (gradients
+# summed) is asserted to differ by 100 times the measured difference.
+ROUNDING = 3e-5
+
+
 @pytest.mark.parametrize("launcher", ["gloo", "mpi"])
 def test_two_ranks_average_gradients(launcher, tiny_data, tmp_path, one_rank):
     """2 ranks x batch 4 == 1 rank x batch 8 on the same examples at the same
@@ -44,7 +52,7 @@ def test_two_ranks_average_gradients(launcher, tiny_data, tmp_path, one_rank):
     assert "identical on all 2 ranks" in res.stdout  # rank digests all-gathered and compared
     two = final_weights(str(tmp_path))
     # Float tolerance: the batch is reduced in another order on 1 and 2 ranks.
-    assert max_diff(two, one_rank["averaged"]) < 1e-5
+    assert max_diff(two, one_rank["averaged"]) < ROUNDING
     # ... and that tolerance is far below what a wrong reduction would change.
     assert max_diff(two, one_rank["summed"]) > 100 * max_diff(two, one_rank["averaged"])
 
@@ -58,7 +66,7 @@ def test_accumulated_micro_batches_equal_one_big_batch(tiny_data, tmp_path, one_
     assert res.returncode == 0, res.stdout[-3000:]
     assert "2 ranks x batch 2 x 2 micro-batches = 8" in res.stdout
     two = final_weights(str(tmp_path))
-    assert max_diff(two, one_rank["averaged"]) < 1e-5
+    assert max_diff(two, one_rank["averaged"]) < ROUNDING
     assert max_diff(two, one_rank["summed"]) > 100 * max_diff(two, one_rank["averaged"])
 
 
