@@ -92,6 +92,7 @@ class RunState:
         batch; an elastic job that changed size carries its exact count)."""
         self.step = self.start_step = step
         self.start_seen = step * self.global_batch if seen is None else seen
+        self.read_mark = step % self.steps_per_epoch * self.step_batch  # a new pipeline's start
 
     @property
     def epoch(self):

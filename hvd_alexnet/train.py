@@ -127,7 +127,6 @@ def train(job):
         # 5. Train to each pause, from one input pipeline; there rank 0 checkpoints,
         # then every rank validates its share (when due).
         feed = prepare.feed(cfg, data, state, dist.rank, job.threads, dist.device)
-        state.read_mark = state.step % state.steps_per_epoch * state.step_batch
         try:
             final = train_to_end(job, loop, ckpts, state, validation, feed)
         finally:
