@@ -38,6 +38,7 @@ def test_install_names_every_system_package_a_bare_machine_lacks(tmp_path):
 # --- what only the tests need: scripts/test_deps.sh, never install.sh ------------
 
 TEST_DAEMONS = ["openssh-server", "iproute2", "slurmd", "slurmctld", "slurm-client", "munge"]
+TEST_PACKAGES = TEST_DAEMONS + ["debootstrap"]  # and docker-base's test (tests/test_docker.py)
 POLICY = "/usr/sbin/policy-rc.d"  # where Debian's invoke-rc.d asks whether a daemon may start
 
 
@@ -110,7 +111,7 @@ def test_test_deps_installs_the_daemons_without_starting_them(tmp_path, site_pol
     assert result.returncode == 0, result.stdout + result.stderr
     lines = log.read_text().splitlines()
     install = next(line for line in lines if line.startswith("apt-get install"))
-    assert install.split()[-len(TEST_DAEMONS):] == TEST_DAEMONS, lines
+    assert install.split()[-len(TEST_PACKAGES):] == TEST_PACKAGES, lines
     assert lines[lines.index(install) + 1] == "policy-rc.d 101", lines  # no daemon started
     assert after == (site if site_policy else None)
 
@@ -123,5 +124,5 @@ def test_test_deps_as_a_user_says_which_tests_will_skip(tmp_path):
                             env={"PATH": path, "HOME": str(tmp_path)},
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "the two-host and Slurm tests will skip" in result.stdout
+    assert "the two-host, Slurm and debootstrap tests will skip" in result.stdout
     assert "sudo make test-deps" in result.stdout and not log.exists()
