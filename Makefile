@@ -94,7 +94,7 @@ docker-base:
 # in the CPU image and the demo in the other. Starts (and then stops) a Docker engine
 # with no bridge network if none runs; every build and run uses --network=host.
 docker-test:
-	@IMAGE=$(IMAGE) bash scripts/docker_test.sh
+	@IMAGE=$(IMAGE) PYTEST_ARGS="$(PYTEST_ARGS)" bash scripts/docker_test.sh
 
 clean:
 	rm -rf runs .pytest_cache

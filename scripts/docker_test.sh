@@ -5,6 +5,7 @@
 # 10 minutes to build and the suite's time to run (docs/install.md).
 # The base: BASE_IMAGE if set; else `make docker-base`'s image when it exists (no
 # registry needed); else the Dockerfile's own (python:3.11.7-slim-bookworm).
+# PYTEST_ARGS: passed on to the suite (PYTEST_ARGS=tests/test_docker.py: one file).
 # The engine: the running one, else a dockerd started here with no bridge network
 # and stopped at the end. Every build and run uses --network=host.
 set -euo pipefail
@@ -15,12 +16,29 @@ LOGDIR=${LOGDIR:-runs/docker}
 # shellcheck source=scripts/docker_engine.sh
 source scripts/docker_engine.sh
 need_root docker-test
-container=
+# Long commands run in the background and are waited for, so that a signal to this
+# script is handled at once (bash runs a trap only after a foreground command ends):
+# on the way out it stops the command, removes the container, stops its engine.
+child= container= follower=
+waited() {  # waited LOG COMMAND...: runs it, its output to LOG; returns its status
+  local log=$1
+  shift
+  "$@" >"$log" 2>&1 &
+  child=$!
+  local status=0
+  wait "$child" || status=$?
+  child=
+  return "$status"
+}
 on_exit() {
+  [[ -z $child ]] || kill "$child" 2>/dev/null || true
+  [[ -z $follower ]] || kill "$follower" 2>/dev/null || true
   [[ -z $container ]] || docker rm -f "$container" >/dev/null 2>&1 || true
   engine_down
 }
 trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 mkdir -p "$LOGDIR"
 engine_up docker-test "$LOGDIR"
 
@@ -38,12 +56,16 @@ build() {  # build DOCKERFILE TAG BUILD_ARG...
   shift 2
   echo "docker-test: docker build -f $file -t $tag (base $base; 5 to 15 minutes; log: $log)"
   start=$(date +%s)
-  if ! DOCKER_BUILDKIT=0 docker build --network=host "$@" -f "$file" -t "$tag" . >"$log" 2>&1; then
+  if ! waited "$log" env DOCKER_BUILDKIT=0 docker build --network=host "$@" -f "$file" -t "$tag" .
+  then
     local step
     step=$(grep -E '^Step [0-9]+/[0-9]+ : ' "$log" | tail -n 1)
     echo "docker-test: the build of $file failed at ${step:-its start}" >&2
     echo "docker-test: $(grep -v '^\s*$' "$log" | tail -n 1)" >&2
     echo "docker-test: the build's log: $log" >&2
+    if [[ -z ${BASE_IMAGE:-} && $step == *" : FROM "* ]]; then
+      echo "docker-test: where no registry answers, make docker-base makes a base here" >&2
+    fi
     exit 1
   fi
   echo "docker-test: built $tag in $(($(date +%s) - start)) s" \
@@ -62,13 +84,15 @@ build docker/Dockerfile "$IMAGE:gpu-stages-on-cpu" --build-arg "BUILD_IMAGE=$gpu
 log=$LOGDIR/train-gpu-stages-on-cpu.log
 container=hvd-alexnet-train-$$
 echo "docker-test: make train in $IMAGE:gpu-stages-on-cpu (the demo, 2 ranks; log: $log)"
-if ! docker run --rm --init --network=host --ipc=host --name "$container" \
-     "$IMAGE:gpu-stages-on-cpu" make train >"$log" 2>&1; then
+start=$(date +%s)
+if ! waited "$log" docker run --rm --init --network=host --ipc=host --name "$container" \
+     "$IMAGE:gpu-stages-on-cpu" make train; then
   echo "docker-test: make train failed in $IMAGE:gpu-stages-on-cpu: $(tail -n 1 "$log") (log: $log)" >&2
   exit 1
 fi
 container=
-echo "docker-test: the demo in $IMAGE:gpu-stages-on-cpu: $(grep 'top1' "$log" | tail -n 1)"
+echo "docker-test: the demo in $IMAGE:gpu-stages-on-cpu, $(($(date +%s) - start)) s:" \
+     "$(grep -o 'Accuracy @ 1.*' "$log" | tail -n 1)"
 
 # --init: a process that reaps the ranks the tests kill (make as pid 1 would not,
 # and a zombie still answers pgrep). --ipc=host: the ranks' shared memory.
@@ -77,11 +101,17 @@ container=hvd-alexnet-test-$$
 echo "docker-test: make test in $IMAGE:cpu as its user (log: $log)"
 start=$(date +%s)
 status=0
-docker run --rm --init --network=host --ipc=host --name "$container" "$IMAGE:cpu" \
-  make test PYTEST_ARGS="-rs" 2>&1 | tee "$log" || status=$?
+: >"$log"
+tail -n +1 -f "$log" &  # the suite's output as it comes
+follower=$!
+waited "$log" docker run --rm --init --network=host --ipc=host --name "$container" "$IMAGE:cpu" \
+  make test PYTEST_ARGS="-rs ${PYTEST_ARGS:-}" || status=$?
 container=
+sleep 1
+kill "$follower"
+follower=
 elapsed=$(($(date +%s) - start))
-summary=$(grep -E '^=+ .*[0-9]+ (passed|failed|error).* in [0-9.]+s' "$log" | tail -n 1 | tr -d '=')
+summary=$(grep -E '^=+ .*[0-9]+ (passed|failed|error).* in [0-9.]+s' "$log" | tail -n 1 | sed 's/^=* *//; s/ *=*$//')
 echo
 echo "docker-test: make test in $IMAGE:cpu: ${summary:-no pytest summary} (${elapsed} s in all)"
 if grep -q '^SKIPPED' "$log"; then

@@ -8,7 +8,9 @@ are built by `make docker-test` itself, which is not part of this suite
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -20,6 +22,9 @@ case "$1" in
   info) [ -e "$STATE/up" ] ;;
   image) exit 1 ;;  # no image here: no local base
   build) echo "Step 1/3 : ARG BASE_IMAGE=x"; echo "Step 2/3 : FROM x"
+         if [ -n "${SLOW_BUILD:-}" ]; then echo $$ > "$STATE/build.pid"; sleep 600; fi
+         if [ -n "${NO_REGISTRY:-}" ]; then echo "Get https://registry-1.docker.io/v2/: no such host"
+                                            exit 1; fi
          echo "Step 3/3 : RUN apt-get install nothing"
          echo "E: Unable to locate package nothing"
          echo "The command '/bin/bash -o pipefail -c apt-get install nothing' returned a non-zero code: 100"
@@ -145,3 +150,41 @@ def test_docker_base_without_a_debian_source_says_to_set_mirror(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith(f"docker-base: no apt source for Debian 12 (bookworm) in "
                                     f"{tmp_path / 'apt'}: set MIRROR="), result.stderr
+
+
+def test_a_base_no_registry_serves_points_to_docker_base(tmp_path):
+    """The Dockerfile's default base, from a registry that does not answer."""
+    env, state = fake_engine(tmp_path)
+    env["NO_REGISTRY"] = "1"
+    result = run("docker_test.sh", env)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == "docker-test: the build of docker/Dockerfile.cpu failed at Step 2/3 : FROM x"
+    assert lines[1] == "docker-test: Get https://registry-1.docker.io/v2/: no such host"
+    assert lines[3] == ("docker-test: where no registry answers, make docker-base makes a base "
+                        "here"), lines
+
+
+def test_sigterm_during_a_build_stops_it_and_the_engine_at_once(tmp_path):
+    """A build that would take 10 minutes: SIGTERM to the target ends the build,
+    and the engine the target started, without waiting for the build."""
+    env, state = fake_engine(tmp_path)
+    env["SLOW_BUILD"] = "1"
+    proc = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "docker_test.sh")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(600):  # the build has started (60 s at most: a bound, not a measure)
+            if (state / "build.pid").exists() and (state / "build.pid").read_text().strip():
+                break
+            time.sleep(0.1)
+        build = int((state / "build.pid").read_text())
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)  # far less than the build's 600 s
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out
+    dockerd = int((state / "dockerd.pid").read_text())
+    assert f"stopped the dockerd this target started (pid {dockerd})" in out
+    for pid in (build, dockerd):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
