@@ -2,7 +2,8 @@
 the launcher's ranks against Horovod's, the Slurm script on a real one-node
 Slurm (root only; CI sets HVD_ALEXNET_REQUIRE_MULTIHOST=1 so it cannot skip
 there), the Kubernetes MPIJob manifest (parsed; no cluster here) and the
-Dockerfiles (linted; Docker cannot run here)."""
+Dockerfiles (linted and read here; built and run by `make docker-test`, outside
+the suite: tests/test_docker.py)."""
 
 import copy
 import os
