@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# `make docker-test` (as root): builds docker/Dockerfile.cpu ($IMAGE:cpu) and runs
-# `make test` inside it as the image's user (hvd, uid 1000), then prints how many
-# tests passed and skipped, and why they skipped. Not part of `make test`: about
-# 10 minutes to build and the suite's time to run (docs/install.md).
+# `make docker-test` (as root): builds docker/Dockerfile.cpu ($IMAGE:cpu) and
+# docker/Dockerfile's two stages on the same CPU base ($IMAGE:gpu-stages-on-cpu),
+# runs the demo in the second and `make test` in the first as the image's user
+# (hvd, uid 1000), then prints how many tests passed and skipped, and why they
+# skipped. Not part of `make test`: about 10 minutes of builds, then the demo and
+# the suite (docs/install.md).
 # The base: BASE_IMAGE if set; else `make docker-base`'s image when it exists (no
 # registry needed); else the Dockerfile's own (python:3.11.7-slim-bookworm).
 # PYTEST_ARGS: passed on to the suite (PYTEST_ARGS=tests/test_docker.py: one file).
