@@ -89,7 +89,7 @@ docker-build:
 docker-base:
 	@bash scripts/docker_base.sh
 
-# As root, not part of `make test` (about 25 minutes on 2 cores, docs/install.md):
+# As root, not part of `make test` (25 to 35 minutes on 2 cores, docs/install.md):
 # builds the CPU image and docker/Dockerfile's stages on a CPU base, runs `make test`
 # in the CPU image and the demo in the other. Starts (and then stops) a Docker engine
 # with no bridge network if none runs; every build and run uses --network=host.
