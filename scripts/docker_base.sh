@@ -51,11 +51,7 @@ else
 fi
 read -r security _ < <(apt_source bookworm-security) || true
 
-if ! command -v debootstrap >/dev/null; then
-  echo "docker-base: apt-get install debootstrap"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null \
-    || { echo "docker-base: could not install debootstrap with apt-get" >&2; exit 1; }
-fi
+command -v debootstrap >/dev/null || apt_install docker-base debootstrap "a few seconds"
 
 mkdir -p "$LOGDIR"
 root=$(mktemp -d /var/tmp/hvd-alexnet-base.XXXXXX)

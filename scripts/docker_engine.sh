@@ -4,7 +4,8 @@
 # every build and run uses --network=host, so nothing is sent to any address but
 # this machine's (and whatever its package registries are).
 #   need_root NAME           # exit 1 with one line unless root
-#   engine_up NAME LOGDIR    # an engine that answers, or exit 1 with why
+#   apt_install NAME PACKAGE WHAT  # Debian's PACKAGE, or exit 1 with one line
+#   engine_up NAME LOGDIR    # an engine that answers, or exit 1 with why (after need_root)
 #   engine_down              # stops the engine engine_up started, by its pid; none else
 # (the caller runs engine_down on EXIT)
 ENGINE_PID=
@@ -16,18 +17,19 @@ need_root() {
   fi
 }
 
+apt_install() {
+  echo "$1: apt-get install $2 ($3)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null \
+    || { echo "$1: could not install $2 with apt-get" >&2; exit 1; }
+}
+
 engine_up() {
   local name=$1 logdir=$2
-  need_root "$name"
   if docker info >/dev/null 2>&1; then
     echo "$name: using the Docker engine that is running (left running afterwards)"
     return
   fi
-  if ! command -v dockerd >/dev/null; then
-    echo "$name: apt-get install docker.io (the Docker engine; about a minute)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null \
-      || { echo "$name: could not install docker.io with apt-get" >&2; exit 1; }
-  fi
+  command -v dockerd >/dev/null || apt_install "$name" docker.io "the Docker engine; about a minute"
   mkdir -p "$logdir"
   rm -f "$logdir/dockerd.pid"
   # Debian's package enables the engine's socket unit; a daemon of our own is

@@ -3,6 +3,7 @@ TFRecords), a launcher that runs real ranks with a hard time bound, and
 readers of a run's records and checkpoints. The fixtures are in conftest.py."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,15 @@ from hvd_alexnet.tools.launch import ROOT, elastic_ranks, job_command, job_env, 
 INJECT = os.path.join(ROOT, "tests", "inject.py")  # train with faults: see inject.py
 SMALL = ["--image_size=67", "--batch_size=4", "--eval_batch_size=16", "--log_every=1",
          "--threads=1"]
+
+
+def fake_commands(bin_dir, bodies):
+    """Writes each {name: bash body} as an executable command in `bin_dir`: the
+    fakes (id, apt-get, docker, ...) that a test puts first on a script's PATH."""
+    bash = shutil.which("bash")
+    for name, body in bodies.items():
+        (bin_dir / name).write_text(f"#!{bash}\n{body}\n")
+        (bin_dir / name).chmod(0o755)
 
 
 def free_port():

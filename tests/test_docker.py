@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, free_port, require
+from helpers import ROOT, fake_commands, free_port, require
 
 FAKE_DOCKER = r"""
 echo "docker $*" >> "$STATE/calls"
@@ -47,11 +47,7 @@ def fake_engine(tmp_path, uid=0):
     bin_dir, state = tmp_path / "bin", tmp_path / "state"
     bin_dir.mkdir()
     state.mkdir()
-    bash = shutil.which("bash")
-    for name, body in (("docker", FAKE_DOCKER), ("dockerd", FAKE_DOCKERD),
-                       ("id", f"echo {uid}")):
-        (bin_dir / name).write_text(f"#!{bash}\n{body}\n")
-        (bin_dir / name).chmod(0o755)
+    fake_commands(bin_dir, {"docker": FAKE_DOCKER, "dockerd": FAKE_DOCKERD, "id": f"echo {uid}"})
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", STATE=str(state),
                LOGDIR=str(tmp_path / "logs"))
     return env, state

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, fake_commands
 
 
 def bare_path(tmp_path):
@@ -18,10 +18,8 @@ def bare_path(tmp_path):
     bin_dir.mkdir()
     for tool in ("bash", "cat", "cut", "dirname", "sha256sum"):
         os.symlink(shutil.which(tool), bin_dir / tool)
-    for name, body in (("id", "echo 1000"),  # not root: nothing is installed, all is named
-                       ("python3.11", "exit 1")):  # runs, but has no Python.h, no ensurepip
-        (bin_dir / name).write_text(f"#!{shutil.which('bash')}\n{body}\n")
-        (bin_dir / name).chmod(0o755)
+    fake_commands(bin_dir, {"id": "echo 1000",  # not root: nothing is installed, all is named
+                            "python3.11": "exit 1"})  # runs, but has no Python.h, no ensurepip
     return str(bin_dir)
 
 
@@ -55,9 +53,7 @@ def fake_root_path(tmp_path, log):
               "apt-get": f'{{ echo "apt-get $*"; if [ -x {POLICY} ]; then '
                          f'{POLICY} slurmd start; echo "policy-rc.d $?"; fi; }} '
                          f'>> {log}'}
-    for name, body in bodies.items():
-        (bin_dir / name).write_text(f"#!{shutil.which('bash')}\n{body}\n")
-        (bin_dir / name).chmod(0o755)
+    fake_commands(bin_dir, bodies)
     return str(bin_dir)
 
 
@@ -119,7 +115,7 @@ def test_test_deps_installs_the_daemons_without_starting_them(tmp_path, site_pol
 def test_test_deps_as_a_user_says_which_tests_will_skip(tmp_path):
     log = tmp_path / "apt.log"
     path = fake_root_path(tmp_path, log)
-    (tmp_path / "bin" / "id").write_text(f"#!{shutil.which('bash')}\necho 1000\n")
+    fake_commands(tmp_path / "bin", {"id": "echo 1000"})
     result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "test_deps.sh")],
                             env={"PATH": path, "HOME": str(tmp_path)},
                             capture_output=True, text=True, timeout=60)
