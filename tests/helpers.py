@@ -31,11 +31,24 @@ def fake_commands(bin_dir, bodies):
         (bin_dir / name).chmod(0o755)
 
 
+def free_ports(n):
+    """n distinct TCP ports on loopback that nothing listens on (for the test's own
+    servers). All n are held bound until all are chosen: ports taken one after the
+    other can be the same one twice (a Slurm test once got SlurmctldPort ==
+    SlurmdPort, and its slurmd could not bind)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port():
-    """A TCP port on loopback that nothing listens on (for the test's own servers)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on loopback that nothing listens on."""
+    return free_ports(1)[0]
 
 
 def require(reason, what):

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from helpers import free_port
+from helpers import free_ports
 
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 
@@ -59,11 +59,12 @@ class Cluster:
         self._run("/usr/sbin/munged", "--force", f"--socket={sock}", f"--key-file={key}",
                   f"--log-file={d}/log/munged.log", f"--pid-file={self.pid_files[0]}",
                   f"--seed-file={d}/munged.seed")
+        ctld_port, slurmd_port = free_ports(2)
         with open(self.conf, "w") as f:
             f.write(f"""ClusterName=hvdtest
 SlurmctldHost=localhost
-SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
 SlurmUser=root
 AuthType=auth/munge
 AuthInfo=socket={sock},cred_expire=10
