@@ -32,7 +32,7 @@ demo-data: install
 # The demo: AlexNet on the embedded digits data with $(NP) Horovod ranks (Gloo).
 # A new run directory each time; pass RUN_DIR=runs/demo-... to resume one.
 train: demo-data
-	$(VENV)/bin/horovodrun -np $(NP) -H localhost:$(NP) --gloo \
+	$(PY) -m hvd_alexnet.tools.horovodrun -np $(NP) -H localhost:$(NP) --gloo \
 	    $(PY) -m hvd_alexnet train --flagfile configs/demo.flags \
 	    --data_dir $(DEMO_DIR) --model_dir $(RUN_DIR) $(TRAIN_ARGS)
 

@@ -13,6 +13,8 @@
 set -uo pipefail
 SSHD=${SSHD:-/usr/sbin/sshd}
 SSHD_CONFIG=${SSHD_CONFIG:-/home/hvd/.sshd_config}
+source "$(dirname "$0")/checks.sh"
+want_count STOP_TIMEOUT
 STOP_TIMEOUT=${STOP_TIMEOUT:-240}
 say() { echo "k8s_worker: $*" >&2; }
 
@@ -39,6 +41,14 @@ ranks_below() {  # the pids of the processes orted started, below pid $1
   done
 }
 
+# The mounted keys are root's and read-only (a secret volume): sshd's StrictModes
+# wants them in a folder of the user's own, which only the user can write.
+RUN_KEYS=${RUN_KEYS:-$HOME/.ssh-run}
+if [[ -r $HOME/.ssh/id_rsa ]]; then  # the operator's mount (sshAuthMountPath)
+  install -d -m 700 "$RUN_KEYS"
+  install -m 600 "$HOME/.ssh/id_rsa" "$RUN_KEYS/host_key"
+  install -m 600 "$HOME/.ssh/authorized_keys" "$RUN_KEYS/authorized_keys"
+fi
 "$SSHD" -D -e -f "$SSHD_CONFIG" &
 sshd=$!
 stopping=

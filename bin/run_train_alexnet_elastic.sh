@@ -15,8 +15,12 @@
 # needed when HOSTS_FILE lists one host at the start (the driver probes for it between 2 hosts).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/bin/checks.sh"
 PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
-HOROVODRUN=${HOROVODRUN:-$(dirname "$PYTHON")/horovodrun}
+# horovodrun that keeps the ranks' exit status (hvd_alexnet/tools/horovodrun.py)
+if [[ -n ${HOROVODRUN:-} ]]; then launcher=("$HOROVODRUN"); else
+  launcher=("$PYTHON" -m hvd_alexnet.tools.horovodrun); fi
+want_count NP MIN_NP MAX_NP SSH_PORT ELASTIC_TIMEOUT SIGKILL_TIMEOUT
 HOSTS_FILE=${HOSTS_FILE:-$ROOT/hostfiles/elastic.hosts}
 [[ -r $HOSTS_FILE ]] || { echo "$0: HOSTS_FILE=$HOSTS_FILE: no such file (one host:slots a line)" >&2; exit 2; }
 export HVD_ALEXNET_HOSTS_FILE
@@ -39,9 +43,10 @@ extra=()
 [[ -n ${IFACE:-} ]] && { extra+=(--network-interface "$IFACE"); export NCCL_SOCKET_IFNAME="$IFACE"; }
 [[ -n ${SSH_PORT:-} ]] && extra+=(-p "$SSH_PORT")
 read -r cool_min cool_max <<< "${COOLDOWN:-30 120}"
+want_count cool_min cool_max
 cd "$ROOT"
 status=0
-"$HOROVODRUN" -np "$NP" --min-np "$MIN_NP" --max-np "$MAX_NP" \
+"${launcher[@]}" -np "$NP" --min-np "$MIN_NP" --max-np "$MAX_NP" \
   --host-discovery-script "$ROOT/bin/discover_hosts.sh" \
   --blacklist-cooldown-range "$cool_min" "$cool_max" \
   --elastic-timeout "${ELASTIC_TIMEOUT:-600}" "${extra[@]}" \

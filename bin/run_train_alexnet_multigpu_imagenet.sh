@@ -13,8 +13,13 @@
 # --batch_size x ranks.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/bin/checks.sh"
 PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
-HOROVODRUN=${HOROVODRUN:-$(dirname "$PYTHON")/horovodrun}
+# horovodrun that keeps the ranks' exit status (75 after a stop) and gives them
+# SIGKILL_TIMEOUT s to checkpoint when it is signalled (hvd_alexnet/tools/horovodrun.py)
+if [[ -n ${HOROVODRUN:-} ]]; then launcher=("$HOROVODRUN"); else
+  launcher=("$PYTHON" -m hvd_alexnet.tools.horovodrun); fi
+want_count NUM_GPUS NP SSH_PORT SIGKILL_TIMEOUT
 NUM_GPUS=${NUM_GPUS:-8}
 slots=0
 if [[ -n ${HOSTFILE:-} ]]; then
@@ -22,6 +27,7 @@ if [[ -n ${HOSTFILE:-} ]]; then
   slots=$(bash "$ROOT/bin/hostfile_slots.sh" "$HOSTFILE")
 else
   HOSTS=${HOSTS:-localhost:$NUM_GPUS}
+  want_host_slots HOSTS "$HOSTS"
   hosts=(-H "$HOSTS")
   for entry in ${HOSTS//,/ }; do slots=$((slots + ${entry##*:})); done
 fi
@@ -31,7 +37,7 @@ extra=()
 [[ -n ${SSH_PORT:-} ]] && extra+=(-p "$SSH_PORT")
 [[ ${GLOO:-0} == 1 ]] && extra+=(--gloo)
 cd "$ROOT"
-exec "$HOROVODRUN" -np "$NP" "${hosts[@]}" "${extra[@]}" \
+exec "${launcher[@]}" -np "$NP" "${hosts[@]}" "${extra[@]}" \
   "$PYTHON" -m hvd_alexnet train \
   --data_dir="${DATA_DIR:-./imagenet_tfrecord}" \
   --model_dir="${MODEL_DIR:-./runs/alexnet_${NP}gpu}" \

@@ -21,6 +21,8 @@
 # are passed to the ranks (-x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/bin/checks.sh"
+want_count NP SSH_PORT SIGKILL_TIMEOUT HOSTS_WAIT
 PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
 HOSTFILE=${HOSTFILE:-$ROOT/hostfiles/mpirun.hosts}
 COMMAND=train

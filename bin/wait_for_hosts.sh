@@ -5,9 +5,13 @@
 # an eviction), and mpirun would then fail at once: "Could not resolve hostname".
 #   bash bin/wait_for_hosts.sh /etc/mpi/hostfile 2222
 set -euo pipefail
-hostfile=$1 port=${2:-22} deadline=$((SECONDS + ${HOSTS_WAIT:-300}))
+source "$(dirname "$0")/checks.sh"
+port=${2:-22}
+want_count HOSTS_WAIT port
+hostfile=$1 deadline=$((SECONDS + ${HOSTS_WAIT:-300}))
 [[ -r $hostfile ]] || { echo "$0: $hostfile: no such hostfile" >&2; exit 2; }
 mapfile -t hosts < <(sed 's/#.*//' "$hostfile" | awk 'NF { print $1 }')
+for host in "${hosts[@]}"; do want_host "$hostfile" "$host"; done
 while :; do
   waiting=()
   for host in "${hosts[@]}"; do

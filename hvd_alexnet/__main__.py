@@ -1,8 +1,10 @@
 """`python -m hvd_alexnet COMMAND [--flags]`: train, data, doctor, report, evaluate, predict, export, plan, bench.
 
-Exit status: 0 done, 2 bad flags or configuration, 3 bad or missing data,
-4 training diverged (NaN loss), 5 a rank made no progress for --stall_timeout_sec,
-75 stopped by SIGTERM/SIGINT after a checkpoint
+Exit status: 0 done, 2 bad flags or configuration (another job holds the model
+folder, a flag the run cannot resume with), 3 bad or missing data, 4 training
+diverged (NaN loss or weights; nothing non-finite is saved), 5 a rank made no
+progress for --stall_timeout_sec, 6 checkpoints (none restores, the disk filled
+while saving), 75 stopped by SIGTERM/SIGINT after a checkpoint
 (run the same command again to resume), 1 anything else. Errors are one line on stderr that names the problem.
 """
 
@@ -55,6 +57,9 @@ def run_command(name, argv, **kwargs):
     own errors become one line on stderr and their exit status (see errors.py)."""
     import importlib
     module, function, uses_tf = COMMANDS[name]
+    if name == "train":  # before TensorFlow's import: a signal from now on stops cleanly (75)
+        from hvd_alexnet import signals
+        signals.install()
     entry = getattr(importlib.import_module(f"hvd_alexnet.{module}"), function)
     try:
         return entry(argv, **kwargs) or 0

@@ -13,8 +13,30 @@ import threading
 
 import tensorflow as tf
 
+from hvd_alexnet import errors
 from hvd_alexnet.errors import UsageError
 from hvd_alexnet.watchdog import Watchdog
+
+
+# Horovod's variables that are numbers (this module reads the first; Horovod's C++
+# reads them all at init, and takes "60s" as 60 or a word as 0 without a word).
+NUMERIC_VARIABLES = ("HOROVOD_STALL_CHECK_TIME_SECONDS", "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS",
+                     "HOROVOD_FUSION_THRESHOLD", "HOROVOD_CYCLE_TIME", "HOROVOD_CACHE_CAPACITY")
+
+
+def check_variables(env=None):
+    """Refuses a Horovod variable set to something other than a number."""
+    env = os.environ if env is None else env
+    for name in NUMERIC_VARIABLES:
+        value = env.get(name)
+        if value is None:
+            continue
+        try:
+            if float(value) < 0:
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"{name}={value}: want a number (seconds, bytes or a count, with "
+                             f"no unit), e.g. {name}=60") from None
 
 
 def heartbeat_seconds():
@@ -108,6 +130,62 @@ class Dist:
     # broadcasts that a thread of rank 0 answers every `heartbeat` seconds while
     # its main thread works: the answers do not depend on that work's pace (a
     # first trace, a checkpoint written to a slow file system).
+    def alone(self, work, activity):
+        """Rank 0 runs `work()` while the other ranks wait, their watchdogs fed by
+        its answers. What `work` raises on rank 0 is raised on every rank, of the
+        same kind (errors.OUTCOMES) and so with the same exit status and line;
+        Returns work()'s result on rank 0, None on the others."""
+        if not self.is_root:
+            failure = self.wait_for_root(activity)
+            if failure:
+                kind, message = failure
+                raise errors.by_name(kind)(message)
+            return None
+        self.solo_begin()
+        try:
+            self.watchdog.beat(activity)
+            result = work()
+        except Exception as e:  # the waiting ranks exit with the same line
+            kind = type(e).__name__ if isinstance(e, errors.OUTCOME_TYPES) else "RuntimeError"
+            text = str(e) if kind != "RuntimeError" else f"rank 0: {type(e).__name__}: {e}"
+            self.solo_end(failure=(kind, text))  # HVD
+            raise
+        except BaseException:
+            self.solo_abandon()
+            raise
+        self.solo_end()  # HVD
+        return result
+
+    def each_alone(self, work, activity):
+        """Every rank runs its own `work()` (None: nothing to do) in a thread while
+        its main thread takes part in a round of tiny all-reduces every
+        `heartbeat` seconds, until every rank's work is done: the ranks wait for
+        the slowest one (a rank scanning its shards for a bad record) with their
+        watchdogs fed, and Horovod's stall check sees them answer. Returns
+        work()'s result, and raises what it raised."""
+        done, outcome = threading.Event(), {}
+
+        def run():
+            try:
+                outcome["result"] = work()
+            except BaseException as e:  # noqa: BLE001 - raised in the main thread below
+                outcome["error"] = e
+            finally:
+                done.set()
+
+        if work is None:
+            done.set()
+        else:
+            threading.Thread(target=run, name="hvd_alexnet.each_alone", daemon=True).start()
+        while True:
+            done.wait(self.heartbeat)
+            self.watchdog.beat(activity)
+            if not self.sum(0 if done.is_set() else 1, "hvd_alexnet.each_alone"):  # HVD
+                break
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("result")
+
     def solo_begin(self):
         """Rank 0: starts answering the waiting ranks."""
         self._beats = None
@@ -115,12 +193,9 @@ class Dist:
             self._beats = _Heartbeat(lambda: self.broadcast_int(0, "hvd_alexnet.solo"),
                                      self.heartbeat)
 
-    def solo_tick(self):
-        """Rank 0, during solo work: feeds this rank's watchdog."""
-        self.watchdog.beat("checkpointing on rank 0")
-
     def solo_end(self, failure=None):
-        """Rank 0's solo work is done, or failed (`failure`: one line saying why)."""
+        """Rank 0's solo work is done, or failed (`failure`: (the errors.py class's
+        name, one line saying why))."""
         if self._beats:
             self._beats, beats = None, self._beats
             beats.stop()  # raises what an answer raised (an elastic job's lost rank)
@@ -134,11 +209,11 @@ class Dist:
             self._beats, beats = None, self._beats
             beats.stop(reraise=False)
 
-    def wait_for_root(self):
+    def wait_for_root(self, activity="checkpointing"):
         """Ranks other than 0: wait until rank 0 calls solo_end(); returns its
         failure (None if it succeeded)."""
         while (done := self.broadcast_int(0, "hvd_alexnet.solo")) == 0:
-            self.watchdog.beat("waiting for rank 0 to checkpoint")
+            self.watchdog.beat(f"waiting for rank 0: {activity}")
         return self.allgather_object(None, "hvd_alexnet.solo.failure")[0] if done == 2 else None
 
 
@@ -310,6 +385,7 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     runs here (an elastic job's first one is its state's sync): the caller runs
     Dist.join().
     """
+    check_variables()
     # Flags win over Horovod's environment variables; both are read at init.
     if fusion_threshold_mb is not None:
         os.environ["HOROVOD_FUSION_THRESHOLD"] = str(int(fusion_threshold_mb * (1 << 20)))

@@ -59,6 +59,9 @@ def main(argv):
     c1, c5, n = inference.summed(dist, scorer.count(reader.eval_dataset(  # HVD
         files, args.batch_size, desc["image_size"], desc["num_classes"], threads,
         first_label=args.first_label, rank=dist.rank, size=dist.size), ticker.update))
+    if not n:
+        raise DataError(f"the {args.split} shards of {args.data_dir} hold no records: nothing "
+                        f"to evaluate")
     if n != on_disk:
         raise DataError(f"evaluated {n} examples but the {args.split} shards hold "
                                f"{on_disk} records")

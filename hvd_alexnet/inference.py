@@ -5,14 +5,14 @@ predictions for JPEG files, and a SavedModel that takes JPEG bytes.
     python -m hvd_alexnet export runs/demo-... exported/     # then tf.saved_model.load
 """
 
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from hvd_alexnet import command, metrics_log
+from hvd_alexnet import command, files, metrics_log
+from hvd_alexnet import checkpoint as ckpts
 from hvd_alexnet.checkpoint import SUBDIR as CHECKPOINT_SUBDIR
 from hvd_alexnet.data import preprocess, schema
 from hvd_alexnet.errors import DataError, UsageError
@@ -36,16 +36,16 @@ def describe(image_size, num_classes, classes=()):
 
 def write_description(model_dir, description):
     os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, MODEL_FILE), "w") as f:
-        json.dump(description, f, indent=1)
+    files.write_json(os.path.join(model_dir, MODEL_FILE), description)
 
 
 def read_description(model_dir):
     """model.json, or for a run that predates it, its last PARAMETER record."""
     path = os.path.join(model_dir, MODEL_FILE)
     if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+        return files.read_json(path, UsageError, f"remove it (the description is then read from "
+                               f"{metrics_log.LOG_FILE}), or run the training command again, "
+                               f"which writes it")
     log = os.path.join(model_dir, metrics_log.LOG_FILE)
     params = [r["data"] for r in (metrics_log.read(log) if os.path.exists(log) else [])
               if r.get("step") == "PARAMETER"]
@@ -60,14 +60,14 @@ def read_description(model_dir):
 def trained_classes(model_dir):
     """The label -> synset pairs of the model a run in `model_dir` would resume
     ([] if there is no checkpoint to resume)."""
-    if not tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR)):
+    if not ckpts.has_checkpoints(model_dir):
         return []
     return read_description(model_dir).get("synsets", [])
 
 
 def checkpoint_path(model_dir, checkpoint=None):
     """The checkpoint to load: `checkpoint` (a ckpt-N prefix) or the run's newest."""
-    path = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    path = checkpoint or ckpts.newest(model_dir)
     if not path or not tf.io.gfile.exists(path + ".index"):
         raise UsageError(f"no checkpoint {'at ' + checkpoint if checkpoint else 'in ' + model_dir}"
                          f" (a run's checkpoints are MODEL_DIR/{CHECKPOINT_SUBDIR}/ckpt-N)")

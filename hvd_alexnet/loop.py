@@ -8,19 +8,16 @@ the do-nothing default.
 
 import dataclasses
 import math
-import os
-import signal
-import sys
 from typing import TYPE_CHECKING, Callable
 
 import tensorflow as tf
 
-from hvd_alexnet import config, distributed, progress
+from hvd_alexnet import config, distributed, progress, signals
 from hvd_alexnet.data import prepare, reader
 from hvd_alexnet.errors import DataError, Diverged
 
 if TYPE_CHECKING:  # Horovod's elastic runner is imported by --elastic runs only
-    from hvd_alexnet import elastic
+    from hvd_alexnet import checkpoint, elastic
 
 
 class Hooks:
@@ -38,31 +35,20 @@ class Hooks:
     def before_save(self):
         """Called by rank 0 before it writes a checkpoint."""
 
+    def after_update(self, step, variables):
+        """Called by every rank after each step with the model's trainable
+        variables (a test may change them: a divergence at a known step)."""
 
-class StopRequest:
-    """SIGTERM / SIGINT (what Slurm, Kubernetes and Ctrl-C send) ask for a clean
-    stop at the next step; a second one stops at once."""
+    def batches(self, rank, step, batches):
+        """This rank's batches of a stretch that starts after `step` (a test may
+        end them early)."""
+        return batches
 
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+    def at_start(self, stop_requested):
+        """Called by rank 0 while it restores, the other ranks waiting."""
 
-    def _handle(self, signum, frame):
-        if self.requested:  # the second signal: no more waiting
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-        self.requested = True
-        print(f"hvd_alexnet: {signal.Signals(signum).name}: stopping after this step "
-              f"(checkpoint first); send it again to stop at once", file=sys.stderr, flush=True)
-
-    def settle(self):
-        """The stop's checkpoint is written and the rank is exiting: from here a
-        signal changes nothing. (The first rank to exit 75 makes `srun
-        --kill-on-bad-exit`, mpirun and horovodrun signal the others; as a
-        second signal it would kill them with 143 instead of 75.)"""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
+    def diagnosing(self):
+        """Called by a rank that looks for the record its reader failed on."""
 
 
 @dataclasses.dataclass
@@ -124,10 +110,11 @@ class Loop:
     schedule: Callable  # the learning rate at a step (optim.Schedule)
     data: prepare.Data  # this rank's shards and the classes, to name a bad record
     report: progress.Reporter  # the progress line and the DLLogger records
-    checkpoint_dir: str  # named when the loss diverges
+    checkpoints: "checkpoint.Checkpoints"  # the newest one is named when the run diverges
     hooks: Hooks  # fault injection (tests); does nothing in a real run
+    weights: list = ()  # the model's trainable variables (for Hooks.after_update)
     committed: "elastic.Committed" = None  # --elastic: the state to commit (else None)
-    stop: StopRequest = dataclasses.field(default_factory=StopRequest)  # SIGTERM / SIGINT
+    stop: signals.StopRequest = dataclasses.field(default_factory=signals.install)  # SIGTERM
 
     def train_stretch(self, batches, n, state):
         """Runs `n` steps of `batches.take(n)` (images, labels, positions: a
@@ -142,7 +129,8 @@ class Loop:
         (`reads_at`), so a stop or a failure takes effect at the next such step,
         on every rank alike."""
         first, offset, epoch = state.step, state.step % state.steps_per_epoch, state.epoch
-        steps, loss, positions, stopping, failure = iter(batches.take(n)), None, None, False, None
+        loss, positions, stopping, failure = None, None, False, None
+        steps = _reads(self.hooks.batches(self.dist.rank, first, batches.take(n)))
         mark = state.read_mark if offset else 0  # the pipeline's position in the epoch
         self.dist.watchdog.beat("reading the first batch of the epoch, or in the first step",
                                 self.dist.first_step_allowed if first == state.start_step else 0)
@@ -164,15 +152,16 @@ class Loop:
                             == 0 and state.step - first < n:
                         self.commit(state)  # commit
                 self.hooks.after_step(self.dist.rank, state.step, lambda: self.stop.requested)
+                self.hooks.after_update(state.step, self.weights)
+            else:  # the reader ran dry: whatever the last vote said, this rank must vote on
+                if state.step - first < n:
+                    failure = (f"rank {self.dist.rank}: the reader ended after "
+                               f"{state.step - first} of {n} steps")
             if loss is not None:
                 float(loss)  # wait for the last step before stopping the clock
             state.speed.stop()
-        except tf.errors.InvalidArgumentError as e:
-            failure = _diagnose(e, self.dist.rank, self.data.train_files, self.data.num_classes,
-                                self.cfg.first_label)
-        if not failure and state.step - first < n and not bool(stopping):
-            failure = (f"rank {self.dist.rank}: the reader ended after {state.step - first} of "
-                       f"{n} steps")
+        except ReadError as e:
+            failure = e  # diagnosed once every rank has stopped (_settle)
         stopping = self._settle(failure, stopping, state, first + n)
         if self.cfg.skip_corrupt and state.step > first:  # positions in order: gaps are skips
             state.read_mark = int(tf.reduce_max(positions)) + 1
@@ -190,23 +179,38 @@ class Loop:
         """The stretch's end on every rank alike: a rank whose data failed runs
         steps with the stop vote up to the next step where every rank reads it,
         so that the others leave the steps they have dispatched (its updates are
-        never saved); then every rank learns who failed, and why."""
+        never saved); then every rank learns who failed, and why. A failed read
+        is diagnosed only then (it may scan the rank's shards), while the other
+        ranks wait with their watchdogs fed."""
         if failure:
             images = tf.zeros([state.step_batch, self.cfg.image_size, self.cfg.image_size, 3],
                               tf.uint8)
             labels = tf.zeros([state.step_batch], tf.int32)
-            while True:
+            while state.step < end:
                 _, stopping = self.train_step(images, labels, tf.constant(True))
                 state.step += 1
-                if self.reads_at(state.step, end) or state.step >= end:
+                if self.reads_at(state.step, end):
                     break
-        stopping = bool(stopping)
+        stopping = bool(stopping) or bool(failure)
         if stopping:  # a signal or a rank's failure
+            if isinstance(failure, ReadError):
+                error = failure.error
+                failure = self.dist.each_alone(lambda: self._diagnose(error),  # HVD
+                                               "finding the record that failed")
+            else:
+                self.dist.each_alone(None, "finding the record that failed")  # HVD
             failures = [f for f in self.dist.allgather_object(  # HVD
                 failure, "hvd_alexnet.failure") if f]
             if failures:
                 raise DataError("; ".join(failures))
         return stopping
+
+    def _diagnose(self, error):
+        """One line for a reader's error on this rank (see reader.diagnose)."""
+        self.hooks.diagnosing()
+        return f"rank {self.dist.rank}: " + reader.diagnose(
+            error, self.data.train_files, self.data.num_classes, self.cfg.first_label,
+            self.cfg.skip_corrupt)
 
     def commit(self, state):
         """--elastic: commits the run's state (elastic.Committed); else nothing."""
@@ -227,9 +231,8 @@ class Loop:
         the progress line."""
         loss_value = self.dist.mean(float(loss), "hvd_alexnet.loss")  # HVD
         if not math.isfinite(loss_value):
-            raise Diverged(f"the loss is {loss_value} at step {state.step}: training diverged; "
-                           f"lower --base_lr or lengthen --warmup_epochs (the last checkpoint is "
-                           f"in {self.checkpoint_dir})")
+            raise diverged(self.dist, self.checkpoints, f"the loss is {loss_value} at step "
+                                                         f"{state.step}")
         values = {"loss": loss_value, "learning_rate": self.learning_rate(state.step - 1),
                   "images_per_sec": state.speed.window_rate()}
         scale = self.loss_scale()
@@ -240,15 +243,36 @@ class Loop:
         self.report.train(epoch, state.step, values)
 
 
-def _diagnose(error, rank, files, num_classes, first_label):
-    """What a reader's error means, in one line. A bad label: the assertion names
-    the file and record. tf.data names no file when a JPEG does not decode: find
-    the record."""
-    label = reader.bad_label(error.message)
-    if label:
-        return f"rank {rank}: {label}"
-    print(f"hvd_alexnet: rank {rank}: a training record did not decode; scanning this rank's "
-          f"shards for it ...", file=sys.stderr, flush=True)
-    found = reader.find_undecodable(files, num_classes, first_label)
-    where = f"{found[0]}: record {found[1]}: {found[2]}" if found else error.message
-    return f"rank {rank}: {where}; fix or remove it, or pass --skip_corrupt to skip such records"
+def diverged(dist, ckpts, what):
+    """The Diverged error every rank raises (`what` happened on every rank): it
+    names the newest checkpoint, which holds finite weights (pauses save none
+    that are not)."""
+    newest = dist.broadcast_int(-1 if ckpts.latest is None else ckpts.latest,  # HVD
+                                "hvd_alexnet.diverged")
+    where = (f"the newest checkpoint, {ckpts.directory}/ckpt-{newest}, holds finite weights: "
+             f"lower --base_lr or lengthen --warmup_epochs, then run again to resume from it"
+             if newest >= 0 else f"there is no checkpoint in {ckpts.directory} yet: lower "
+                                 f"--base_lr or lengthen --warmup_epochs and run again")
+    return Diverged(f"{what}: training diverged, and nothing of it was saved; {where}")
+
+
+class ReadError(Exception):
+    """The input pipeline failed on this rank (`error`: TensorFlow's error)."""
+
+    def __init__(self, error):
+        super().__init__(error.message)
+        self.error = error
+
+
+def _reads(batches):
+    """The batches, with an error of the input pipeline raised as ReadError: a
+    failed read, told apart from a failed step (a peer gone, say)."""
+    batches = iter(batches)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            raise ReadError(e) from e
+        yield batch

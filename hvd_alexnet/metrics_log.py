@@ -26,16 +26,19 @@ def _fmt(value):
 
 
 class MetricsLog:
-    """log(step, data) / metadata(metric, meta); a no-op on ranks other than 0."""
+    """log(step, data) / metadata(metric, meta); a no-op on ranks other than 0.
+    A write that fails (a full disk) is said once, stops the writing, and calls
+    `on_error(what)` (the trainer then stops the run at the next step where the
+    ranks read their stop vote, checkpoint first)."""
 
-    def __init__(self, path, enabled=True, stdout=sys.stdout):
+    def __init__(self, path, enabled=True, stdout=sys.stdout, on_error=None):
         self.enabled, self.stdout, self.start = enabled, stdout, time.time()
-        self.file = None
+        self.path, self.on_error, self.file = path, on_error, None
         if not enabled:
             return
         self.file = open(path, "a", buffering=1)
         if self.file.tell() and not _ends_with_newline(path):
-            self.file.write("\n")  # a job killed mid-line: start this run's lines clean
+            self._write_line("")  # a job killed mid-line: start this run's lines clean
 
     def metadata(self, metric, meta):
         if not self.enabled:
@@ -53,11 +56,27 @@ class MetricsLog:
             print(f"DLL {datetime.datetime.now()} - {shown} {items}", file=self.stdout, flush=True)
 
     def _write(self, record):
-        self.file.write("DLLL " + json.dumps(record) + "\n")
+        self._write_line("DLLL " + json.dumps(record))
+
+    def _write_line(self, line):
+        if self.file is None:
+            return
+        try:
+            self.file.write(line + "\n")
+        except OSError as e:
+            self.file = None  # the rest is not written; the run is stopped
+            what = f"writing {self.path} failed ({e.strerror})"
+            print(f"hvd_alexnet: {what}: stopping at the next step the ranks read "
+                  f"(checkpoint first)", file=sys.stderr, flush=True)
+            if self.on_error:
+                self.on_error(what)
 
     def close(self):
         if self.file:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # the last line's flush, on a full disk
+                pass
             self.file = None
 
 

@@ -145,9 +145,10 @@ class Reporter:
     A context manager: it closes its files however the attempt ends."""
 
     def __init__(self, model_dir, enabled, say, total_steps, steps_per_epoch, global_batch,
-                 first_step=1):
+                 first_step=1, on_error=None):
         self.say = say
-        self.metrics = MetricsLog(os.path.join(model_dir, LOG_FILE), enabled=enabled)
+        self.metrics = MetricsLog(os.path.join(model_dir, LOG_FILE), enabled=enabled,
+                                  on_error=on_error)
         self.board = TensorBoard(os.path.join(model_dir, TENSORBOARD_SUBDIR), enabled=enabled)
         self.progress = Progress(total_steps, steps_per_epoch, global_batch, first_step)
 

@@ -10,6 +10,7 @@ A run that was resumed has several PARAMETER records; the last one is shown,
 and a step logged twice (repeated after a restart) is plotted once, its last value.
 """
 
+import io
 import os
 
 import matplotlib
@@ -19,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from absl import flags  # noqa: E402
 
-from hvd_alexnet import command, metrics_log  # noqa: E402
+from hvd_alexnet import command, files, metrics_log  # noqa: E402
 from hvd_alexnet.errors import UsageError  # noqa: E402
 
 COLORS = ("#1f77b4", "#ff7f0e")  # first and second curve of each plot
@@ -71,8 +72,10 @@ def _plot(path, title, xlabel, curves, right=None, marker=None):
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    files.write_atomic(path, png.getvalue())
     return path
 
 
@@ -123,8 +126,7 @@ def write(model_dir, out_dir=None):
     lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})"
                                      for p in paths]
     md = os.path.join(out_dir, "report.md")
-    with open(md, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    files.write_atomic(md, "\n".join(lines) + "\n")
     return paths + [md]
 
 

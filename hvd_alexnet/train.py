@@ -10,7 +10,9 @@ again after each change of hosts, from the last commit instead of the disk.
 Lines that talk to other ranks go through `dist` (distributed.py) and are
 marked `# HVD`. Rank 0 alone logs and checkpoints; the other ranks wait for it
 in a heartbeat loop that Horovod's stall check never sees as stuck. Every rank
-validates its share of the validation set.
+validates its share of the validation set. A watchdog bounds every wait, from
+the first collective on; a signal at any moment after the start stops the run
+with status 75 (signals.py); nothing non-finite is ever saved.
 """
 
 import dataclasses
@@ -21,10 +23,11 @@ from typing import Callable
 
 import tensorflow as tf
 
-from hvd_alexnet import checkpoint, command, config, distributed, inference, optim, step
+from hvd_alexnet import (checkpoint, command, config, distributed, optim, resume, rundir,
+                         signals, step)
 from hvd_alexnet.data import prepare
-from hvd_alexnet.errors import DataError, Preempted
-from hvd_alexnet.loop import Hooks, Loop, RunState
+from hvd_alexnet.errors import Preempted
+from hvd_alexnet.loop import Hooks, Loop, RunState, diverged
 from hvd_alexnet.model import build_alexnet
 from hvd_alexnet.progress import Reporter, Throughput
 from hvd_alexnet.validation import Validation
@@ -61,6 +64,8 @@ class Job:
     started: float  # time.time() at the start: the summary's time to train
     timeline: str  # where --horovod_timeline writes
     learner: Learner
+    stop: signals.StopRequest  # SIGTERM / SIGINT, from the process's start
+    lock: rundir.Lock  # the model folder's, taken by rank 0
     speed: Throughput = dataclasses.field(default_factory=Throughput)  # every attempt's steps
     committed: object = None  # --elastic: the elastic.Committed state (else None)
 
@@ -72,7 +77,7 @@ class Job:
 
 def run(cfg, log=print, hooks=None):
     """Trains per `cfg` (a config.Config); returns rank 0's final metrics (or {})."""
-    hooks, started = hooks or Hooks(), time.time()
+    hooks, started, stop = hooks or Hooks(), time.time(), signals.install()
     # 1. Join the job: Horovod, one device per rank, the host's cores divided.
     if cfg.elastic:
         from hvd_alexnet import elastic  # HVD: imports Horovod's elastic runner
@@ -82,48 +87,55 @@ def run(cfg, log=print, hooks=None):
         cfg.fusion_threshold_mb, cfg.cycle_time_ms, cfg.fp16_allreduce, cfg.threads,
         timeline if cfg.horovod_timeline else None, cfg.stall_timeout_sec, hooks.heartbeat_seconds,
         elastic=cfg.elastic, join=False)  # train() joins
+    dist.watchdog.start_once()  # a deadline on every wait from here on, start-up's too
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(cfg.seed)
     # 2. The model and its optimizer; no collective yet (an elastic job's first is
     # the committed state's sync, which a rank that joins later runs first).
     learner = build(cfg, prepare.class_count(cfg)[0])
-    if not cfg.elastic:
-        return train(Job(cfg, dist, threads, hooks, log, started, timeline, learner))
-    job = Job(cfg, dist, threads, hooks, log, started, timeline, learner,
-              committed=elastic.Committed(learner.variables))
-    return elastic.run(lambda committed: train(job), job.committed,
-                       lambda: dist.watchdog.beat("re-forming the job after a change of hosts"))
+    job = Job(cfg, dist, threads, hooks, log, started, timeline, learner, stop,
+              rundir.Lock(cfg.model_dir, log),
+              committed=elastic.Committed(learner.variables) if cfg.elastic else None)
+    try:
+        if not cfg.elastic:
+            return train(job)
+        return elastic.run(lambda committed: train(job), job.committed,
+                           lambda: dist.watchdog.beat("re-forming the job after a change of "
+                                                      "hosts"))
+    finally:
+        job.lock.release()  # on the rank that holds it
 
 
 def train(job):
     """The run on the ranks there are; an elastic job calls it again after each
     change of membership, with the variables as last committed."""
     cfg, dist, learner = job.cfg, job.dist, job.learner
+    dist.watchdog.beat("joining the job")
     dist.join()  # HVD: every rank's place and host
-    # 3. Agree on the data, and so on the steps: every rank takes as many.
+    # 3. Rank 0 takes the model folder; all agree on the data, and so on the
+    # steps: every rank takes as many.
+    known = dist.alone(lambda: resume.claim_folder(job), "taking the model folder")  # HVD
+    dist.watchdog.beat("checking the data (every rank its shards)")
     data = prepare.prepare_data(cfg, dist.rank, dist.size, lambda mine: dist.allgather_object(
-        mine, "hvd_alexnet.preflight"),  # HVD
-        inference.trained_classes(cfg.model_dir) if dist.is_root else [])
+        mine, "hvd_alexnet.preflight"), known or [])  # HVD
     state = RunState(*prepare.plan_steps(cfg, data, dist.size), speed=job.speed)
     train_step = bind(learner, cfg, state, dist)
     ckpts = checkpoint.Checkpoints(cfg.model_dir, learner.model, learner.opt,
                                    cfg.keep_checkpoints, job.say)
-    start_at(job, ckpts, state)  # 4. from a checkpoint, a commit, or step 0
+    resume.start_at(job, ckpts, state, data)  # 4. from a checkpoint, a commit, or step 0
     with Reporter(cfg.model_dir, dist.is_root, job.say, state.total, state.steps_per_epoch,
-                  state.global_batch, state.start_step + 1) as report:
+                  state.global_batch, state.start_step + 1,
+                  on_error=lambda what: job.stop.ask(what)) as report:
         report.opening(cfg, data, state, dist, job.threads, learner.policy,
                        job.timeline if cfg.horovod_timeline else None)
-        if dist.is_root:  # what predict, export and evaluate need to rebuild the model
-            inference.write_description(cfg.model_dir, inference.describe(
-                cfg.image_size, data.num_classes, data.classes))
         if job.committed is not None and not job.committed.fresh:  # a re-forming
             job.committed.check_and_announce(state, dist, report, learner.model.variables)
         loop = Loop(cfg, dist, train_step, learner.opt, learner.schedule, data, report,
-                    ckpts.directory, job.hooks, job.committed)
+                    ckpts, job.hooks, learner.model.trainable_variables, job.committed,
+                    job.stop)
         loop.commit(state)
         validation = Validation(learner.model, cfg, data, job.threads, dist, report, job.hooks)
-        dist.watchdog.start_once()  # an elastic job's next attempt: already running
         # 5. Train to each pause, from one input pipeline; there rank 0 checkpoints,
         # then every rank validates its share (when due).
         feed = prepare.feed(cfg, data, state, dist.rank, job.threads, dist.device)
@@ -134,22 +146,6 @@ def train(job):
         dist.watchdog.stop()
         # 6. Finish: the ranks agree on the weights; rank 0 writes the summary.
         return finish(job, state, report, final)
-
-
-def start_at(job, ckpts, state):
-    """Where to start: rank 0's newest checkpoint (all ranks start identical),
-    or in an elastic job that has committed, the commit (synced from rank 0)."""
-    cfg, dist, learner, committed = job.cfg, job.dist, job.learner, job.committed
-    if committed is None or committed.fresh:
-        if dist.is_root:
-            config.check_disk(cfg.model_dir, config.checkpoint_bytes(learner.model.count_params()))
-            ckpts.restore(state.global_batch, state.steps_per_epoch, dist.size)
-        dist.broadcast_variables(learner.variables)  # HVD
-        state.resume_at(int(learner.opt.iterations))
-    else:
-        state.resume_at(checkpoint.resume_step(committed.examples_seen, state.global_batch),
-                        committed.examples_seen)
-        learner.opt.iterations.assign(state.step)
 
 
 def train_to_end(job, loop, ckpts, state, validation, feed):
@@ -163,14 +159,16 @@ def train_to_end(job, loop, ckpts, state, validation, feed):
         if cfg.skip_corrupt:
             state.skipped_all = dist.sum(state.skipped, "hvd_alexnet.skipped")  # HVD
             loop.report.log([epoch, state.step], {"skipped_corrupt_records": state.skipped_all})
-        state.checkpoint_seconds = pause(dist, ckpts, state, loop.hooks)
+        state.checkpoint_seconds = pause(job, ckpts, state)
         if not stopping and validation.due(state, epoch):  # on every rank
             final = validation.run(epoch, state.step)
         if stopping:
             loop.stop.settle()
             loop.report.log([epoch, state.step], {"preempted": True})
-            raise Preempted(f"stopped at step {state.step} on request; the checkpoint of this "
-                            f"step is in {ckpts.directory}: run the same command again to resume")
+            why = f" ({loop.stop.reason})" if loop.stop.reason else ""
+            raise Preempted(f"stopped at step {state.step} on request{why}; the checkpoint of "
+                            f"this step is in {ckpts.directory}: run the same command again to "
+                            f"resume")
         loop.commit(state)
     return final
 
@@ -207,28 +205,23 @@ def bind(learner, cfg, state, dist):
                                 cfg.accumulate_steps, learner.seeds, cfg.xla)
 
 
-def pause(dist, ckpts, state, hooks):
-    """Rank 0 checkpoints while the other ranks wait in the heartbeat loop;
-    returns its seconds on rank 0 (None on the others)."""
-    if not dist.is_root:
-        failure = dist.wait_for_root()  # HVD
-        if failure:
-            raise DataError(failure)
-        return None
-    t0 = time.perf_counter()
-    dist.solo_begin()  # HVD: a thread answers the waiting ranks meanwhile
-    try:
-        hooks.before_save()
+def pause(job, ckpts, state):
+    """Every rank checks that the weights are finite (a divergence since the last
+    read step is never saved), then rank 0 checkpoints while the other ranks
+    wait in the heartbeat loop; returns its seconds on rank 0 (None on the
+    others). A failed save (a full disk) stops every rank with its line."""
+    dist, t0 = job.dist, time.perf_counter()
+    bad = dist.sum(0 if checkpoint.all_finite(job.learner.variables) else 1,  # HVD
+                   "hvd_alexnet.finite")
+    if bad:
+        raise diverged(dist, ckpts, f"the weights are NaN or infinite at step {state.step}")
+
+    def save():
+        job.hooks.before_save()
         ckpts.save(state.step, state.examples_seen)
-        dist.solo_tick()
-    except DataError as e:  # the waiting ranks exit with the same line
-        dist.solo_end(failure=str(e))  # HVD
-        raise
-    except BaseException:
-        dist.solo_abandon()
-        raise
-    dist.solo_end()  # HVD
-    return time.perf_counter() - t0
+
+    dist.alone(save, "checkpointing")  # HVD: a thread of rank 0 answers the others meanwhile
+    return time.perf_counter() - t0 if dist.is_root else None
 
 
 def finish(job, state, report, final):

@@ -44,17 +44,25 @@ class Validation:
             dist.watchdog.beat("validating")
             ticker.update(examples)
 
-        hits, failure = (0, 0, 0), None
+        hits, error = (0, 0, 0), None
         try:
             hits = self.scorer.count(ds, after_batch)
-        except tf.errors.InvalidArgumentError as e:  # a bad label names its file and record
-            first = (e.message or "").strip().splitlines()[:1] or [type(e).__name__]
-            failure = f"rank {dist.rank}, validating: {reader.bad_label(e.message) or first[0]}"
+        except tf.errors.OpError as e:  # the reader's: named once every rank is done
+            error = e
+        diagnose = lambda: f"rank {dist.rank}, validating: " + reader.diagnose(
+            error, self.data.val_files, self.data.num_classes, self.cfg.first_label,
+            self.cfg.skip_corrupt)
+        failure = dist.each_alone(diagnose if error else None,  # HVD
+                                  "finding the validation record that failed")
         failures = [f for f in dist.allgather_object(  # HVD
             failure, "hvd_alexnet.validation.failure") if f]
         if failures:
             raise DataError("; ".join(failures))
         c1, c5, n = inference.summed(dist, hits)  # HVD
+        if not n:  # every record skipped as corrupt (--skip_corrupt)
+            raise DataError(f"no validation record of the {self.data.num_val} in "
+                            f"{len(self.data.val_files)} shard(s) decodes (all skipped as "
+                            f"corrupt); fix the validation shards, or pass --noeval")
         result = {"top1": c1 / n, "top5": c5 / n, "validation_examples": n,
                   "validation_seconds": time.perf_counter() - t0}
         self.report.validation(epoch, step, result, inference.top5_note(self.data.num_classes))

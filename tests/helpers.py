@@ -111,7 +111,9 @@ def injected_python(tmp_path, *faults):
     options, e.g. hold=3): `PY -m hvd_alexnet train FLAGS` runs
     `PY tests/inject.py FAULTS -- FLAGS` (exec: the rank keeps the wrapper's pid)."""
     path, options = tmp_path / "python-injected", " ".join(faults)
-    path.write_text(f'#!/bin/bash\n[[ "$1 $2 $3" == "-m hvd_alexnet train" ]] || exit 9\n'
+    path.write_text(f'#!/bin/bash\n[[ "$1 $2" == "-m hvd_alexnet.tools.horovodrun" ]] && '
+                    f'exec {sys.executable} "$@"  # the scripts\' launcher\n'
+                    f'[[ "$1 $2 $3" == "-m hvd_alexnet train" ]] || exit 9\n'
                     f'shift 3\nexec {sys.executable} {INJECT} {options} -- "$@"\n')
     path.chmod(0o755)
     return str(path)
@@ -120,6 +122,23 @@ def injected_python(tmp_path, *faults):
 def launch(args, np=1, launcher=None, timeout=240, env=None, faults=()):
     """Runs the job to the end within `timeout` seconds."""
     return finish(start(args, np, launcher, env, faults), timeout)
+
+
+# The model folder's tests: 2 ranks x batch 4 over the tiny set's 80 images, 10
+# steps an epoch, 20 in all; a progress line and a checkpoint every 4 steps.
+FOLDER_ARGS = [*SMALL, "--noeval", "--epochs=2", "--log_every=4", "--checkpoint_every_steps=4"]
+
+
+def train_job(data, model_dir, *extra, np=2, faults=(), timeout=240):
+    """`train` of FOLDER_ARGS on `np` ranks (horovodrun --gloo), run to its end."""
+    return launch(["train", f"--data_dir={data}", f"--model_dir={model_dir}", *FOLDER_ARGS,
+                   *extra], np=np, launcher="gloo" if np > 1 else None, faults=faults,
+                  timeout=timeout)
+
+
+def lines(out, text):
+    """The ranks' lines holding `text` (horovodrun prefixes each with [rank])."""
+    return [line for line in out.splitlines() if text in line]
 
 
 def step_records(model_dir, length=2):
@@ -144,6 +163,21 @@ def final_weights(model_dir, classes=10):
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
     tf.train.Checkpoint(model=model).restore(latest).expect_partial()
     return [v.numpy() for v in model.variables]
+
+
+def corrupt_copy(tiny_data, data):
+    """The tiny set with, in train shard 1, record 2's JPEG garbled and record 5's label 99."""
+    import tensorflow as tf
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("raw"))
+    shard = str(data / "train-00001-of-00002")
+    examples = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(shard)]
+    feats = examples[2].features.feature
+    feats["image/encoded"].bytes_list.value[0] = b"\xff\xd8\xff\xe0" + b"not a jpeg" * 50
+    examples[5].features.feature["image/class/label"].int64_list.value[0] = 99
+    with tf.io.TFRecordWriter(shard) as w:
+        for e in examples:
+            w.write(e.SerializeToString())
+    return shard
 
 
 def build_dataset(out_dir, train_shards, validation_shards, image_size=72, per_class=None):

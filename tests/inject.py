@@ -1,6 +1,6 @@
 """`python tests/inject.py [stall=RANK:STEP] [hold=STEP[:RANK]] [heartbeat=SECONDS]
 [validation_delay=SECONDS] [save_delay=SECONDS] [step_delay=SECONDS] [release=PATH]
--- TRAIN_FLAGS`:
+[nan=STEP] [end=RANK:STEP] [start_hold=PATH] [diagnose_delay=SECONDS] -- TRAIN_FLAGS`:
 `python -m hvd_alexnet train TRAIN_FLAGS` with faults injected through the
 trainer's hooks (hvd_alexnet.loop.Hooks), so that no test switch lives in the
 trainer itself.
@@ -21,11 +21,20 @@ trainer itself.
                      steps lasts at least N x SECONDS on any machine
   release=PATH       ... until PATH exists: the test makes the run slow while it
                      acts on it, then lets the rest run at the machine's speed
+  nan=STEP           every rank's first weight becomes NaN after that step: a
+                     divergence at a known step (the loss is NaN from the next)
+  end=RANK:STEP      that rank's reader ends after that step, as a shard that
+                     shrank would end it
+  start_hold=PATH    rank 0 creates PATH while it restores (the others waiting),
+                     then waits there until a signal asks it to stop (at most 300 s)
+  diagnose_delay=SECONDS  a rank that looks for its bad record takes this much
+                     longer: a diagnosis long by construction (a large shard set)
 
 (Not --options: horovodrun reads the whole command line and takes any
 --word that abbreviates one of its own options, such as --stall.)
 """
 
+import itertools
 import os
 import signal
 import sys
@@ -51,6 +60,7 @@ class Faults(Hooks):
     def __init__(self):
         self.stall, self.hold, self.heartbeat_seconds, self.validation_delay = None, None, None, 0.0
         self.hold_rank, self.save_delay, self.step_delay, self.release = None, 0.0, 0.0, None
+        self.nan, self.end, self.start_hold, self.diagnose_delay = None, None, None, 0.0
 
     def after_step(self, rank, step, stop_requested):
         if (rank, step) == self.stall:
@@ -63,6 +73,25 @@ class Faults(Hooks):
         held = step == self.hold and self.hold_rank in (None, rank)
         while held and not stop_requested() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def after_update(self, step, variables):
+        if step == self.nan:
+            variables[0].assign(variables[0] * float("nan"))
+
+    def batches(self, rank, step, batches):
+        if self.end and self.end[0] == rank:
+            return itertools.islice(batches, max(0, self.end[1] - step))
+        return batches
+
+    def at_start(self, stop_requested):
+        if self.start_hold:
+            open(self.start_hold, "w").close()
+            deadline = time.monotonic() + 300
+            while not stop_requested() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def diagnosing(self):
+        time.sleep(self.diagnose_delay)
 
     def after_validation_batch(self):
         time.sleep(self.validation_delay)
@@ -92,6 +121,14 @@ def main(argv):
             faults.step_delay = float(value)
         elif name == "release":
             faults.release = value
+        elif name == "nan":
+            faults.nan = int(value)
+        elif name == "end":
+            faults.end = tuple(int(x) for x in value.split(":"))
+        elif name == "start_hold":
+            faults.start_hold = value
+        elif name == "diagnose_delay":
+            faults.diagnose_delay = float(value)
         else:
             raise SystemExit(f"inject.py: unknown option {name}\n{__doc__}")
     return run_command("train", train_args, hooks=faults)

@@ -57,3 +57,79 @@ def test_a_torn_save_is_removed_and_the_previous_checkpoint_restored(tmp_path):
     assert ckpts.restore(global_batch=8, steps_per_epoch=4, ranks=1) == 4
     assert not os.path.exists(torn)
     assert said[0] == f"removing {torn}: an incomplete save (the job died while writing it)"
+
+
+def test_the_index_is_read_strictly_and_written_as_tensorflow_reads_it(tmp_path):
+    """A garbled index is a problem to say, not 'no checkpoint' (TensorFlow's
+    reading); the index written back is one TensorFlow's manager reads."""
+    from hvd_alexnet import checkpoint
+    folder = str(tmp_path)
+    assert checkpoint.read_index(folder) == ([], None)  # a new run
+    for step in (3, 7):
+        open(os.path.join(folder, f"ckpt-{step}.index"), "w").close()
+    assert checkpoint.read_index(folder)[1] == f"{folder}/checkpoint is missing"
+    for text, problem in [("", "is empty"), ('model_checkpoint_path: "ckpt-7', "is garbled"),
+                          ('all_model_checkpoint_paths: "ckpt-3"\n', "is garbled"),
+                          ('model_checkpoint_path: "model.ckpt"\n', "is garbled")]:
+        with open(os.path.join(folder, "checkpoint"), "w") as f:
+            f.write(text)
+        assert problem in checkpoint.read_index(folder)[1], text
+    checkpoint.write_index(folder, [3, 7])
+    assert checkpoint.read_index(folder) == ([3, 7], None)
+    state = tf.train.get_checkpoint_state(folder)
+    assert state.model_checkpoint_path.endswith("ckpt-7") and len(
+        state.all_model_checkpoint_timestamps) == 2
+    assert checkpoint.newest(str(tmp_path.parent / tmp_path.name)) is None  # no checkpoints/
+
+
+def test_a_lock_is_taken_over_only_from_a_job_that_is_gone(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import pytest
+    from hvd_alexnet import rundir
+    from hvd_alexnet.errors import UsageError
+    path, said = tmp_path / rundir.LOCK_FILE, []
+
+    def held_by(**holder):
+        path.write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "job": None,
+                                    "started": "then", **holder}))
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cases = [  # (holder, taken over?)
+        (dict(pid=os.getppid()), False),  # a live process here
+        (dict(pid=dead.pid), True),  # gone
+        (dict(pid=os.getppid(), pid_start=1), True),  # its pid reused by another process
+        (dict(host="elsewhere", pid=12), False),  # another host, refreshed just now
+        (dict(host="elsewhere", pid=12, job="slurm job 7"), True),  # this job, requeued
+    ]
+    for holder, taken in cases:
+        held_by(**holder)
+        lock = rundir.Lock(str(tmp_path), said.append, env={"SLURM_JOB_ID": "7"})
+        if taken:
+            lock.acquire()
+            assert json.loads(path.read_text())["pid"] == os.getpid(), holder
+            lock.release()
+            assert not path.exists()
+        else:
+            with pytest.raises(UsageError, match="is in use by another job"):
+                lock.acquire()
+            assert json.loads(path.read_text())["pid"] == holder["pid"]
+    held_by(host="elsewhere", pid=12)
+    old = time.time() - rundir.LOCK_STALE - 1
+    os.utime(path, (old, old))  # not refreshed for longer than LOCK_STALE
+    rundir.Lock(str(tmp_path), said.append).acquire().release()
+    assert "left by host elsewhere, pid 12" in said[-1] and "has not been refreshed for" in said[-1]
+
+
+def test_the_elastic_launchers_host_file_is_private(tmp_path):
+    from hvd_alexnet.tools.launch import job_command
+    paths = [next(a.split("=", 1)[1] for a in job_command(["-c", "pass"], 2, "elastic")
+                  if a.startswith("HVD_ALEXNET_HOSTS_FILE=")) for _ in range(2)]
+    assert paths[0] != paths[1]  # a new name each time, not one anyone can guess
+    for p in paths:
+        assert os.stat(p).st_mode & 0o777 == 0o600 and open(p).read() == "localhost:2\n"
+        os.remove(p)

@@ -308,8 +308,13 @@ def test_mpijob_manifest_has_what_the_operator_requires():
     entry = open(os.path.join(ROOT, "bin", "k8s_worker.sh")).read()
     assert "SSHD_CONFIG=${SSHD_CONFIG:-/home/hvd/.sshd_config}" in entry
     setup = open(os.path.join(ROOT, "docker", "setup-user-ssh.sh")).read()
-    assert "cat > /home/hvd/.sshd_config" in setup
-    assert f"HostKey {spec['sshAuthMountPath']}/id_rsa" in setup
+    assert 'HOME_DIR=${HOME_DIR:-/home/hvd}' in setup and 'cat > "$HOME_DIR/.sshd_config"' in setup
+    # The operator's mounted key becomes the host key in a folder of hvd's own
+    # (StrictModes stays on), and the public key the one known host key.
+    assert "HostKey $HOME_DIR/.ssh-run/host_key" in setup
+    assert not re.search(r"^StrictModes", setup, re.M)  # sshd's default: yes
+    assert 'install -m 600 "$HOME/.ssh/id_rsa" "$RUN_KEYS/host_key"' in entry
+    assert spec["sshAuthMountPath"] == "/home/hvd/.ssh" and "StrictHostKeyChecking yes" in setup
     # The operator's conventions: sshd on 2222 (a user cannot bind a port below
     # 1024; no file capability to count on), a readiness probe on that port, and the
     # launcher created only once every worker is ready.

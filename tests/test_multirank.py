@@ -99,7 +99,7 @@ def test_only_rank_zero_logs_and_checkpoints(tiny_data, tmp_path):
     assert "Accuracy @ 1 = " in res.stdout and "[80 examples]" in res.stdout
     assert checkpoints(tmp_path) == [10, 12]  # end of epoch 0, end of the run
     assert sorted(os.listdir(tmp_path)) == ["checkpoints", "dllogger.json", "model.json",
-                                            "tensorboard"]
+                                            "run.json", "tensorboard"]  # job.lock: released
     assert len(os.listdir(tmp_path / "tensorboard")) == 1  # one writer's event file
 
 

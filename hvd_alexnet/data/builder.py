@@ -18,11 +18,12 @@ each to a temporary name renamed into place when complete.
 """
 
 import concurrent.futures as cf
+import glob
 import multiprocessing
 import os
 import random
 
-from hvd_alexnet.errors import DataError
+from hvd_alexnet.errors import DataError, UsageError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
@@ -173,6 +174,7 @@ def build(train_dir, output_dir, train_shards=8, validation_shards=2, validation
         for i in range(shards):
             jobs.append((split, items[i::shards], os.path.join(
                 output_dir, schema.shard_name(split, i, shards))))
+    _refuse_other_shards(output_dir, {path for _, _, path in jobs})
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     log(f"data build: {sum(len(j[1]) for j in jobs)} images into {len(jobs)} shards "
         f"with {workers} workers -> {output_dir}")
@@ -195,6 +197,22 @@ def build(train_dir, output_dir, train_shards=8, validation_shards=2, validation
     }
     schema.write_metadata(output_dir, metadata)
     return metadata
+
+
+def _refuse_other_shards(output_dir, paths):
+    """Shards of an earlier build that this one would not overwrite (another
+    shard count) would still match train-* / validation-*, and every reader
+    would read their examples beside the new ones'."""
+    from hvd_alexnet.data import schema
+    others = sorted(os.path.basename(p) for split in (schema.TRAIN, schema.VALIDATION)
+                    for p in glob.glob(os.path.join(output_dir, f"{split}-*"))
+                    if p.removesuffix(".tmp") not in paths)  # a .tmp: a crashed build's
+    if others:
+        raise UsageError(f"{output_dir} holds {len(others)} shard(s) of another build that this "
+                         f"one would not replace ({', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}): every train-* and "
+                         f"validation-* is read, so their examples would count twice; remove "
+                         f"them, or build into an empty folder")
 
 
 def build_raw(raw_dir, output_dir, train_shards=8, validation_shards=2, workers=None, seed=0,

@@ -13,7 +13,7 @@ import struct
 import tensorflow as tf
 
 from hvd_alexnet.data import preprocess, schema
-from hvd_alexnet.errors import DataError
+from hvd_alexnet.errors import DataError, first_line
 
 AUTOTUNE = tf.data.AUTOTUNE
 READ_BUFFER = 8 << 20  # bytes; large sequential reads suit network filesystems
@@ -93,6 +93,20 @@ def label_problem(path, record, label, first_label, num_classes):
     return f"{where} (--first_label={first_label}, --num_classes={num_classes})"
 
 
+FORGIVEN_GROUP = 64  # records decoded per inner dataset of forgiving_map()
+
+
+def forgiving_map(ds, load):
+    """`ds.map(load)` that drops the records `load` fails on (a JPEG that does not
+    decode, a bad label: --skip_corrupt), and only those: ignore_errors() runs
+    over groups of records already read, so an error in the reading itself (a
+    shard that vanished, cannot be read, or fails its checksum) still stops the
+    run with its name. Records stay in order."""
+    return ds.batch(FORGIVEN_GROUP).flat_map(plain(
+        lambda *group: tf.data.Dataset.from_tensor_slices(group).map(
+            plain(load), num_parallel_calls=AUTOTUNE).ignore_errors()))
+
+
 def _options(threads, deterministic):
     options = tf.data.Options()
     options.deterministic = deterministic
@@ -154,10 +168,9 @@ def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epo
             return image, _checked_label(label, filename, index, num_classes, first_label), \
                 position
 
-        ds = ds.map(plain(load), num_parallel_calls=AUTOTUNE)
-        if skip_corrupt:
-            ds = ds.ignore_errors().take(todo)
-        return ds
+        ds = forgiving_map(ds, load) if skip_corrupt else ds.map(plain(load),
+                                                                  num_parallel_calls=AUTOTUNE)
+        return ds.take(todo) if skip_corrupt else ds
 
     # An epoch's count is whole batches, so no batch spans two epochs; the
     # prefetch runs on across the boundary (and through a pause between stretches).
@@ -189,9 +202,8 @@ def eval_dataset(files, batch_size, image_size, num_classes, threads=None, skip_
         return preprocess.eval_image(jpeg, image_size), _checked_label(
             label, filename, index, num_classes, first_label)
 
-    ds = ds.map(plain(load), num_parallel_calls=AUTOTUNE, deterministic=False)
-    if skip_corrupt:
-        ds = ds.ignore_errors()
+    ds = (forgiving_map(ds, load) if skip_corrupt else
+          ds.map(plain(load), num_parallel_calls=AUTOTUNE, deterministic=False))
     ds = ds.batch(batch_size).prefetch(PREFETCH_BATCHES)
     return ds.with_options(_options(threads, False))
 
@@ -257,11 +269,10 @@ def find_undecodable(files, num_classes, first_label=1):
     return None
 
 
-def check_framing(path):
-    """Walks a TFRecord file's record headers (no payload read), returns its record
-    count, and raises DataError naming the file and record if it is truncated.
-    Cheap: one seek per record. A 0-byte file is a shard of 0 records (the TPU
-    converter's fixed 1,024 shards leave many empty on a small set)."""
+def record_offsets(path):
+    """The byte offset of each record of a TFRecord file, from its headers (no
+    payload read); raises DataError naming the file and record if it is
+    truncated. Cheap: one seek per record."""
     size = tf.io.gfile.stat(path).length  # 0 bytes: a valid shard without records
     offset, index = 0, 0
     with tf.io.gfile.GFile(path, "rb") as f:
@@ -271,11 +282,65 @@ def check_framing(path):
                 raise DataError(f"{path}: truncated in the header of record {index} "
                                 f"(byte {offset} of {size})")
             (length,) = struct.unpack("<Q", header[:8])
+            yield offset
             offset += 12 + length + 4
             if offset > size:
                 raise DataError(f"{path}: truncated in record {index}: it needs {length} bytes "
                                 f"but the file ends {offset - size} bytes short")
             f.seek(offset)
             index += 1
-    return index
+
+
+def check_framing(path):
+    """A TFRecord file's record count, from its headers (record_offsets). A
+    0-byte file is a shard of 0 records (the TPU converter's fixed 1,024 shards
+    leave many empty on a small set)."""
+    return sum(1 for _ in record_offsets(path))
+
+
+CORRUPT_AT = re.compile(r"corrupted record at (\d+)")
+
+
+def find_corrupt(files, offset):
+    """(file, record, its first byte) of the record whose checksum fails at byte
+    `offset` (what TensorFlow reports as "corrupted record at OFFSET", naming no
+    file: the offset of the record's header, or of its data 12 bytes on): the
+    files with a record there, read up to it. None if not found."""
+    for path in files:
+        try:
+            index, start = next(((i, at) for i, at in enumerate(record_offsets(path))
+                                 if offset in (at, at + 12)), (None, None))
+        except DataError:
+            continue
+        if index is None:
+            continue
+        try:
+            for _ in tf.data.TFRecordDataset(path).take(index + 1):
+                pass
+        except tf.errors.DataLossError:
+            return path, index, start
+    return None
+
+
+def diagnose(error, files, num_classes, first_label=1, skip_corrupt=False):
+    """One line for an input pipeline's `error` (a TensorFlow OpError) on the
+    rank that reads `files`: the file and record it comes from, and the way out.
+    Slow when it must scan (a JPEG that does not decode: tf.data names no file)."""
+    if isinstance(error, tf.errors.InvalidArgumentError):  # decoding: a bad label or JPEG
+        label = bad_label(error.message)
+        if label:
+            return label
+        found = find_undecodable(files, num_classes, first_label)
+        where = f"{found[0]}: record {found[1]}: {found[2]}" if found else first_line(error)
+        return f"{where}; fix or remove it, or pass --skip_corrupt to skip such records"
+    if isinstance(error, tf.errors.DataLossError):
+        at = CORRUPT_AT.search(error.message or "")
+        found = find_corrupt(files, int(at.group(1))) if at else None
+        where = (f"{found[0]}: record {found[1]} (byte {found[2]})" if found else
+                 f"one of this rank's shards ({first_line(error)})")
+        return (f"{where}: its checksum does not match: the file is damaged, and "
+                f"{'--skip_corrupt cannot skip it' if skip_corrupt else 'cannot be read on'}; "
+                f"copy it again from its source")
+    return (f"{first_line(error)}: a data file vanished or cannot be read "
+            f"({type(error).__name__}); check the data folder and its mount")
 

@@ -6,10 +6,12 @@ which tf_cnn_benchmarks and NVIDIA's ConvNets read: `image/encoded` (JPEG),
 `image/class/text`, the image's size and format, and `image/object/bbox/*`.
 """
 
-import json
 import os
 
 import tensorflow as tf
+
+from hvd_alexnet import files
+from hvd_alexnet.errors import DataError
 
 TRAIN, VALIDATION = "train", "validation"
 METADATA_FILE = "metadata.json"
@@ -92,13 +94,16 @@ def no_shards(data_dir, split, hint=""):
 
 
 def read_metadata(data_dir):
+    """metadata.json of `data_dir` (None if there is none); a garbled one is a
+    DataError naming it."""
     path = os.path.join(data_dir, METADATA_FILE)
     if not tf.io.gfile.exists(path):
         return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    with tf.io.gfile.GFile(path, "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    return files.read_json(path, DataError, "write it again (python -m hvd_alexnet data build "
+                           "writes it), or remove it and pass --num_classes", text)
 
 
 def write_metadata(data_dir, metadata):
-    with tf.io.gfile.GFile(os.path.join(data_dir, METADATA_FILE), "w") as f:
-        json.dump(metadata, f, indent=1)
+    files.write_json(os.path.join(data_dir, METADATA_FILE), metadata)

@@ -18,7 +18,7 @@ import tempfile
 
 from absl import flags
 
-from hvd_alexnet import command, metrics_log
+from hvd_alexnet import command, files, metrics_log
 from hvd_alexnet.tools import plan
 from hvd_alexnet.tools.launch import ROOT, job_command, job_env
 
@@ -301,8 +301,7 @@ def machine():
 
 def write(results, a, out_dir):
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "benchmarks.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    files.write_json(os.path.join(out_dir, "benchmarks.json"), results)
     lines = ["# Benchmarks\n", f"Measured {results['date']} with `{results['command']}`.\n",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()) + ".\n",
              f"Image {a.image_size}x{a.image_size}, batch 32 per rank unless stated; each "
@@ -325,8 +324,7 @@ def write(results, a, out_dir):
     lines += ["", "## Beyond this machine: a model, not a measurement", "",
               "`python -m hvd_alexnet plan` (ring all-reduce; see `--help` for the hardware "
               "figures):", "", plan.report(plan.defaults())]
-    with open(os.path.join(out_dir, "benchmarks.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    files.write_atomic(os.path.join(out_dir, "benchmarks.md"), "\n".join(lines) + "\n")
 
 
 FLAGS = flags.FlagValues()

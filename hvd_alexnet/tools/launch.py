@@ -5,10 +5,13 @@ import os
 import sys
 import tempfile
 
+from hvd_alexnet import files
 from hvd_alexnet.metrics_log import LOG_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)  # the venv's bin: horovodrun lives here
+# horovodrun that keeps the ranks' exit status, as the launch scripts run it
+HOROVODRUN = (sys.executable, "-m", "hvd_alexnet.tools.horovodrun")
 
 
 def job_command(python_args, np=1, launcher=None, forward=()):
@@ -18,16 +21,18 @@ def job_command(python_args, np=1, launcher=None, forward=()):
     and the variables named in `forward`) or None (one plain process)."""
     py = [sys.executable, *python_args]
     if launcher == "elastic":
-        hosts = os.path.join(tempfile.gettempdir(), f"hvd_alexnet-localhost-{np}.hosts")
-        with open(hosts, "w") as f:
+        # A private file (mkstemp: a new name, mode 0600), not a fixed name in the
+        # shared temporary folder that another user could create first.
+        fd, hosts = tempfile.mkstemp(prefix=f"hvd_alexnet-localhost-{np}.", suffix=".hosts")
+        with os.fdopen(fd, "w") as f:
             f.write(f"localhost:{np}\n")
         # One host: the driver needs the interface named (it probes between 2 hosts).
-        return ["env", f"HVD_ALEXNET_HOSTS_FILE={hosts}", os.path.join(BIN, "horovodrun"),
+        return ["env", f"HVD_ALEXNET_HOSTS_FILE={hosts}", *HOROVODRUN,
                 "-np", str(np), "--min-np", str(np), "--max-np", str(np),
                 "--network-interface", "lo",
                 "--host-discovery-script", os.path.join(ROOT, "bin", "discover_hosts.sh"), *py]
     if launcher == "gloo":
-        return [os.path.join(BIN, "horovodrun"), "-np", str(np), "-H", f"localhost:{np}",
+        return [*HOROVODRUN, "-np", str(np), "-H", f"localhost:{np}",
                 "--gloo", *py]
     if launcher == "mpi":
         names = ["PATH", "PYTHONPATH", *forward]
@@ -53,9 +58,9 @@ ELASTIC_SCRIPT = os.path.join(ROOT, "bin", "run_train_alexnet_elastic.sh")
 
 
 def write_hosts(path, hosts):
-    """The elastic job's discovery file: these hosts, one slot each."""
-    with open(path, "w") as f:
-        f.write("".join(f"{host}:1\n" for host in hosts))
+    """The elastic job's discovery file: these hosts, one slot each (written
+    whole: the driver's discovery script may read it at any moment)."""
+    files.write_atomic(path, "".join(f"{host}:1\n" for host in hosts))
 
 
 def elastic_job(hosts_file, model_dir, flags, python=None, env=None):
@@ -65,7 +70,6 @@ def elastic_job(hosts_file, model_dir, flags, python=None, env=None):
     full_env = job_env({"HOSTS_FILE": str(hosts_file), "MIN_NP": "1", "MAX_NP": "2",
                         "NP": str(sum(1 for line in open(hosts_file) if line.strip())),
                         "COOLDOWN": "1 2", "MODEL_DIR": str(model_dir),
-                        "HOROVODRUN": os.path.join(BIN, "horovodrun"),
                         "PYTHON": python or sys.executable, **(env or {})})
     return ["bash", ELASTIC_SCRIPT, *flags], full_env
 

@@ -21,7 +21,6 @@ The namespaces, and with them the qdiscs, are removed whatever happens
 """
 
 import datetime
-import json
 import os
 import shutil
 import signal
@@ -31,7 +30,7 @@ import tempfile
 
 from absl import flags
 
-from hvd_alexnet import command, metrics_log
+from hvd_alexnet import command, files, metrics_log
 from hvd_alexnet.errors import UsageError
 from hvd_alexnet.tools import bench, costs, netns, plan
 from hvd_alexnet.tools.launch import ROOT, job_env
@@ -116,8 +115,7 @@ def measure(hosts, a, params):
 
 def write(results, a, out_dir):
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "scaling.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    files.write_json(os.path.join(out_dir, "scaling.json"), results)
     lines = ["# Scaling between two hosts over a shaped link\n",
              f"Measured {results['date']} with `{results['command']}`.\n",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()) + ".\n",
@@ -142,8 +140,7 @@ def write(results, a, out_dir):
                      f"{cell(q['fp16'], r['fp16'])} | {r['fp16'] / r['fp32']:.2f} | "
                      f"{r['hvd_gbs']:.3f} | {r['mpi4py_gbs']:.3f} | "
                      f"{r['hvd_gbs'] / r['mpi4py_gbs']:.2f} |")
-    with open(os.path.join(out_dir, "scaling.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    files.write_atomic(os.path.join(out_dir, "scaling.md"), "\n".join(lines) + "\n")
 
 
 FLAGS = flags.FlagValues()

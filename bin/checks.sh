@@ -1,0 +1,25 @@
+# Sourced by the launch scripts: their environment variables checked before any
+# use. Bash arithmetic on a value runs any $(...) it holds, and a host name ends
+# up in a command line, so numbers must be digits and hosts names.
+# want_count NAME...: each variable, if set, a whole number (exit 2 naming it).
+want_count() {
+  local name
+  for name in "$@"; do
+    [[ -z ${!name-} || ${!name} =~ ^[0-9]+$ ]] \
+      || { echo "$0: $name=${!name}: want a whole number" >&2; exit 2; }
+  done
+}
+# want_host NAME VALUE: a host name or address (letters, digits, . - _ :).
+want_host() {
+  [[ $2 =~ ^[A-Za-z0-9_][A-Za-z0-9._:-]*$ && $2 != *::* ]] \
+    || { echo "$0: $1: '$2' is not a host name" >&2; exit 2; }
+}
+# want_host_slots NAME LIST: LIST is host:slots[,host:slots...], every slot count given.
+want_host_slots() {
+  local entry
+  for entry in ${2//,/ }; do
+    [[ $entry =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*:[1-9][0-9]*$ ]] \
+      || { echo "$0: $1=$2: '$entry' is not host:slots (each host with its slot count," \
+                "e.g. gpu-node-01:8,gpu-node-02:8)" >&2; exit 2; }
+  done
+}

@@ -1,0 +1,205 @@
+"""The model folder as one run's own, with real ranks: one job at a time holds
+it (a second is refused, a dead job's lock taken over), it refuses flags its
+checkpoints do not fit and says what a resume changes, its JSON files are read
+with one line when garbled, and a full disk stops every rank with the previous
+checkpoint whole. Every wait is bounded."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from helpers import (FOLDER_ARGS, checkpoints, finish, launch, lines, release,
+                     slowed_until_released, start, train_job as train, wait_for_step)
+from hvd_alexnet.tools.chaos import rank_pids
+
+ARGS = FOLDER_ARGS
+
+
+@pytest.mark.parametrize("flag,named", [
+    ("--image_size=99", "--image_size: the run in {} was started with 67, now 99"),
+    ("--precision=fp16", "--precision=fp16 or --fp16_allreduce (a float16 loss scale in the "
+                         "optimizer): the run in {} was started with False, now True"),
+    ("--fp16_allreduce", "the run in {} was started with False, now True")])
+def test_a_flag_the_checkpoints_do_not_fit_is_refused_by_name(run_copy, tiny_data, flag, named):
+    """Before: a ValueError traceback (another image size), an AssertionError
+    (the float16 loss scale). Rank 0 reads the record; rank 1 says the same."""
+    res = train(tiny_data, run_copy, flag)
+    assert res.returncode == 2, res.stdout[-3000:]
+    said = lines(res.stdout, named.format(run_copy))
+    assert len(said) == 2 and "hvd_alexnet train: error: " in said[0], res.stdout[-3000:]
+    assert "Traceback" not in res.stdout and checkpoints(run_copy) == [4, 8]
+
+
+def test_other_data_resumes_with_a_line_or_is_refused_past_its_end(run_copy, tiny_data,
+                                                                   tmp_path):
+    """One train shard of two (40 examples) on 1 rank: the checkpoint's 64
+    examples are step 16 at a global batch of 4. With 2 epochs (20 steps) it
+    resumes and says what changed; with 1 (10 steps) the run, stopped at 8 of
+    its 20 steps, would have exited 0 untrained: refused instead."""
+    half = tmp_path / "half"
+    shutil.copytree(tiny_data, half, ignore=shutil.ignore_patterns("raw", "train-00001*"))
+    again = str(tmp_path / "again")
+    shutil.copytree(run_copy, again)
+    res = train(half, again, "--epochs=1", np=1)
+    assert res.returncode == 2, res.stdout[-3000:]
+    assert (f"error: the newest checkpoint has seen 64 examples: step 16, past the 10 steps of "
+            f"this run with ranks 2 -> 1, global batch 8 -> 4, --data_dir {tiny_data} -> "
+            f"{half}, training examples 80 -> 40, total steps 20 -> 10, --epochs 2 -> 1. "
+            f"Resume with the settings") in res.stdout, res.stdout[-3000:]
+    res = train(half, run_copy, np=1)
+    assert res.returncode == 0, res.stdout[-3000:]
+    (said,) = lines(res.stdout, "resuming with other settings than the run's last start:")
+    assert (f"ranks 2 -> 1, global batch 8 -> 4, --data_dir {tiny_data} -> {half}, training "
+            f"examples 80 -> 40; it goes on at step 16 of 20 (epoch 2 of 2), at a learning "
+            f"rate of ") in said, said
+
+
+def test_a_second_job_on_a_model_folder_is_refused_and_a_dead_jobs_lock_taken_over(
+        tiny_data, tmp_path):
+    """Job A holds the folder (its steps slowed until released); job B is
+    refused, naming A; A goes on and ends. Then job C is killed outright (its
+    lock stays) and job D takes the lock over and resumes."""
+    model_dir = str(tmp_path / "run")
+    slow = slowed_until_released(tmp_path, 0.5)
+    first = start(["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *ARGS],
+                  np=2, launcher="gloo", faults=slow)
+    try:
+        wait_for_step(model_dir, 4, first)
+        holder = json.load(open(os.path.join(model_dir, "job.lock")))
+        assert holder["pid"] == rank_pids(model_dir)[0]
+        res = train(tiny_data, model_dir, np=1)
+        assert res.returncode == 2, res.stdout[-3000:]
+        assert (f"--model_dir {model_dir} is in use by another job: host {holder['host']}, pid "
+                f"{holder['pid']}, started {holder['started']}") in res.stdout, res.stdout[-3000:]
+        release(tmp_path)
+        res = finish(first, timeout=240)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert not os.path.exists(os.path.join(model_dir, "job.lock"))  # released at the end
+
+    model_dir = str(tmp_path / "second")
+    os.remove(tmp_path / "release")
+    third = start(["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *ARGS],
+                  np=2, launcher="gloo", faults=slow)
+    try:
+        wait_for_step(model_dir, 8, third)  # after the checkpoint of step 4
+        ranks = rank_pids(model_dir)
+        for pid in ranks.values():  # killed outright, as by the OOM killer: no clean-up
+            os.kill(pid, signal.SIGKILL)
+        dead = ranks[0]
+        finish(third, timeout=60)
+    finally:
+        if third.poll() is None:
+            os.killpg(third.pid, signal.SIGKILL)
+    assert json.load(open(os.path.join(model_dir, "job.lock")))["pid"] == dead
+    res = train(tiny_data, model_dir)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "job.lock: left by host" in res.stdout and f"pid {dead}," in res.stdout
+    (took,) = lines(res.stdout, "taking over")
+    assert "its process is no longer running" in took, took
+    assert "resumed from" in res.stdout, res.stdout[-3000:]
+
+
+def test_garbled_json_files_get_one_line(run_copy, tiny_data, tmp_path):
+    """model.json garbled (as a kill mid-write left it before it was written
+    whole): train on 2 ranks and evaluate say which file and what to do;
+    metadata.json garbled: a data error naming it."""
+    with open(os.path.join(run_copy, "model.json"), "w") as f:
+        f.write('{"image_size": 67, "num_cla')
+    res = train(tiny_data, run_copy)
+    said = lines(res.stdout, f"error: {run_copy}/model.json is not valid JSON")
+    assert res.returncode == 2 and len(said) == 2, res.stdout[-3000:]
+    assert "remove it" in said[0] and "Traceback" not in res.stdout
+    res = launch(["evaluate", f"--data_dir={tiny_data}", f"--model_dir={run_copy}"], timeout=120)
+    assert res.returncode == 2 and f"{run_copy}/model.json is not valid JSON" in res.stdout
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("raw"))
+    (data / "metadata.json").write_text("")
+    res = train(data, str(tmp_path / "new"), np=1)
+    assert res.returncode == 3 and f"data error: {data}/metadata.json is empty" in res.stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 400 MiB tmpfs (as root): room for two 67x67 checkpoints of 168 MB."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)])
+
+
+def fill(disk, leave):
+    """Takes all but `leave` bytes of the disk's free space with one file."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, max(1, shutil.disk_usage(disk).free - leave))
+    return filler
+
+
+def test_a_full_disk_while_saving_stops_every_rank_and_keeps_the_previous_checkpoint(
+        tiny_data, tmp_path, small_disk):
+    """The disk fills after checkpoint 4 (the test takes all but 10 MiB while the
+    steps are slowed): the save of step 8 fails. Before: an OSError traceback
+    on rank 0 alone. Now every rank exits 6 with the folder and the space
+    needed, the torn save is gone, ckpt-4 is whole, and the run resumes from it
+    once space is free."""
+    model_dir = str(small_disk / "run")
+    job = start(["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *ARGS],
+                np=2, launcher="gloo", faults=slowed_until_released(tmp_path, 0.5))
+    try:
+        wait_for_step(model_dir, 5, job)  # ckpt-4 is written before step 5
+        filler = fill(small_disk, 10 << 20)
+        release(tmp_path)
+        res = finish(job, timeout=240)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert res.returncode == 6, res.stdout[-3000:]
+    said = lines(res.stdout, f"hvd_alexnet train: checkpoint error: {model_dir}/checkpoints: "
+                             f"the disk is full (")
+    assert len(said) == 2, res.stdout[-3000:]
+    assert ("MiB free; a checkpoint needs about 160 MiB): the save of step 8 was removed and "
+            "the previous checkpoint, ckpt-4, is whole; free some space, then run the same "
+            "command again to resume") in said[0], said[0]
+    assert checkpoints(model_dir) == [4] and "Traceback" not in res.stdout
+    assert not [f for f in os.listdir(os.path.join(model_dir, "checkpoints")) if "_temp" in f]
+    os.remove(filler)
+    res = train(tiny_data, model_dir, "--max_steps=8")
+    assert res.returncode == 0 and "ckpt-4 at step 4" in res.stdout, res.stdout[-3000:]
+
+
+def test_a_full_disk_while_logging_asks_for_a_stop_once(small_disk):
+    """A DLLogger line that cannot be written is said once and asks the run to
+    stop (the trainer then stops at the next read step, checkpoint first)."""
+    from hvd_alexnet.metrics_log import MetricsLog
+    asked = []
+    log = MetricsLog(str(small_disk / "dllogger.json"), stdout=None, on_error=asked.append)
+    fill(small_disk, 0)
+    for step in range(100000):  # until the page the file has is full
+        log.log([0, step], {"loss": 1.0})
+        if asked:
+            break
+    assert asked == [f"writing {small_disk}/dllogger.json failed (No space left on device)"]
+    log.log([0, step + 1], {"loss": 1.0})  # no more writing, no second call
+    log.close()
+    assert len(asked) == 1
+
+
+def test_a_file_written_on_a_full_disk_keeps_its_old_content(small_disk):
+    from hvd_alexnet import files
+    path = small_disk / "model.json"
+    files.write_json(path, {"image_size": 67})
+    fill(small_disk, 0)
+    with pytest.raises(OSError):
+        files.write_json(path, {"image_size": 67, "classes": ["x" * 100] * 10000})
+    assert json.load(open(path)) == {"image_size": 67}
+    assert sorted(os.listdir(small_disk)) == ["filler", "model.json"]  # no temporary left
