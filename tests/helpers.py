@@ -95,6 +95,18 @@ def finish(proc, timeout):
     return subprocess.CompletedProcess(proc.cmd, proc.returncode, output(proc), None)
 
 
+def finish_after(proc, act, timeout):
+    """Does act() while the job runs (waits for a step, signals, changes a file),
+    then waits for the job's end (finish). If anything fails on the way, the
+    job's process group is killed: no test leaves a job behind."""
+    try:
+        act()
+        return finish(proc, timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def wait_for_step(model_dir, step, proc, timeout=120):
     """Blocks until rank 0 has logged training step `step` (or fails)."""
     path, deadline = os.path.join(model_dir, "dllogger.json"), time.time() + timeout

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from helpers import (FOLDER_ARGS, SMALL, checkpoints, corrupt_copy, final_weights, finish, lines,
-                     output, release, slowed_until_released, start, step_records, train_job,
-                     wait_for_step)
+from helpers import (FOLDER_ARGS, SMALL, checkpoints, corrupt_copy, final_weights, finish,
+                     finish_after, lines, output, release, slowed_until_released, start,
+                     step_records, train_job, wait_for_step)
 from hvd_alexnet import metrics_log
 from hvd_alexnet.tools.chaos import rank_pids
 
@@ -175,14 +175,13 @@ def test_a_signal_during_start_up_ends_every_rank_with_75_and_the_folder_as_it_w
     marker, listing = tmp_path / "restoring", sorted(os.listdir(run_copy + "/checkpoints"))
     proc = start(["train", f"--data_dir={tiny_data}", f"--model_dir={run_copy}", *FOLDER_ARGS],
                  np=2, launcher="gloo", faults=[f"start_hold={marker}"])
-    try:
+
+    def signal_the_ranks():
         wait_for_file(marker, proc)
         for pid in rank_pids(run_copy).values():
             os.kill(pid, signal.SIGTERM)
-        res = finish(proc, timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+
+    res = finish_after(proc, signal_the_ranks, timeout=120)
     assert res.returncode == 75, res.stdout[-3000:]
     said = lines(res.stdout, f"hvd_alexnet train: stopped on request before the first step; "
                              f"{run_copy} is as it was: run the same command again to resume")
@@ -214,13 +213,8 @@ def test_a_reader_that_ends_between_read_steps_while_another_rank_stops_does_not
     proc = start(["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *SMALL,
                   "--noeval", "--epochs=2", "--log_every=4", "--stall_timeout_sec=60"],
                  np=2, launcher="gloo", faults=["end=0:5", "hold=4:1"])
-    try:
-        wait_for_step(model_dir, 4, proc)
-        os.kill(rank_pids(model_dir)[1], signal.SIGTERM)
-        res = finish(proc, timeout=150)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    res = finish_after(proc, lambda: (wait_for_step(model_dir, 4, proc), os.kill(
+        rank_pids(model_dir)[1], signal.SIGTERM)), timeout=150)
     assert res.returncode == 3, res.stdout[-3000:]
     said = lines(res.stdout, "hvd_alexnet train: data error: rank 0: the reader ended after 5 "
                              "of 10 steps")
@@ -254,14 +248,8 @@ def test_a_shard_that_vanishes_mid_run_stops_every_rank_with_its_name(tiny_data,
     proc = start(["train", f"--data_dir={data}", f"--model_dir={model_dir}", *SMALL, "--noeval",
                   "--epochs=3", "--noshuffle", *flags], np=2, launcher="gloo",
                  faults=slowed_until_released(tmp_path, 0.5))
-    try:
-        wait_for_step(model_dir, 2, proc)
-        os.remove(shard)
-        release(tmp_path)
-        res = finish(proc, timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    res = finish_after(proc, lambda: (wait_for_step(model_dir, 2, proc), os.remove(shard),
+                                      release(tmp_path)), timeout=180)
     assert res.returncode == 3, res.stdout[-3000:]
     said = lines(res.stdout, f"hvd_alexnet train: data error: rank 1: {shard}; No such file or "
                              f"directory: a data file vanished or cannot be read (NotFoundError)")

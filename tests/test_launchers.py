@@ -278,7 +278,14 @@ def train_flags_parse(args):
 
 def test_mpijob_manifest_has_what_the_operator_requires():
     with open(os.path.join(ROOT, "docker", "mpijob.yaml")) as f:
-        job = yaml.safe_load(f)
+        job, policy = yaml.safe_load_all(f)
+    # The job's pods admit only the job's pods (Horovod's object collectives
+    # unpickle what a peer sends; its ports take no authentication).
+    label = policy["spec"]["podSelector"]["matchLabels"]
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": label}}]}]
+    for role in ("Launcher", "Worker"):
+        assert job["spec"]["mpiReplicaSpecs"][role]["template"]["metadata"]["labels"] == label
     assert job["apiVersion"] == "kubeflow.org/v2beta1" and job["kind"] == "MPIJob"
     assert job["metadata"]["name"]
     spec = job["spec"]
@@ -358,6 +365,72 @@ def test_mpijob_manifest_has_what_the_operator_requires():
 
 DOCKERFILES = {"docker/Dockerfile": "requirements-gpu.txt",
                "docker/Dockerfile.cpu": "requirements-cpu.txt"}
+
+
+def test_the_images_ssh_checks_every_host_key_against_the_jobs(tmp_path):
+    """docker/setup-user-ssh.sh's files, for real: bin/k8s_worker.sh copies the
+    mounted keys to a folder of the user's own and starts sshd with StrictModes
+    on; the client, with StrictHostKeyChecking on, reaches it by the mounted
+    public key alone (KnownHostsCommand) and refuses an sshd with another host
+    key. (Before: no host key was checked, StrictModes was off.)"""
+    import shutil
+    import signal
+    import tempfile
+    from helpers import free_ports
+    if os.geteuid() != 0 or not shutil.which("sshd"):
+        require("sshd as root (make test-deps installs openssh-server)", "the ssh test")
+    top = tempfile.mkdtemp(dir=os.path.expanduser("~"))  # StrictModes: no world-writable /tmp
+    home, etc, bin_dir = (os.path.join(top, d) for d in ("home", "etc", "bin"))
+    try:
+        subprocess.run(["bash", os.path.join(ROOT, "docker", "setup-user-ssh.sh")], check=True,
+                       env={**os.environ, "HOME_DIR": home, "ETC": etc, "BIN_DIR": bin_dir,
+                            "NO_USER": "1"}, timeout=60)
+        keys = os.path.join(home, ".ssh")
+        for name in ("id_rsa", "other"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            os.path.join(keys if name == "id_rsa" else top, name)], check=True)
+        shutil.copy(os.path.join(keys, "id_rsa.pub"), os.path.join(keys, "authorized_keys"))
+        config = os.path.join(home, ".sshd_config")
+        ports = free_ports(2)
+        text = open(config).read()
+        assert "StrictModes" not in text and "HostKey " + home + "/.ssh-run/host_key" in text
+        with open(config, "w") as f:  # this machine's free port, on loopback only
+            f.write(text.replace("Port 2222", f"Port {ports[0]}\nListenAddress 127.0.0.1"))
+        worker = subprocess.Popen(["bash", os.path.join(ROOT, "bin", "k8s_worker.sh")],
+                                  env={**os.environ, "HOME": home, "SSHD_CONFIG": config},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        other = os.path.join(top, "impostor_config")  # the same sshd with another host key
+        with open(other, "w") as f:
+            f.write(text.replace("Port 2222", f"Port {ports[1]}\nListenAddress 127.0.0.1")
+                    .replace(f"{home}/.ssh-run/host_key", f"{top}/other")
+                    .replace(f"{home}/sshd.pid", f"{top}/impostor.pid"))
+        impostor = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", other],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        client = os.path.join(etc, "ssh", "ssh_config.d", "hvd-alexnet.conf")
+        assert "StrictHostKeyChecking yes" in open(client).read()
+
+        def ssh(port):
+            return subprocess.run(["ssh", "-F", client, "-p", str(port), "-i",
+                                   os.path.join(keys, "id_rsa"), "-o", "BatchMode=yes",
+                                   "root@127.0.0.1", "echo reached"],
+                                  capture_output=True, text=True, timeout=30)
+
+        deadline = time.time() + 30
+        while (res := ssh(ports[0])).returncode != 0 and time.time() < deadline:
+            time.sleep(0.5)
+        assert res.returncode == 0 and "reached" in res.stdout, res.stderr
+        assert oct(os.stat(os.path.join(home, ".ssh-run")).st_mode & 0o777) == "0o700"
+        res = ssh(ports[1])
+        assert res.returncode != 0 and "Host key verification failed" in res.stderr, res.stderr
+    finally:
+        for proc in ("worker", "impostor"):
+            p = locals().get(proc)
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=30)
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_dockerfiles_pass_hadolint():

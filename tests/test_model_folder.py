@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from helpers import (FOLDER_ARGS, checkpoints, finish, launch, lines, release,
+from helpers import (FOLDER_ARGS, checkpoints, finish_after, launch, lines, release,
                      slowed_until_released, start, train_job as train, wait_for_step)
 from hvd_alexnet.tools.chaos import rank_pids
 
@@ -67,19 +67,19 @@ def test_a_second_job_on_a_model_folder_is_refused_and_a_dead_jobs_lock_taken_ov
     slow = slowed_until_released(tmp_path, 0.5)
     first = start(["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *ARGS],
                   np=2, launcher="gloo", faults=slow)
-    try:
+    holder = {}
+
+    def second_job():
         wait_for_step(model_dir, 4, first)
-        holder = json.load(open(os.path.join(model_dir, "job.lock")))
+        holder.update(json.load(open(os.path.join(model_dir, "job.lock"))))
         assert holder["pid"] == rank_pids(model_dir)[0]
         res = train(tiny_data, model_dir, np=1)
         assert res.returncode == 2, res.stdout[-3000:]
         assert (f"--model_dir {model_dir} is in use by another job: host {holder['host']}, pid "
                 f"{holder['pid']}, started {holder['started']}") in res.stdout, res.stdout[-3000:]
         release(tmp_path)
-        res = finish(first, timeout=240)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
+
+    res = finish_after(first, second_job, timeout=240)
     assert res.returncode == 0, res.stdout[-3000:]
     assert not os.path.exists(os.path.join(model_dir, "job.lock"))  # released at the end
 
@@ -87,16 +87,16 @@ def test_a_second_job_on_a_model_folder_is_refused_and_a_dead_jobs_lock_taken_ov
     os.remove(tmp_path / "release")
     third = start(["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *ARGS],
                   np=2, launcher="gloo", faults=slow)
-    try:
+    ranks = {}
+
+    def kill_outright():  # as the OOM killer would: no clean-up
         wait_for_step(model_dir, 8, third)  # after the checkpoint of step 4
-        ranks = rank_pids(model_dir)
-        for pid in ranks.values():  # killed outright, as by the OOM killer: no clean-up
+        ranks.update(rank_pids(model_dir))
+        for pid in ranks.values():
             os.kill(pid, signal.SIGKILL)
-        dead = ranks[0]
-        finish(third, timeout=60)
-    finally:
-        if third.poll() is None:
-            os.killpg(third.pid, signal.SIGKILL)
+
+    finish_after(third, kill_outright, timeout=60)
+    dead = ranks[0]
     assert json.load(open(os.path.join(model_dir, "job.lock")))["pid"] == dead
     res = train(tiny_data, model_dir)
     assert res.returncode == 0, res.stdout[-3000:]
@@ -155,14 +155,10 @@ def test_a_full_disk_while_saving_stops_every_rank_and_keeps_the_previous_checkp
     model_dir = str(small_disk / "run")
     job = start(["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *ARGS],
                 np=2, launcher="gloo", faults=slowed_until_released(tmp_path, 0.5))
-    try:
-        wait_for_step(model_dir, 5, job)  # ckpt-4 is written before step 5
-        filler = fill(small_disk, 10 << 20)
-        release(tmp_path)
-        res = finish(job, timeout=240)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+    filler = []
+    res = finish_after(job, lambda: (wait_for_step(model_dir, 5, job),  # ckpt-4 is written
+                                     filler.append(fill(small_disk, 10 << 20)),
+                                     release(tmp_path)), timeout=240)
     assert res.returncode == 6, res.stdout[-3000:]
     said = lines(res.stdout, f"hvd_alexnet train: checkpoint error: {model_dir}/checkpoints: "
                              f"the disk is full (")
@@ -172,7 +168,7 @@ def test_a_full_disk_while_saving_stops_every_rank_and_keeps_the_previous_checkp
             "command again to resume") in said[0], said[0]
     assert checkpoints(model_dir) == [4] and "Traceback" not in res.stdout
     assert not [f for f in os.listdir(os.path.join(model_dir, "checkpoints")) if "_temp" in f]
-    os.remove(filler)
+    os.remove(filler[0])
     res = train(tiny_data, model_dir, "--max_steps=8")
     assert res.returncode == 0 and "ckpt-4 at step 4" in res.stdout, res.stdout[-3000:]
 

@@ -28,46 +28,19 @@ import time
 
 from absl import flags
 
-from hvd_alexnet import command, metrics_log
+from hvd_alexnet import checkpoint, command, metrics_log
 from hvd_alexnet.checkpoint import SUBDIR as CHECKPOINT_SUBDIR
+from hvd_alexnet.tools import chaos_faults
+from hvd_alexnet.tools.chaos_faults import BY_NAME, CLASSIC, MODEL_FOLDER, rank_pids
+from hvd_alexnet.tools.chaos_faults import steps as _steps
 from hvd_alexnet.tools.launch import ELASTIC_HOSTS, ROOT, elastic_job, elastic_ranks, \
     job_command, write_hosts
 
-FAULTS = ("kill rank 0", "kill rank 1", "kill rank 0 while it saves", "SIGTERM to the ranks",
-          "SIGTERM to horovodrun")
+FAULTS = tuple(f.name for f in CLASSIC + MODEL_FOLDER)
 ATTEMPT_TIMEOUT = 900  # seconds; an attempt that runs longer counts as a hang
 ELASTIC_FAULTS = ("lose rank 1's host", "lose rank 0's host", "kill rank 1, its host kept")
 ELASTIC_TIMEOUT = 3600  # seconds for a whole elastic run
 TOP1_TOLERANCE = 0.01  # an elastic run's final top-1 beside the undisturbed run's
-
-
-def rank_pids(model_dir):
-    """{rank: pid} of the Python ranks training into model_dir (from /proc): their
-    command line names it and a launcher gave them a rank (horovodrun does not
-    have one)."""
-    pids = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-        except OSError:
-            continue
-        if b"python" in os.path.basename(argv[0]) and any(model_dir.encode() in a for a in argv):
-            rank = env.get(b"HOROVOD_RANK", env.get(b"OMPI_COMM_WORLD_RANK"))
-            if rank is not None:
-                pids[int(rank)] = int(pid)
-    return pids
-
-
-def _steps(model_dir):
-    """Training steps rank 0 has logged in model_dir so far (every attempt's)."""
-    path = os.path.join(model_dir, metrics_log.LOG_FILE)
-    if not os.path.exists(path):
-        return []
-    return [r["step"][1] for r in metrics_log.step_records(metrics_log.read(path))
-            if "loss" in r["data"]]  # training steps, not an elastic job's other records
 
 
 def _start(model_dir, args):
@@ -87,48 +60,93 @@ def _finish(proc, timeout=ATTEMPT_TIMEOUT):
         raise SystemExit(f"chaos: an attempt ran longer than {timeout}s: a hang")
 
 
-def _inject(proc, model_dir, fault, after_steps):
-    """Waits until `after_steps` more steps are logged, then injects `fault`.
-    Returns False if its moment did not come: the job ended first, or (for a
-    kill while saving) no save started before the job ended or within 120 s."""
-    target = len(_steps(model_dir)) + after_steps
-    while len(_steps(model_dir)) < target:
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    if fault == "kill rank 0 while it saves":
-        ckpts = os.path.join(model_dir, CHECKPOINT_SUBDIR)  # made by the run's first save
-        deadline = time.time() + 120
-        while not (os.path.isdir(ckpts) and any(f.endswith("_temp") for f in os.listdir(ckpts))):
-            if proc.poll() is not None or time.time() > deadline:
-                return False
-            time.sleep(0.002)
-    pids = rank_pids(model_dir)
-    targets = {"kill rank 0 while it saves": [pids.get(0)], "kill rank 0": [pids.get(0)],
-               "kill rank 1": [pids.get(1)], "SIGTERM to the ranks": list(pids.values()),
-               "SIGTERM to horovodrun": [proc.pid]}[fault]
-    sig = signal.SIGKILL if fault.startswith("kill") else signal.SIGTERM
-    hit = False
-    for pid in targets:
-        try:
-            if pid is not None and proc.poll() is None:
-                os.kill(pid, sig)
-                hit = True
-        except ProcessLookupError:  # it ended between the look and the kill
-            pass
-    return hit
-
-
 def schedule(rng, kinds, faults):
     """Every kind of fault once (in random order) before any kind twice."""
     return [f for _ in range(faults // len(kinds) + 1) for f in rng.sample(kinds, len(kinds))]
 
 
-def run(data_dir, work_dir, faults, seed, extra, start=None, settle=1.0):
-    """Both runs and the verdict (True: the same steps and weights). `start(model_dir,
+class Chaos:
+    """The disturbed run: its faults in order, what was injected, the attempts'
+    exit statuses and whether each was the one its fault should give."""
+
+    def __init__(self, order, faults, start, args, model_dir, gap):
+        self.order, self.faults, self.start, self.args = order, faults, start, args
+        self.dir, self.gap, self.next = model_dir, gap, 0
+        self.injected, self.codes, self.wrong = [], [], []
+
+    def due(self):
+        return BY_NAME[self.order[self.next]] if self.next < self.faults else None
+
+    def took(self, fault):
+        self.injected.append(fault)
+        self.next += 1
+        at = f" (step {max(chaos_faults.steps(self.dir) or [0])})"
+        print(f"chaos: fault {len(self.injected)}: {fault}{at}", flush=True)
+
+    def attempt(self, rng):
+        """One start of the job, with the faults due that it can take; returns its
+        exit status."""
+        checks = []
+        while self.due() and self.due().when == chaos_faults.BEFORE:
+            step = chaos_faults.before(self.due().name, self.dir)
+            if step is False:  # too few checkpoints yet: after the next fault
+                later = next((i for i in range(self.next + 1, len(self.order))
+                              if BY_NAME[self.order[i]].when != chaos_faults.BEFORE), None)
+                if later is None:
+                    break
+                self.order.insert(later, self.order.pop(self.next))
+                continue
+            checks.append((self.due().name, step))
+            self.took(self.due().name)
+        ending, extra = None, []
+        if self.due() and self.due().when == chaos_faults.IN_FLAGS:
+            ending, extra = self.due(), list(chaos_faults.NAN_FLAGS)
+            self.took(ending.name)
+        proc = self.start(self.dir, [*self.args, *extra])
+        if not ending and self.due() and self.due().when == chaos_faults.AT_START:
+            if chaos_faults.at_start(proc, self.dir):
+                ending = self.due()
+                self.took(ending.name)
+        while not ending and self.due() and self.due().when == chaos_faults.WHILE:
+            fault = self.due()
+            hit = chaos_faults.while_training(proc, self.dir, fault.name, rng.randint(*self.gap),
+                                              lambda: self.start(self.dir, self.args))
+            if hit is False:
+                break  # its moment did not come: the next attempt tries again
+            self.took(fault.name)
+            if hit is not True:
+                self.wrong.append(f"{fault.name}: {hit}")
+            if fault.status:
+                ending = fault
+        code = _finish(proc)
+        chaos_faults.empty_the_disk(self.dir)
+        if ending and ending.name == "fill the disk" and code == 0:  # no save came after it
+            self.injected.pop()
+            self.next -= 1
+            print("chaos: fill the disk: the run ended before its next save; not counted")
+            ending = None
+        for name, step in checks:
+            ok, what = chaos_faults.check_before(name, self.dir, step)
+            if not ok:
+                self.wrong.append(f"{name}: {what}")
+        expected = ending.status_ok(code) if ending else code == 0
+        if not expected:
+            self.wrong.append(f"{ending.name if ending else 'no fault'}: exit status {code}, "
+                              f"want {ending.status if ending else 0}")
+        self.codes.append(code)
+        return code
+
+
+def run(data_dir, work_dir, faults, seed, extra, start=None, settle=1.0, kinds=None,
+        gap=(3, 40), max_restarts=None):
+    """Both runs and the verdict (True: the same steps and weights, every exit
+    status what its fault should give, within `max_restarts`). `start(model_dir,
     args)` starts one attempt (default: the 2-rank trainer; the tests pass a fake
-    job); `settle`: seconds for a job's ranks to go after it ended."""
+    job and CLASSIC's faults); `settle`: seconds for a job's ranks to go after it
+    ended; `gap`: the range of steps between two faults."""
     rng, start = random.Random(seed), start or _start
+    kinds = [f.name for f in (kinds or CLASSIC + MODEL_FOLDER)]
+    max_restarts = 3 * faults + 5 if max_restarts is None else max_restarts
     args = ["--flagfile=configs/demo.flags", f"--data_dir={data_dir}", "--deterministic",
             "--noeval", "--log_every=1", "--checkpoint_every_steps=10", *extra]
     straight, chaotic = os.path.join(work_dir, "straight"), os.path.join(work_dir, "chaos")
@@ -139,47 +157,68 @@ def run(data_dir, work_dir, faults, seed, extra, start=None, settle=1.0):
     print(f"chaos: uninterrupted run in {straight} ...", flush=True)
     if _finish(start(straight, args)) != 0:
         raise SystemExit(f"chaos: the uninterrupted run failed; see {straight}.log")
-    injected, restarts, codes = [], 0, []
-    order = schedule(rng, FAULTS, faults)
-    while True:
-        proc = start(chaotic, args)
-        if len(injected) < faults:  # a fault whose moment did not come is tried again
-            fault = order[len(injected)]
-            if _inject(proc, chaotic, fault, rng.randint(3, 40)):
-                injected.append(fault)
-                print(f"chaos: fault {len(injected)}: {fault} (step {max(_steps(chaotic))})",
-                      flush=True)
-        code = _finish(proc)
-        codes.append(code)
-        time.sleep(settle)
-        left = rank_pids(chaotic)
-        if left:
-            raise SystemExit(f"chaos: ranks {sorted(left)} still running after the job ended")
-        if code == 0:  # done (a fault due after the end of the run is not injected)
-            break
-        restarts += 1
-    return report(straight, chaotic, injected, restarts, codes, faults)
+    disk = None
+    if "fill the disk" in kinds:  # the chaotic run's folder, a tmpfs of its own
+        keep = 3  # --keep_checkpoints' default; a save writes one more before it deletes
+        why = chaos_faults.mount_tmpfs(chaotic, _checkpoint_bytes(straight) * (keep + 2) +
+                                       (64 << 20))
+        if why:
+            print(f"chaos: fill the disk left out: {why}", flush=True)
+            kinds.remove("fill the disk")
+        else:
+            disk = chaotic
+    chaos = Chaos(schedule(rng, kinds, faults), faults, start, args, chaotic, gap)
+    restarts, gave_up = 0, False
+    try:
+        while True:
+            code = chaos.attempt(rng)
+            time.sleep(settle)
+            left = rank_pids(chaotic)
+            if left:
+                raise SystemExit(f"chaos: ranks {sorted(left)} still running after the job ended")
+            if code == 0:  # done (a fault due after the end of the run is not injected)
+                break
+            restarts += 1
+            if restarts > max_restarts:
+                gave_up = True
+                break
+        return report(straight, chaotic, chaos, restarts, faults, kinds, gave_up, max_restarts)
+    finally:
+        if disk:
+            subprocess.run(["umount", "-l", disk])
 
 
-def report(straight, chaotic, injected, restarts, codes, wanted):
+def _checkpoint_bytes(model_dir):
+    directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    found = checkpoint.on_disk(directory)
+    newest = max(found)
+    return sum(os.path.getsize(os.path.join(directory, n)) for n in found[newest])
+
+
+def report(straight, chaotic, chaos, restarts, wanted, kinds, gave_up, max_restarts):
     summary = lambda d: metrics_log.step_records(metrics_log.read(
         os.path.join(d, metrics_log.LOG_FILE)), length=0)[-1]["data"]
-    want, got = summary(straight), summary(chaotic)
-    steps = _steps(chaotic)
+    want = summary(straight)
+    got = summary(chaotic) if not gave_up else {"steps": None, "weights_digest": None}
+    steps, injected = _steps(chaotic), chaos.injected
+    same = got["weights_digest"] == want["weights_digest"] and got["steps"] == want["steps"]
     lines = [
         f"faults injected:   {len(injected)} of {wanted} ({', '.join(injected)})"
         + (f"; {wanted - len(injected)} not: the run ended before their moment"
            if len(injected) < wanted else ""),
-        "by kind:           " + ", ".join(f"{kind} x {injected.count(kind)}" for kind in FAULTS),
-        f"restarts:          {restarts} (exit statuses {codes})",
+        "by kind:           " + ", ".join(f"{kind} x {injected.count(kind)}" for kind in kinds),
+        f"restarts:          {restarts} of at most {max_restarts} (exit statuses {chaos.codes})"
+        + (": GAVE UP" if gave_up else ""),
+        "exit statuses:     " + ("each what its fault should give" if not chaos.wrong else
+                                 "WRONG: " + "; ".join(chaos.wrong)),
         f"steps:             {got['steps']} of {want['steps']} "
-        f"(lost: {want['steps'] - got['steps']})",
+        f"(lost: {want['steps'] - (got['steps'] or 0)})",
         f"steps repeated:    {len(steps) - len(set(steps))} (run again after a fault)",
         f"final weights:     {got['weights_digest']} vs uninterrupted "
-        f"{want['weights_digest']}: {'MATCH' if got['weights_digest'] == want['weights_digest'] else 'DIFFER'}",
+        f"{want['weights_digest']}: {'MATCH' if same else 'DIFFER'}",
     ]
     print("\n".join(["chaos: result"] + lines), flush=True)
-    return got["weights_digest"] == want["weights_digest"] and got["steps"] == want["steps"]
+    return same and not chaos.wrong and not gave_up
 
 
 def _changes(model_dir):
