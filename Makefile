@@ -3,7 +3,10 @@
 
 VENV            ?= .venv
 PY              := $(VENV)/bin/python
-TF_REQUIREMENTS ?= requirements-cpu.txt
+# The TensorFlow requirements file: empty, the host's (the GPU stack where nvidia-smi lists
+# GPUs, else the CPU one); CPU=1 the CPU stack on any host.
+TF_REQUIREMENTS ?=
+CPU             ?=
 NP              ?= 2
 DEMO_DIR        ?= data/demo
 BENCH_DIR       ?= data/bench
@@ -21,7 +24,7 @@ IMAGE           ?= hvd-alexnet
 	gpu-check check-gpu-build bench-scaling
 
 install:
-	@TF_REQUIREMENTS=$(TF_REQUIREMENTS) VENV=$(VENV) bash scripts/install.sh
+	@TF_REQUIREMENTS=$(TF_REQUIREMENTS) CPU=$(CPU) VENV=$(VENV) bash scripts/install.sh
 
 $(DEMO_DIR)/metadata.json:
 	$(PY) -m hvd_alexnet data demo --output_dir $(DEMO_DIR)
@@ -66,11 +69,12 @@ check-gpu-build:
 	@VENV=.venv-gpu TF_REQUIREMENTS=requirements-gpu.txt HOROVOD_GPU_OPERATIONS=NCCL \
 	    bash scripts/install.sh
 
-# On a GPU host: is the GPU path ready, and how fast (a few minutes, no data needed).
+# On a GPU host: is the GPU path ready, and how fast (a few minutes; the demo's records
+# for the check that the trainer's batches land on each GPU).
 # Without a GPU it runs the same on the CPU and says so.
 GPU_CHECK_ARGS  ?=
-gpu-check: install
-	bash bin/gpu_check.sh $(GPU_CHECK_ARGS)
+gpu-check: demo-data
+	bash bin/gpu_check.sh --data_dir=$(DEMO_DIR) $(GPU_CHECK_ARGS)
 
 # Not part of `make test`: random rank kills and preemptions in a 2-rank demo
 # run, restarted from its checkpoints, compared with an uninterrupted run (~10 min).

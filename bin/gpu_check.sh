@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A GPU host's check, in a few minutes and with no data set: what TensorFlow and
-# Horovod were built with and see, each rank's device, synthetic images/s at fp32
+# A GPU host's check, in a few minutes and with no data set but a few demo records
+# (--data_dir, data/demo by default: make gpu-check makes it): what TensorFlow and
+# Horovod were built with and see, each rank's device and GPU (PCI bus id), where
+# the trainer's feed puts its batches, synthetic images/s at fp32
 # and mixed float16 on 1 GPU and on all of them (scaling efficiency), Horovod's
 # all-reduce of AlexNet's 247 MB of gradients over NCCL, and plan's prediction
 # beside the measurement; then one check a line and a verdict (exit 0 ready, 2 not).

@@ -7,6 +7,7 @@ Launch: `horovodrun -np N python -m hvd_alexnet train ...` or
 
 import hashlib
 import os
+import re
 import socket
 import sys
 import threading
@@ -52,8 +53,8 @@ class Dist:
         self.hvd = hvd
         self.compression = compression
         self.device = device  # this rank's GPU ("/gpu:0" once pinned), None on the CPU
+        self.gpu_id = gpu_identity() if device else None  # its PCI bus id
         self.first_step_allowed = 0  # seconds a process's first step may take (0: the timeout)
-        self.elastic = os.environ.get("HOROVOD_ELASTIC") == "1"  # horovodrun's elastic mode
         self.hosts = []  # every rank's host name, by rank (filled by join)
         self.heartbeat = heartbeat or heartbeat_seconds()
         self._read_place()
@@ -67,38 +68,40 @@ class Dist:
         self.is_root = self.rank == 0
 
     def join(self):
-        """Learns every rank's host (a collective); in an elastic job, after each
-        change of membership, also this rank's new place."""
+        """Learns every rank's host and GPU (a collective), and refuses two ranks on
+        one GPU; in an elastic job, after each change of membership, also this
+        rank's new place."""
         self._read_place()
         self.watchdog.rank = self.rank
-        self.hosts = self.allgather_object(socket.gethostname(), "hvd_alexnet.hosts")  # HVD
+        places = self.allgather_object((socket.gethostname(), self.gpu_id),  # HVD
+                                       "hvd_alexnet.hosts")
+        check_gpu_identities(places)
+        self.hosts = [host for host, _ in places]
 
     # --- gradients and state -------------------------------------------------
-    @property
-    def predivide(self):
-        """float16 sums (--fp16_allreduce) are of each rank's share, gradient / N,
-        so that N ranks' sum cannot overflow where one rank's gradient fits;
-        float32 sums divide after the sum (Horovod's Average)."""
-        return float(self.size) if self.compression is self.hvd.Compression.fp16 else 1.0
-
+    # One averaging path for every gradient: each rank's share, gradient x 1/N
+    # (Horovod's prescale, applied before the reduction), summed (op=Sum). One
+    # division, and before the sum: N ranks' float16 sum (--fp16_allreduce)
+    # cannot overflow where one rank's gradient fits. Horovod's Average with a
+    # prescale of 1/N and a postscale of N is not the same on GPUs: with NCCL
+    # 2.10 or later Average is ncclAvg, which divides each input by N again and
+    # leaves the postscale undivided, so each float16 gradient was scaled by
+    # 1/N^2 before the sum (at 64 ranks, values below 2^-12 flushed to zero).
     def gradient_tape(self, tape):
-        """The tape whose gradient() averages over all ranks (ring all-reduce, fused).
-        In an elastic job, Horovod's own tape wraps each gradient's all-reduce in
-        a tf.cond on the job's size read at run time: `make bench` measured 2
-        ranks at 0.94 of the rate without it (median of 2 runs each). Its
-        gradient() is the tape's, then average(): the same all-reduces, no cond."""
-        if self.elastic:
-            return _AveragingTape(tape, self)
-        return self.hvd.DistributedGradientTape(  # HVD
-            tape, compression=self.compression, gradient_predivide_factor=self.predivide)
+        """The tape whose gradient() averages over all ranks: the tape's gradients,
+        then average() (one all-reduce per gradient, each started when its
+        gradient is ready, fused by Horovod). Not Horovod's own tape, whose
+        Average cannot take one prescale with op=Sum, and which in an elastic
+        job wraps each all-reduce in a tf.cond on the job's size read at run
+        time (`make bench` measured 2 ranks at 0.94 of the rate without it)."""
+        return _AveragingTape(tape, self)
 
     def average(self, tensors):
-        """What gradient_tape() does to the gradients: one averaging all-reduce per
-        tensor, fused into buffers by Horovod's background thread (the benchmark
-        times this alone). Horovod multiplies the postscale by 1 / N for Average."""
-        return [self.hvd.allreduce(t, op=self.hvd.Average, compression=self.compression,  # HVD
-                                   prescale_factor=1 / self.predivide,
-                                   postscale_factor=self.predivide) for t in tensors]
+        """The mean over ranks of each tensor: sum of tensor x 1/N (see above),
+        fused into buffers by Horovod's background thread (the benchmark times
+        this alone)."""
+        return [self.hvd.allreduce(t, op=self.hvd.Sum, compression=self.compression,  # HVD
+                                   prescale_factor=1.0 / self.size) for t in tensors]
 
     def broadcast_variables(self, variables):
         """Makes every rank's copy equal to rank 0's (start, and after a restore)."""
@@ -115,9 +118,12 @@ class Dist:
                                       name=name))
 
     def any_rank(self, flag):
-        """True on every rank if `flag` is true on any (inside tf.function: it is
-        fused with the step's gradient all-reduce, so it costs nothing extra)."""
+        """True on every rank if `flag` is true on any. Inside the step it fuses
+        with the gradients' all-reduce: Horovod fuses only tensors of the same
+        op, dtype and scale factors, so the vote is reduced as a gradient is (a
+        float32 1/N or 0 per rank, summed, compressed alike)."""
         votes = self.hvd.allreduce(tf.cast(flag, tf.float32), op=self.hvd.Sum,  # HVD
+                                   compression=self.compression, prescale_factor=1.0 / self.size,
                                    name="hvd_alexnet.stop")
         return votes > 0
 
@@ -336,9 +342,15 @@ def cpu_threads(local_size):
 
 
 CPU_CYCLE_TIME_MS = 10
-# GPU hosts. Each rank's GPU gets its own threads to launch kernels (tf_cnn_benchmarks'
-# --gpu_thread_mode=gpu_private with 2 threads), unless the user set them.
-GPU_THREADS = {"TF_GPU_THREAD_MODE": "gpu_private", "TF_GPU_THREAD_COUNT": "2"}
+# GPU hosts, unless the user set them. Each rank's GPU gets its own threads to launch
+# kernels (tf_cnn_benchmarks' --gpu_thread_mode=gpu_private with 2 threads). And
+# Horovod's GPU ops complete asynchronously: without it an all-reduce's op ends only
+# once its NCCL kernel has run (a host sync), so the eager call of a step returns
+# after its last all-reduce and the GPU idles while the host turns around to the
+# next step (Horovod's finaliser thread, the executor, Python, the next batch, the
+# dispatch). --horovod_timeline turns it off again: Horovod syncs to time each op.
+GPU_SETTINGS = {"TF_GPU_THREAD_MODE": "gpu_private", "TF_GPU_THREAD_COUNT": "2",
+                "HOROVOD_ENABLE_ASYNC_COMPLETION": "1"}
 # TensorFlow 2.15's wheels carry no kernels built for Hopper (sm_90) and later: the
 # driver compiles their PTX at the first step, for many minutes. Its cache (256 MB
 # by default) cannot hold them all, so each run would compile again: 4 GiB (the
@@ -358,6 +370,41 @@ def check_gpus(gpus, local_size):
                          f"a GPU (NCCL then fails with 'Duplicate GPU detected'); start at most "
                          f"{gpus} ranks per host (horovodrun -H host:{gpus}, slots={gpus} in an "
                          f"mpirun hostfile)")
+
+
+def gpu_identity():
+    """The PCI bus id of this process's GPU (the one it pinned), from TensorFlow's
+    description of the device: what tells two ranks' GPUs apart, where their
+    names do not (with one GPU visible per rank, every rank's is GPU:0)."""
+    from tensorflow.python.client import device_lib
+    for device in device_lib.list_local_devices():
+        if device.device_type == "GPU":
+            return pci_bus_id(device.physical_device_desc)
+    return None
+
+
+def pci_bus_id(description):
+    """'0000:3b:00.0' from a device description ('device: 0, name: NVIDIA A100-SXM4-40GB,
+    pci bus id: 0000:3b:00.0, compute capability: 8.0'); None if it names none."""
+    found = re.search(r"pci bus id: ([0-9a-fA-F:.]+)", description or "")
+    return found.group(1).lower() if found else None
+
+
+def check_gpu_identities(places):
+    """Refuses ranks on one host that use the same GPU (`places`: (host, PCI bus
+    id or None) by rank): one CUDA_VISIBLE_DEVICES exported to every rank passes
+    the start-up's count and fails later in NCCL ("Duplicate GPU detected")."""
+    by_gpu = {}
+    for rank, (host, gpu) in enumerate(places):
+        if gpu:
+            by_gpu.setdefault((host, gpu), []).append(rank)
+    shared = [(host, gpu, ranks) for (host, gpu), ranks in by_gpu.items() if len(ranks) > 1]
+    if shared:
+        raise UsageError("; ".join(
+            f"ranks {', '.join(map(str, ranks))} on {host} use the same GPU (PCI {gpu})"
+            for host, gpu, ranks in shared) + ": each rank needs its own (is one "
+            "CUDA_VISIBLE_DEVICES set for every rank? leave it unset, or give each rank its own: "
+            "srun --gpus-per-task=1)")
 
 
 def compiles_at_first_step(capability):
@@ -392,7 +439,7 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     set_unless_set(CUDA_CACHE)
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
-        set_unless_set(GPU_THREADS)
+        set_unless_set(GPU_SETTINGS)
     if cycle_time_ms is None and "HOROVOD_CYCLE_TIME" not in os.environ and not gpus:
         # On CPU hosts Horovod's background thread, waking every 1 ms to negotiate,
         # takes cores the ranks compute on. 2 ranks x 1 core, 227x227, batch 32,

@@ -16,6 +16,7 @@ else (horovodrun --gloo) with Horovod's own all-gather.
 import os
 import shutil
 import socket
+import subprocess
 import time
 
 import tensorflow as tf
@@ -39,6 +40,15 @@ flags are accepted. --label_records sets how many records per shard have their
 labels checked (range, and synsets numbered alike)."""
 
 
+def listed_gpus():
+    """GPUs that nvidia-smi lists on this host (0 without nvidia-smi)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+
+
 def rank_report(args, rank, size, local_rank, local_size):
     """This rank's row: where it runs and whether it can read its shards."""
     gpus = tf.config.list_physical_devices("GPU")
@@ -46,6 +56,7 @@ def rank_report(args, rank, size, local_rank, local_size):
            "device": (gpus[local_rank % len(gpus)].name if gpus else "CPU"),
            "threads": args.threads or distributed.cpu_threads(local_size),
            "host_cores": os.cpu_count() or 1, "gpus_on_host": len(gpus),
+           "gpus_listed": listed_gpus() if local_rank == 0 else None,
            "shards": 0, "examples": 0, "problem": ""}
     try:
         files = schema.list_shards(args.data_dir, schema.TRAIN)
@@ -129,6 +140,13 @@ def job_checks(args, rows, hvd_built):
     for host in sorted({r["host"] for r in rows}):
         on_host = [r for r in rows if r["host"] == host]
         gpus = on_host[0]["gpus_on_host"]
+        listed = max(r.get("gpus_listed") or 0 for r in on_host)
+        if listed and not gpus:
+            checks.append((f"{host}: nvidia-smi lists {listed} GPU(s), TensorFlow sees none",
+                           "every rank would train on the CPU: the CPU stack (tensorflow-cpu) "
+                           "is installed here; run make install on this host, which builds "
+                           "the GPU stack where nvidia-smi lists GPUs (check CUDA_VISIBLE_"
+                           "DEVICES too)"))
         if gpus and len(on_host) > gpus:
             checks.append((f"{host}: {len(on_host)} ranks, {gpus} GPUs",
                            "more ranks than GPUs: ranks would share a GPU"))

@@ -4,8 +4,10 @@ set, on one rank or sharded across ranks (launched like training):
     python -m hvd_alexnet evaluate --data_dir D --model_dir M
     horovodrun -np 8 python -m hvd_alexnet evaluate --data_dir D --model_dir M
 
-Rank r reads validation shards r, r+size, ...; each rank counts its hits and
-examples and the counts are summed over ranks (integers, so the result is
+Each rank reads only its share (reader.eval_share: whole shards r, r+size, ...
+when there are at least as many shards as ranks, else one shard, split with
+the ranks that share it); each rank counts its hits and examples and the
+counts are summed over ranks (integers, so the result is
 exact and equal on any number of ranks). Every rank also counts the records
 in its shards before reading them, and the job fails if the examples
 evaluated differ from the records on disk: none missed, none counted twice.

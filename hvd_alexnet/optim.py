@@ -42,10 +42,13 @@ class Schedule(tf.keras.optimizers.schedules.LearningRateSchedule):
         return dict(self.kwargs)
 
 
-def make_optimizer(schedule, momentum, loss_scale=None):
+def make_optimizer(schedule, momentum, loss_scale=None, xla=False):
     """SGD with momentum; with `loss_scale` (the initial scale), wrapped in Keras'
-    dynamic LossScaleOptimizer: float16 needs it, bfloat16 has float32's range."""
-    opt = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
+    dynamic LossScaleOptimizer: float16 needs it, bfloat16 has float32's range.
+    Its update is compiled with XLA only with `xla` (--xla): Keras 2.15 compiles
+    it on any host with a GPU by default, and XLA then needs CUDA's libdevice
+    and ptxas at run time ("libdevice not found", keras-team/keras#17422)."""
+    opt = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, jit_compile=xla)
     if loss_scale:
         opt = tf.keras.mixed_precision.LossScaleOptimizer(opt, initial_scale=loss_scale)
     return opt

@@ -184,7 +184,7 @@ def build(cfg, num_classes):
     # training too: unscaled, gradients below 6e-8 would flush to 0 in the sum.
     scaled = policy == "mixed_float16" or cfg.fp16_allreduce
     opt = optim.make_optimizer(schedule, cfg.momentum, loss_scale=(
-        cfg.initial_loss_scale if scaled else None))
+        cfg.initial_loss_scale if scaled else None), xla=cfg.xla)
     # Dropout masks seeded by (seed, rank, step, micro-batch): the same after a resume.
     seeds = step.DropoutSeeds(cfg.seed, 0, opt.iterations, cfg.accumulate_steps)
     model = build_alexnet(cfg.image_size, num_classes, cfg.dropout, dropout_seed=seeds)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything hvd-alexnet needs; idempotent, quick when done already.
-#   bash scripts/install.sh            # CPU host (tensorflow-cpu)
-#   TF_REQUIREMENTS=requirements-gpu.txt HOROVOD_GPU_OPERATIONS=NCCL bash scripts/install.sh
+#   bash scripts/install.sh     # the host's stack: with GPUs (nvidia-smi lists them)
+#                               # tensorflow[and-cuda] and Horovod with NCCL, else tensorflow-cpu
+#   CPU=1 bash scripts/install.sh                              # the CPU stack on any host
+#   TF_REQUIREMENTS=requirements-gpu.txt bash scripts/install.sh   # this stack (NCCL with GPU)
 # Called by `make install`; every other make target depends on it. What only the
 # tests need (sshd, Slurm) is scripts/test_deps.sh's, for `make test` alone.
 set -euo pipefail
@@ -9,8 +11,44 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
-TF_REQUIREMENTS=${TF_REQUIREMENTS:-requirements-cpu.txt}
 STAMP="$VENV/.installed"
+BUILT="$VENV/.horovod-build"  # what Horovod was built with (pip keeps it if its version stays)
+
+# 0. Which stack. On a host whose GPUs nvidia-smi lists, the GPU stack, never
+#    tensorflow-cpu silently: a CPU TensorFlow there runs every rank on the CPU.
+gpus=0
+if command -v nvidia-smi >/dev/null; then
+  while read -r line; do [[ $line == "GPU "* ]] && gpus=$((gpus + 1)); done \
+    < <(nvidia-smi -L 2>/dev/null || true)
+fi
+if [[ -z ${TF_REQUIREMENTS:-} ]]; then
+  if [[ ${CPU:-0} == 1 ]]; then
+    TF_REQUIREMENTS=requirements-cpu.txt
+  elif ((gpus > 0)); then
+    TF_REQUIREMENTS=requirements-gpu.txt
+    echo "install: $gpus GPU(s) (nvidia-smi): the GPU stack, tensorflow[and-cuda] and Horovod" \
+         "with NCCL (CPU=1 installs the CPU stack instead)"
+  else
+    TF_REQUIREMENTS=requirements-cpu.txt
+  fi
+elif [[ $TF_REQUIREMENTS == *cpu* ]] && ((gpus > 0)) && [[ ${CPU:-0} != 1 ]]; then
+  echo "install: this host has $gpus GPU(s) (nvidia-smi), but TF_REQUIREMENTS=$TF_REQUIREMENTS" \
+       "is the CPU stack, which would run every rank on the CPU: run make install without" \
+       "TF_REQUIREMENTS (the GPU stack), or with CPU=1 to use the CPU anyway" >&2
+  exit 2
+fi
+[[ -r $TF_REQUIREMENTS ]] || { echo "install: TF_REQUIREMENTS=$TF_REQUIREMENTS: no such file" >&2; exit 2; }
+# Horovod's GPU operations with the GPU stack, unless set (to NCCL, or empty for none).
+[[ $TF_REQUIREMENTS == *gpu* && -z ${HOROVOD_GPU_OPERATIONS+set} ]] && export HOROVOD_GPU_OPERATIONS=NCCL
+# What Horovod's build depends on: the TensorFlow, its GPU operations and, for NCCL,
+# the CUDA of the nvcc found (none in the GPU image's final stage: not compared then).
+build="tensorflow=$TF_REQUIREMENTS horovod_gpu_operations=${HOROVOD_GPU_OPERATIONS:-}"
+cuda=
+if [[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]]; then
+  nvcc=${HOROVOD_CUDA_HOME:+$HOROVOD_CUDA_HOME/bin/nvcc}
+  nvcc=${nvcc:-$(command -v nvcc || true)}
+  [[ -n $nvcc && -x $nvcc ]] && cuda=$("$nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
+fi
 
 # A long step prints a line every 30 s (elapsed time), so a build does not look hung.
 step() {  # step "what, how long it takes" command...
@@ -38,8 +76,10 @@ step() {  # step "what, how long it takes" command...
 #    it is up to date nothing is built, so no compiler or -dev package is needed
 #    (the GPU image's final stage has none).
 inputs=(requirements.txt "$TF_REQUIREMENTS" requirements-mpi.txt scripts/install.sh)
-want=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
-if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
+want=$( { cat "${inputs[@]}"; echo "$build"; } | sha256sum | cut -d' ' -f1)
+stamp=()
+[[ -f $STAMP ]] && mapfile -t stamp < "$STAMP"
+if [[ ${stamp[0]:-} == "$want" ]] && [[ -z $cuda || ${stamp[1]:-} == "cuda=$cuda" ]]; then
   echo "install: $VENV is up to date"
   exit 0
 fi
@@ -124,6 +164,20 @@ if [[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]]; then
     "nvcc is CUDA $cuda: Horovod's kernels and its static CUDA runtime will be $cuda's (a driver" \
     "for CUDA $cuda is then needed, and CUDA 13 compiles for Turing and newer only)" >&2
 fi
+# A Horovod built with other settings (the other TensorFlow, without NCCL, another CUDA)
+# is kept by pip while its version is unchanged: uninstall it, so it is built again.
+# The other TensorFlow goes too: tensorflow-cpu and tensorflow write the same package.
+now="$build cuda=$cuda"
+if [[ -f $BUILT && $(cat "$BUILT") != "$now" ]] ||
+   [[ ! -f $BUILT && ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]]; then
+  echo "install: Horovod was built with $(cat "$BUILT" 2>/dev/null || echo 'settings not recorded')," \
+       "now $now: building it again"
+  if [[ -f $BUILT && $(cut -d' ' -f1 "$BUILT") != "${build%% *}" ]]; then
+    "${PIP[@]}" uninstall -q -y tensorflow-cpu tensorflow || true
+    "${PIP[@]}" install -q -r "$TF_REQUIREMENTS" -r requirements.txt
+  fi
+  "${PIP[@]}" uninstall -q -y horovod || true
+fi
 # A Horovod built against another TensorFlow refuses to load (HorovodVersionMismatchError),
 # and pip keeps it when its own version is unchanged: uninstall it, so it is built again.
 built_for=$("$VENV/bin/python" -c 'import importlib.util as u, json, os
@@ -149,5 +203,6 @@ want_lines=("\[X\] TensorFlow" "\[X\] MPI" "\[X\] Gloo")
 for want_line in "${want_lines[@]}"; do
   grep -q "$want_line" <<<"$report" || { echo "install: Horovod build lacks ${want_line//\\/}" >&2; exit 1; }
 done
-echo "$want" > "$STAMP"
+printf '%s\ncuda=%s\n' "$want" "$cuda" > "$STAMP"
+echo "$now" > "$BUILT"
 echo "install: done"

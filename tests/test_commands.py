@@ -1,6 +1,7 @@
 """Every command is defined one way (command.py): --help exits 0, a flag of
 another command is refused by its name, and doctor takes train's flag file."""
 
+import os
 import subprocess
 import sys
 
@@ -95,3 +96,19 @@ def test_a_command_line_in_the_style_of_tf_cnn_benchmarks_runs(tiny_data, tmp_pa
 def test_tf_cnn_benchmarks_flags_that_mean_something_else_are_refused(tmp_path, flag, pointer):
     out = _run(["train", "--synthetic", f"--model_dir={tmp_path}", flag])
     assert out.returncode == 2 and pointer in out.stderr, out.stderr[-2000:]
+
+
+def test_doctor_fails_where_the_gpus_are_that_tensorflow_does_not_see(tiny_data, tmp_path):
+    """nvidia-smi (a fake one here) lists 2 GPUs and the CPU TensorFlow sees none:
+    every rank would train on the CPU. Before, doctor reported the device 'CPU'
+    and 'ok'."""
+    from helpers import fake_commands
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_commands(bin_dir, {"nvidia-smi": 'echo "GPU 0: NVIDIA A100 (UUID: GPU-0)"; '
+                                          'echo "GPU 1: NVIDIA A100 (UUID: GPU-1)"'})
+    out = launch(["doctor", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}/m", *SMALL],
+                 env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, timeout=180)
+    assert out.returncode == 2, out.stdout[-3000:]
+    assert "nvidia-smi lists 2 GPU(s), TensorFlow sees none: every rank would train on the " \
+           "CPU: the CPU stack (tensorflow-cpu) is installed here; run make install" in out.stdout

@@ -34,10 +34,13 @@ def test_hopper_and_later_compile_at_the_first_step():
 
 def test_gpu_settings_keep_what_the_user_set():
     env = {"TF_GPU_THREAD_COUNT": "4"}
-    distributed.set_unless_set(distributed.GPU_THREADS, env)
+    distributed.set_unless_set(distributed.GPU_SETTINGS, env)
     distributed.set_unless_set(distributed.CUDA_CACHE, env)
     assert env == {"TF_GPU_THREAD_MODE": "gpu_private", "TF_GPU_THREAD_COUNT": "4",
-                   "CUDA_CACHE_MAXSIZE": str(4 << 30)}
+                   "HOROVOD_ENABLE_ASYNC_COMPLETION": "1", "CUDA_CACHE_MAXSIZE": str(4 << 30)}
+    env = {"HOROVOD_ENABLE_ASYNC_COMPLETION": "0"}  # the user's choice, kept
+    distributed.set_unless_set(distributed.GPU_SETTINGS, env)
+    assert env["HOROVOD_ENABLE_ASYNC_COMPLETION"] == "0"
 
 
 def test_the_synthetic_batch_is_made_once_on_the_device_and_handed_out_again():
@@ -87,3 +90,34 @@ def test_gpu_check_gives_a_first_step_that_compiles_its_time():
     assert gpu_check.measurement_timeout(600, [(9, 0), (9, 0)]) == distributed.FIRST_STEP_ALLOWED
     assert gpu_check.measurement_timeout(600, [(8, 0)]) == 600  # A100: nothing to compile
     assert gpu_check.measurement_timeout(600, []) == 600  # an old driver: unknown
+
+
+def test_the_optimizers_update_is_compiled_with_xla_only_with_xla(monkeypatch):
+    """Keras 2.15 compiles SGD's update with XLA on any host with a GPU unless
+    told: on a CPU it does not, so a GPU is made to be there for its check."""
+    from hvd_alexnet import optim
+    import tensorflow.compat.v2 as keras_tf  # the module Keras 2.15 asks
+    real = tf.config.list_physical_devices
+    fake = lambda kind=None: ([tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")]
+                              if kind == "GPU" else real(kind))
+    monkeypatch.setattr(keras_tf.config, "list_physical_devices", fake)
+    assert tf.keras.optimizers.SGD(0.1).jit_compile  # Keras' default where a GPU is
+    assert not optim.make_optimizer(0.1, 0.9).jit_compile
+    assert optim.make_optimizer(0.1, 0.9, xla=True).jit_compile
+
+
+def test_two_ranks_on_one_gpu_are_refused_by_its_pci_bus_id():
+    """Identities as each rank's TensorFlow describes its GPU. With one GPU visible
+    per rank (srun --gpus-per-task=1) every rank's is GPU:0 but their bus ids
+    differ: allowed. One CUDA_VISIBLE_DEVICES=0 for every rank gives one bus id
+    twice on a host: refused, naming the ranks."""
+    desc = "device: 0, name: NVIDIA A100-SXM4-40GB, pci bus id: 0000:3B:00.0, compute capability: 8.0"
+    assert distributed.pci_bus_id(desc) == "0000:3b:00.0"
+    assert distributed.pci_bus_id("device: 0, name: CPU") is None
+    distributed.check_gpu_identities([("a", "0000:07:00.0"), ("a", "0000:0f:00.0"),
+                                      ("b", "0000:07:00.0"), ("b", None)])  # others: fine
+    distributed.check_gpu_identities([("a", None), ("a", None)])  # CPU ranks
+    with pytest.raises(UsageError, match=r"ranks 0, 2 on a use the same GPU \(PCI 0000:07:00.0\)"
+                                         r": each rank needs its own \(is one CUDA_VISIBLE_DEVICES"):
+        distributed.check_gpu_identities([("a", "0000:07:00.0"), ("a", "0000:0f:00.0"),
+                                          ("a", "0000:07:00.0")])

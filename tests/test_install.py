@@ -67,8 +67,10 @@ def test_install_as_root_installs_no_test_daemon(tmp_path):
     venv.mkdir()
     inputs = ["requirements.txt", "requirements-cpu.txt", "requirements-mpi.txt",
               "scripts/install.sh"]
-    stamp = hashlib.sha256(b"".join(open(os.path.join(ROOT, p), "rb").read() for p in inputs))
-    (venv / ".installed").write_text(stamp.hexdigest() + "\n")
+    build = b"tensorflow=requirements-cpu.txt horovod_gpu_operations=\n"  # no GPU here
+    stamp = hashlib.sha256(b"".join(open(os.path.join(ROOT, p), "rb").read() for p in inputs)
+                           + build)
+    (venv / ".installed").write_text(stamp.hexdigest() + "\ncuda=\n")
     env = {"PATH": fake_root_path(tmp_path, log), "HOME": str(tmp_path), "VENV": str(venv)}
     result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "install.sh")], env=env,
                             capture_output=True, text=True, timeout=60)
@@ -122,3 +124,94 @@ def test_test_deps_as_a_user_says_which_tests_will_skip(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "the two-host, Slurm and debootstrap tests will skip" in result.stdout
     assert "sudo make test-deps" in result.stdout and not log.exists()
+
+
+# --- the stack a host gets: GPU where nvidia-smi lists GPUs, never the CPU one silently ---
+
+def fake_gpu_host(tmp_path, gpus=2, cuda="12.2"):
+    """A host whose nvidia-smi lists `gpus` GPUs and whose nvcc is CUDA `cuda`, and
+    a venv whose python writes each pip call (with Horovod's GPU setting) to a
+    log instead of installing, and whose horovodrun reports the build asked for."""
+    bin_dir, venv, log = tmp_path / "bin", tmp_path / "venv", tmp_path / "pip.log"
+    for d in (bin_dir, venv / "bin", tmp_path / "nccl" / "include", tmp_path / "nccl" / "lib"):
+        d.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "nccl" / "lib" / "libnccl.so.2").touch()
+    listing = "".join(f"GPU {i}: NVIDIA A100-SXM4-40GB (UUID: GPU-{i})\\n" for i in range(gpus))
+    fake_commands(bin_dir, {
+        "nvidia-smi": f'printf "{listing}"',
+        "nvcc": f'echo "Cuda compilation tools, release {cuda}, V{cuda}.140"'})
+    fake_commands(venv / "bin", {
+        "python": f'case "$*" in\n'
+                  f'  "-m pip"*) echo "$* (HOROVOD_GPU_OPERATIONS=${{HOROVOD_GPU_OPERATIONS-}})"'
+                  f' >> {log} ;;\n'
+                  f'  *nvidia.nccl*) echo {tmp_path / "nccl"} ;;\n'
+                  f'esac',
+        "horovodrun": 'echo "[X] TensorFlow"; echo "[X] MPI"; echo "[X] Gloo"\n'
+                      '[[ ${HOROVOD_GPU_OPERATIONS-} == NCCL ]] && echo "[X] NCCL"; true'})
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "VENV": str(venv),
+            "HOME": str(tmp_path)}, log
+
+
+def install(env, **extra):
+    env = {k: v for k, v in env.items() if k not in ("TF_REQUIREMENTS", "CPU",
+                                                    "HOROVOD_GPU_OPERATIONS")}
+    return subprocess.run(["bash", os.path.join(ROOT, "scripts", "install.sh")],
+                          env={**env, **extra}, capture_output=True, text=True, timeout=120)
+
+
+def pip_calls(log):
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_a_gpu_host_gets_the_gpu_stack_and_horovod_with_nccl(tmp_path):
+    env, log = fake_gpu_host(tmp_path)
+    res = install(env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "install: 2 GPU(s) (nvidia-smi): the GPU stack, tensorflow[and-cuda] and Horovod " \
+           "with NCCL (CPU=1 installs the CPU stack instead)" in res.stdout
+    calls = pip_calls(log)
+    assert any("-r requirements-gpu.txt -r requirements.txt" in c for c in calls), calls
+    assert not any("requirements-cpu.txt" in c for c in calls), calls
+    horovod = [c for c in calls if "requirements-mpi.txt" in c]
+    assert horovod and horovod[0].endswith("(HOROVOD_GPU_OPERATIONS=NCCL)"), calls
+    assert "install: nvcc" in res.stdout and "(CUDA 12.2" in res.stdout
+    assert (tmp_path / "venv" / ".horovod-build").read_text() == \
+        "tensorflow=requirements-gpu.txt horovod_gpu_operations=NCCL cuda=12.2\n"
+    res = install(env)  # again: nothing to do
+    assert res.returncode == 0 and "is up to date" in res.stdout, res.stdout + res.stderr
+
+
+def test_cpu_1_forces_the_cpu_stack_and_a_cpu_file_is_refused_on_a_gpu_host(tmp_path):
+    env, log = fake_gpu_host(tmp_path)
+    res = install(env, TF_REQUIREMENTS="requirements-cpu.txt")
+    assert res.returncode == 2 and not pip_calls(log), res.stdout + res.stderr
+    assert ("install: this host has 2 GPU(s) (nvidia-smi), but TF_REQUIREMENTS="
+            "requirements-cpu.txt is the CPU stack, which would run every rank on the CPU: run "
+            "make install without TF_REQUIREMENTS (the GPU stack), or with CPU=1") in res.stderr
+    res = install(env, CPU="1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    calls = pip_calls(log)
+    assert any("-r requirements-cpu.txt -r requirements.txt" in c for c in calls), calls
+    assert all("HOROVOD_GPU_OPERATIONS=)" in c for c in calls), calls
+
+
+def test_a_change_of_stack_or_cuda_rebuilds_horovod(tmp_path):
+    """After a CPU install (make train with CPU=1), the GPU install: the CPU
+    TensorFlow and Horovod are uninstalled and built again (before, pip kept
+    horovod==0.28.1 without NCCL and --check-build failed). A new CUDA rebuilds too."""
+    env, log = fake_gpu_host(tmp_path)
+    assert install(env, CPU="1").returncode == 0
+    log.unlink()
+    res = install(env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert ("install: Horovod was built with tensorflow=requirements-cpu.txt "
+            "horovod_gpu_operations= cuda=, now tensorflow=requirements-gpu.txt "
+            "horovod_gpu_operations=NCCL cuda=12.2: building it again") in res.stdout
+    calls = pip_calls(log)
+    assert any(c.startswith("-m pip --disable-pip-version-check uninstall -q -y tensorflow-cpu "
+                            "tensorflow") for c in calls), calls
+    assert any("uninstall -q -y horovod" in c for c in calls), calls
+    env, log = fake_gpu_host(tmp_path, cuda="12.4")
+    res = install(env)
+    assert res.returncode == 0 and "cuda=12.2, now" in res.stdout and "cuda=12.4: building" \
+        in res.stdout, res.stdout + res.stderr

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import tensorflow as tf
 
@@ -56,3 +58,37 @@ def test_uneven_shards_same_steps_on_every_rank_and_no_example_twice_in_an_epoch
                 labels = [int(x) for _, batch, _ in ds for x in batch]
                 assert len(labels) == 2 * steps, (size, rank, epoch)
                 assert len(set(labels)) == len(labels), (size, rank, epoch, labels)
+
+
+@pytest.mark.parametrize("shards,ranks", [(3, 2), (2, 3)])
+def test_validation_shares_read_only_their_own_files_and_count_exactly(tmp_path, shards, ranks):
+    """Each rank's share read from a folder holding only the files eval_share
+    gives it (any other file it opened would be missing): 3 shards over 2
+    ranks are whole files (2 and 1), 2 over 3 ranks split one file between
+    ranks 0 and 2. The labels of all shares are those of 1 rank, exactly."""
+    from collections import Counter
+
+    from helpers import build_dataset
+    from hvd_alexnet.data import reader, schema
+    out = build_dataset(str(tmp_path / "data"), 2, shards, per_class=3)
+    files = schema.list_shards(out, schema.VALIDATION)
+    assert len(files) == shards
+    labels = lambda fs, rank, size: Counter(int(l) for _, batch in reader.eval_dataset(
+        fs, 4, 67, 10, rank=rank, size=size) for l in batch.numpy())
+    everything, union = labels(files, 0, 1), Counter()
+    for rank in range(ranks):
+        mine, _ = reader.eval_share(files, rank, ranks)
+        alone = tmp_path / f"rank{rank}"
+        alone.mkdir()
+        for path in mine:
+            os.link(path, alone / os.path.basename(path))
+        seen = [str(alone / os.path.basename(f)) if f in mine else str(alone / "absent" / f)
+                for f in files]  # every file of the list, only its own on disk
+        union += labels(seen, rank, ranks)
+    assert union == everything and sum(everything.values()) == sum(
+        reader.check_framing(f) for f in files)
+    if shards < ranks:
+        assert [reader.eval_share(files, r, ranks) for r in range(ranks)] == [
+            ([files[0]], (2, 0)), ([files[1]], (1, 0)), ([files[0]], (2, 1))]
+    else:
+        assert [len(reader.eval_share(files, r, ranks)[0]) for r in range(ranks)] == [2, 1]

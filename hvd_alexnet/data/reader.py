@@ -181,21 +181,29 @@ def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epo
     return ds.with_options(_options(threads, deterministic))
 
 
+def eval_share(files, rank, size):
+    """(the files rank `rank` of `size` reads, (k, j): it takes record i of each
+    when i % k == j). With at least as many files as ranks, whole files,
+    files[rank::size] (ImageNet's 128 over 24 ranks: 5 or 6 each); with fewer,
+    one file per rank, whose records the k ranks that share it split. Either
+    way a rank reads only its own files, and every record is one rank's."""
+    files = list(files)
+    if len(files) >= size or not files:
+        return files[rank::size], (1, 0)
+    sharing = [r for r in range(size) if r % len(files) == rank % len(files)]
+    return [files[rank % len(files)]], (len(sharing), sharing.index(rank))
+
+
 def eval_dataset(files, batch_size, image_size, num_classes, threads=None, skip_corrupt=False,
                  first_label=1, rank=0, size=1):
     """Every validation record once over `size` ranks, central crop, last batch
-    possibly short: this rank's share, whole files when the files divide evenly
-    among the ranks (ImageNet's 128 over 8), else every size-th record of each
-    file (any count: each rank reads every file, decodes its records only)."""
-    files = list(files)
-    whole_files = len(files) % size == 0
-    if whole_files:
-        files = files[rank::size]
+    possibly short: this rank's share (eval_share)."""
+    files, (k, j) = eval_share(files, rank, size)
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string))  # maybe none
     ds = ds.interleave(plain(_records_with_origin), cycle_length=max(1, min(len(files), 16)),
                        num_parallel_calls=AUTOTUNE, deterministic=False)
-    if not whole_files:
-        ds = ds.filter(plain(lambda filename, index, record: index % size == rank))
+    if k > 1:
+        ds = ds.filter(plain(lambda filename, index, record: index % k == j))
 
     def load(filename, index, record):
         jpeg, label, _ = schema.parse(record)

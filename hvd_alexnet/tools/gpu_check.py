@@ -1,13 +1,16 @@
 """`bash bin/gpu_check.sh` (`make gpu-check`): on a host with 1 to 8 GPUs, in a few
-minutes and with no data set, whether this project's GPU path works and how fast.
+minutes and with no data set but a few demo records, whether this project's GPU
+path works and how fast.
 
 It prints what TensorFlow and Horovod were built with and see (GPUs, driver,
 CUDA and cuDNN, Horovod's NCCL / MPI / Gloo), one row per rank with the device
-that rank is pinned to, the images/s of the trainer's step on a synthetic batch
-at fp32 and at mixed precision (both in one process: start-up and the first
-compile paid once) on 1 rank and on all of them (with the scaling
-efficiency), Horovod's all-reduce of AlexNet's gradients, and `plan`'s
-prediction for the N-rank step
+that rank is pinned to, its GPU's PCI bus id and the device where the trainer's
+own feed (--data_dir's records) put its first batches and their normalisation,
+the images/s of the trainer's step on a synthetic batch at fp32 and at mixed
+precision (both in one process: start-up and the first compile paid once) on 1
+rank and on all of them (with the scaling efficiency), on all of them at the
+launch scripts' batch of 32, Horovod's all-reduce of AlexNet's gradients, and
+`plan`'s prediction for the N-rank step
 from the 1-rank rate and that all-reduce beside the measurement; then one check
 a line and a verdict (exit 0: ready, 2: a problem).
 
@@ -30,6 +33,7 @@ from hvd_alexnet.tools.launch import BIN
 
 MIN_EFFICIENCY = 0.8  # N GPUs / (N x 1 GPU), fp32: below it the all-reduce or the host limits
 GPU_BATCH, CPU_BATCH = 512, 64  # per rank: a big GPU's AlexNet batch (tf_cnn_benchmarks'); a CPU's
+SCRIPTS_BATCH = 32  # per rank: what bin/'s launch scripts train with (the reference recipe)
 
 
 def host_facts():
@@ -78,22 +82,33 @@ def measurement_timeout(timeout, capabilities):
     return timeout
 
 
-def rank_devices(ranks, timeout):
-    """[{"rank", "host", "local_rank", "device"}] of `ranks` ranks started as training is."""
-    out = bench.run_job(["-m", "hvd_alexnet.tools.probes", "devices"], ranks, "gloo", timeout)
+def probe_ranks(probe, ranks, timeout, *args):
+    """Each rank's PROBE line of `probe` run on `ranks` ranks started as training is."""
+    out = bench.run_job(["-m", "hvd_alexnet.tools.probes", probe, *args], ranks, "gloo", timeout)
     found = [json.loads(l[l.index("{"):]) for l in out.splitlines() if "PROBE {" in l]
     return sorted(found, key=lambda r: r["rank"])
 
 
+def rank_devices(ranks, timeout):
+    """[{"rank", "host", "local_rank", "device", "gpu_id"}] of `ranks` ranks."""
+    return probe_ranks("devices", ranks, timeout)
+
+
 def rows(ranks, gpu, batch):
     """The measurements: the trainer's step at both precisions on 1 rank (one
-    process) and on all (one job), and the all-reduce."""
-    return [
+    process) and on all (one job), the same job at the launch scripts' batch,
+    and the all-reduce."""
+    out = [
         bench.Row("precisions_1", "1 rank", "probe", 1, ["precisions"], batch=batch),
         bench.Row("precisions_n", f"{ranks} ranks", "probe", ranks, ["precisions"], batch=batch),
         bench.Row("allreduce", f"all-reduce of the gradients, {ranks} ranks"
                   f"{' (NCCL)' if gpu else ''}", "probe", ranks, ["allreduce"], batch=batch),
     ]
+    if batch != SCRIPTS_BATCH:
+        out.insert(2, bench.Row("precisions_s", f"{ranks} ranks at the scripts' batch of "
+                                                f"{SCRIPTS_BATCH}", "probe", ranks,
+                                ["precisions"], batch=SCRIPTS_BATCH))
+    return out
 
 
 def results(row, m, gpu):
@@ -101,7 +116,7 @@ def results(row, m, gpu):
     if row.key == "allreduce":
         return [(row.key, row.label, m)]
     n = row.key[len("precisions_"):]
-    total = " (aggregate)" if n == "n" else ""
+    total = " (aggregate)" if n in ("n", "s") else ""
     mixed = "mixed float16" if gpu else "mixed bfloat16"
     return [(f"fp32_{n}", f"{row.label}, fp32{total}", m),
             (f"mixed_{n}", f"{row.label}, {mixed}{total}", {**m, "windows": m["mixed"]})]
@@ -120,19 +135,29 @@ def predicted(r, ranks, gpu, a):
     return ranks * a.batch / (fwd + max(bwd, comm))
 
 
-def checks(facts, devices, r, ranks, gpu, prediction):
+def shared_gpus(devices):
+    """'ranks 0, 1 on a share PCI 0000:07:00.0' for ranks of one host with one GPU
+    identity (names cannot tell: with one GPU visible per rank, all are GPU:0)."""
+    by_gpu = {}
+    for d in devices:
+        if d.get("gpu_id"):
+            by_gpu.setdefault((d["host"], d["gpu_id"]), []).append(str(d["rank"]))
+    return "; ".join(f"ranks {', '.join(ranks)} on {host} share PCI {gpu}"
+                     for (host, gpu), ranks in by_gpu.items() if len(ranks) > 1)
+
+
+def checks(facts, devices, feeds, r, ranks, gpu, prediction, batch):
     """[(what, problem or '')]; on a CPU only that everything ran."""
     out = []
     if gpu:
         out.append(("Horovod built with NCCL", "" if facts["horovod"]["NCCL"] else
-                    "rebuild: make install TF_REQUIREMENTS=requirements-gpu.txt "
-                    "HOROVOD_GPU_OPERATIONS=NCCL"))
-        per_host = {}
-        for d in devices:
-            per_host.setdefault(d["host"], []).append(d["device"])
-        shared = [h for h, devs in per_host.items() if len(set(devs)) < len(devs)]
-        out.append(("every rank on its own GPU", f"ranks share a GPU on {', '.join(shared)}"
-                    if shared or any(d["device"] == "CPU" for d in devices) else ""))
+                    "rebuild: make install (on a host with GPUs it builds the GPU stack)"))
+        out.append(("every rank on its own GPU (by PCI bus id)", shared_gpus(devices) or (
+            "a rank runs on the CPU" if any(d["device"] == "CPU" for d in devices) else "")))
+        off = [str(f["rank"]) for f in feeds if not f["on_device"]]
+        out.append(("the training batches and their normalisation on each rank's GPU",
+                    f"not on the GPU on rank(s) {', '.join(off)} (see the feed rows)" if off else
+                    "" if feeds else "not checked: no --data_dir records (make demo-data)"))
         speedup = r["mixed_1"]["median"] / r["fp32_1"]["median"]
         out.append((f"mixed float16 / fp32 on 1 GPU: x{speedup:.2f}",
                     "" if speedup > 1 else "float16 is not faster: Tensor Cores unused?"))
@@ -144,6 +169,10 @@ def checks(facts, devices, r, ranks, gpu, prediction):
                 f"below {MIN_EFFICIENCY}: the all-reduce (see its row) or the host limits"))
     out.append((f"measured / predicted ({ranks} ranks, fp32): "
                 f"{r['fp32_n']['median'] / prediction:.2f}", ""))
+    if "fp32_s" in r:
+        out.append((f"the scripts' batch of {SCRIPTS_BATCH} per rank: "
+                    f"{r['fp32_s']['median'] / r['fp32_n']['median']:.2f} of batch {batch}'s "
+                    f"images/s on {ranks} ranks (fp32)", ""))
     return out
 
 
@@ -157,6 +186,8 @@ d.integer("warmup", 1, "Untimed windows first.")
 d.integer("windows", 3, "Timed windows per row.")
 d.integer("window_images", 0, "Images per window (0: 10 steps' worth).")
 d.integer("timeout", 600, "Seconds per measurement.")
+d.string("data_dir", "data/demo", "Records for the feed check: the trainer's reader, staged on "
+         "each rank's GPU (make demo-data writes data/demo).")
 
 
 def main(argv=None):
@@ -181,10 +212,17 @@ def main(argv=None):
         print(f"CPU mode: no GPU found, so the same checks run on the CPU ({ranks} ranks share "
               f"its {os.cpu_count()} cores; mixed is bfloat16; NCCL is not needed)")
     devices = rank_devices(ranks, a.timeout)
+    feeds = (probe_ranks("feed", ranks, a.timeout, f"--data_dir={a.data_dir}",
+                         f"--image={a.image_size}", "--batch=2")
+             if os.path.isdir(a.data_dir) else [])
     width = max(len(dev["host"]) for dev in devices)
-    print(f"\nrank  {'host':<{width}}  local_rank  device")
+    print(f"\nrank  {'host':<{width}}  local_rank  device  gpu (PCI)  batches on")
     for dev in devices:
-        print(f"{dev['rank']:<4}  {dev['host']:<{width}}  {dev['local_rank']:<10}  {dev['device']}")
+        on = next((f"{f['images'].rsplit('device:', 1)[-1]}"
+                   f"{'' if f['on_device'] else ' (not the GPU)'}"
+                   for f in feeds if f["rank"] == dev["rank"]), "-")
+        print(f"{dev['rank']:<4}  {dev['host']:<{width}}  {dev['local_rank']:<10}  "
+              f"{dev['device']}  {dev.get('gpu_id') or '-'}  {on}")
     r = {}
     print(f"\n| measurement ({a.image_size}x{a.image_size}, batch {a.batch} per rank, "
           f"synthetic) | median | spread | unit |\n|---|---|---|---|")
@@ -196,7 +234,7 @@ def main(argv=None):
     prediction = predicted(r, ranks, gpu, a)
     print(f"| plan's prediction, {ranks} ranks, fp32 (from the 1-rank rate and the "
           f"all-reduce above) | {prediction:.2f} | | images/s |\n")
-    found = checks(facts, devices, r, ranks, gpu, prediction)
+    found = checks(facts, devices, feeds, r, ranks, gpu, prediction, a.batch)
     for what, problem in found:
         print(f"  {'PROBLEM' if problem else 'ok':7}  {what}{': ' + problem if problem else ''}")
     problems = [p for _, p in found if p]

@@ -7,6 +7,7 @@
     horovodrun -np 8 python -m hvd_alexnet.tools.probes devices  # each rank's device
     horovodrun -np 2 python -m hvd_alexnet.tools.probes validation --data_dir data/bench
     horovodrun -np 8 python -m hvd_alexnet.tools.probes precisions  # fp32, then mixed
+    horovodrun -np 8 python -m hvd_alexnet.tools.probes feed --data_dir data/demo  # batches' device
 
 Each process prints one JSON line: {"probe", "rank", "unit", "windows": [rate per
 timed window], ...}, windows timed after `--warmup` untimed ones. `bare` launched
@@ -190,12 +191,39 @@ def devices(a):
     dist, _ = distributed.init()
     gpus = tf.config.get_visible_devices("GPU")
     return {"unit": "", "windows": [0], "host": socket.gethostname(),
-            "local_rank": dist.local_rank, "device": gpus[0].name if gpus else "CPU"}
+            "local_rank": dist.local_rank, "device": gpus[0].name if gpus else "CPU",
+            "gpu_id": dist.gpu_id}
+
+
+def feed(a):
+    """The trainer's own feed (prepare.feed: its reader, staged on the rank's GPU
+    by reader.to_device) over the records of --data_dir, and the normalisation of
+    the step: the device of the first batches' images and labels and of the
+    normalised images, and whether all are this rank's device (its GPU; the
+    CPU on a host without one)."""
+    from hvd_alexnet import config, distributed
+    from hvd_alexnet.data import prepare, preprocess
+    from hvd_alexnet.loop import RunState
+    dist, threads = distributed.init()  # HVD
+    fv = config.define(flags.FlagValues())
+    fv(["train", f"--data_dir={a.data_dir}", "--model_dir=unused", f"--image_size={a.image}",
+        f"--batch_size={a.batch}", "--noeval"])
+    cfg, _ = config.resolve(fv)
+    data = prepare.prepare_data(cfg, dist.rank, dist.size, lambda mine: dist.allgather_object(
+        mine, "hvd_alexnet.probe.feed"))  # HVD
+    batches = prepare.feed(cfg, data, RunState(*prepare.plan_steps(cfg, data, dist.size)),
+                           dist.rank, threads, dist.device)
+    seen = [(images.device, labels.device, preprocess.normalize(images).device)
+            for images, labels, _ in batches.take(2)]
+    batches.close()
+    want = "GPU:0" if dist.device else "CPU:0"
+    return {"unit": "", "windows": [0], "images": seen[0][0], "labels": seen[0][1],
+            "normalized": seen[0][2], "on_device": all(want in d for s in seen for d in s)}
 
 
 PROBES = {"bare": bare, "pipeline": pipeline, "allreduce": allreduce,
           "mpi_allreduce": mpi_allreduce, "devices": devices, "validation": validation,
-          "precisions": precisions}
+          "precisions": precisions, "feed": feed}
 
 
 FLAGS = flags.FlagValues()
@@ -204,7 +232,7 @@ d.integer("batch", 32, "Images per step.")
 d.integer("image", 227, "Image side.")
 d.enum("precision", "fp32", ["fp32", "mixed"], "bare: mixed is bfloat16 on the CPU.")
 d.float("weight_decay", 1e-4, "bare: as train's --weight_decay.")
-d.string("data_dir", None, "pipeline, validation: the TFRecords.")
+d.string("data_dir", None, "pipeline, validation, feed: the TFRecords.")
 d.enum("validators", "all", ["all", "root"], "validation: every rank its share, or rank 0 alone.")
 d.float("fusion_mb", None, "allreduce: Horovod's fusion buffer in MiB.")
 d.integer("threads", 0, "bare: CPU threads (0: all cores).")
