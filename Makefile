@@ -11,7 +11,7 @@ NP              ?= 2
 DEMO_DIR        ?= data/demo
 BENCH_DIR       ?= data/bench
 BENCH_ARGS      ?=
-RUN_DIR         ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+RUN_DIR         := $(or $(RUN_DIR),runs/demo-$(shell date +%Y%m%d-%H%M%S))
 TRAIN_ARGS      ?=
 PYTEST_ARGS     ?=
 # Test files run on this many pytest workers, a file on one worker (its fixtures once):
@@ -20,7 +20,7 @@ TEST_WORKERS    ?= 3
 CHAOS_ARGS      ?=
 IMAGE           ?= hvd-alexnet
 
-.PHONY: install test-deps train demo-data bench-data bench test chaos docker-build docker-base docker-test clean \
+.PHONY: install test-deps lint lock train demo-data bench-data bench test chaos docker-build docker-base docker-test clean \
 	gpu-check check-gpu-build bench-scaling
 
 install:
@@ -35,6 +35,7 @@ demo-data: install
 # The demo: AlexNet on the embedded digits data with $(NP) Horovod ranks (Gloo).
 # A new run directory each time; pass RUN_DIR=runs/demo-... to resume one.
 train: demo-data
+	HVD_ALEXNET_RESUME="make train RUN_DIR=$(RUN_DIR) NP=$(NP)$(if $(TRAIN_ARGS), TRAIN_ARGS='$(TRAIN_ARGS)')" \
 	$(PY) -m hvd_alexnet.tools.horovodrun -np $(NP) -H localhost:$(NP) --gloo \
 	    $(PY) -m hvd_alexnet train --flagfile configs/demo.flags \
 	    --data_dir $(DEMO_DIR) --model_dir $(RUN_DIR) $(TRAIN_ARGS)
@@ -43,7 +44,32 @@ train: demo-data
 test-deps:
 	@bash scripts/test_deps.sh
 
-test: install test-deps
+# What only the tests and the lint run (pytest, ruff, ...): into .venv, never by install.
+$(VENV)/.test-tools: requirements-test.lock | install
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements-test.lock
+	@touch $@
+
+# The locks: every package, transitive ones included, pinned with its hashes, from the
+# requirements files (pip-tools' pip-compile; several minutes, it asks PyPI for each).
+# make install installs from requirements-cpu.lock or requirements-gpu.lock, make test
+# adds requirements-test.lock. Run it after changing a requirements file.
+LOCK_FLAGS      := --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links
+lock: install
+	$(PY) -m pip install -q --disable-pip-version-check pip-tools==7.6.2
+	for flavor in cpu gpu; do \
+	    $(VENV)/bin/pip-compile $(LOCK_FLAGS) --output-file requirements-$$flavor.lock \
+	        requirements-build.txt requirements.txt requirements-$$flavor.txt \
+	        requirements-mpi.txt || exit 1; \
+	done
+	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --output-file requirements-test.lock \
+	    --constraint requirements-cpu.lock requirements-test.txt
+
+# pyflakes, pycodestyle's errors, import order and bugbear (pyproject.toml's [tool.ruff])
+lint: $(VENV)/.test-tools
+	$(VENV)/bin/ruff check .
+
+test: install test-deps lint
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 $(BENCH_DIR)/metadata.json:
@@ -100,5 +126,8 @@ docker-base:
 docker-test:
 	@IMAGE=$(IMAGE) PYTEST_ARGS="$(PYTEST_ARGS)" bash scripts/docker_test.sh
 
+# Caches only. Never a run: runs/ holds every launch script's checkpoints by default, and
+# the demo's; remove a run by its own folder (rm -r runs/demo-...) when you mean to.
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf .pytest_cache
+	find hvd_alexnet tests -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/null || true

@@ -23,3 +23,17 @@ want_host_slots() {
                 "e.g. gpu-node-01:8,gpu-node-02:8)" >&2; exit 2; }
   done
 }
+# resume_command VAR... -- ARG...: the command line that runs this script again as it
+# runs now (the VARs that are set, then `bash SCRIPT ARG...`), shell-quoted. The trainer
+# prints it (HVD_ALEXNET_RESUME) when it stops with a checkpoint to resume from.
+resume_command() {
+  local words=() name
+  while [[ $1 != -- ]]; do
+    [[ -n ${!1-} ]] && words+=("$1=$(printf %q "${!1}")")
+    shift
+  done
+  shift
+  words+=(bash "$(printf %q "$SCRIPT")")
+  for name in "$@"; do words+=("$(printf %q "$name")"); done
+  echo "${words[*]}"
+}

@@ -15,6 +15,7 @@
 # needed when HOSTS_FILE lists one host at the start (the driver probes for it between 2 hosts).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+SCRIPT="$ROOT/bin/$(basename "$0")"
 source "$ROOT/bin/checks.sh"
 PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
 # horovodrun that keeps the ranks' exit status (hvd_alexnet/tools/horovodrun.py)
@@ -38,7 +39,9 @@ fi
 MIN_NP=${MIN_NP:-1}
 MAX_NP=${MAX_NP:-$slots}
 NP=${NP:-$MIN_NP}
-MODEL_DIR=${MODEL_DIR:-./runs/alexnet_elastic}
+DATA_DIR=${DATA_DIR:-$ROOT/imagenet_tfrecord} MODEL_DIR=${MODEL_DIR:-$ROOT/runs/alexnet}
+export HVD_ALEXNET_RESUME=${HVD_ALEXNET_RESUME:-$(resume_command HOSTS_FILE NP MIN_NP MAX_NP \
+  IFACE SSH_PORT DATA_DIR MODEL_DIR -- "$@")}
 extra=()
 [[ -n ${IFACE:-} ]] && { extra+=(--network-interface "$IFACE"); export NCCL_SOCKET_IFNAME="$IFACE"; }
 [[ -n ${SSH_PORT:-} ]] && extra+=(-p "$SSH_PORT")
@@ -51,7 +54,7 @@ status=0
   --blacklist-cooldown-range "$cool_min" "$cool_max" \
   --elastic-timeout "${ELASTIC_TIMEOUT:-600}" "${extra[@]}" \
   "$PYTHON" -m hvd_alexnet train --elastic \
-  --data_dir="${DATA_DIR:-./imagenet_tfrecord}" --model_dir="$MODEL_DIR" \
+  --data_dir="$DATA_DIR" --model_dir="$MODEL_DIR" \
   --batch_size=32 --epochs=90 "$@" || status=$?
 if (( status != 0 )); then
   echo "$0: the elastic job ended with status $status (fewer than MIN_NP=$MIN_NP ranks for" \

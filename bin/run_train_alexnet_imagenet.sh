@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # AlexNet on ImageNet, 1 GPU (one process, no launcher needed).
 #   bash bin/run_train_alexnet_imagenet.sh [--extra_flag=value ...]
-# DATA_DIR (default ./imagenet_tfrecord) and MODEL_DIR (default ./runs/alexnet_1gpu)
-# can be set; a MODEL_DIR holding a checkpoint resumes from it.
+# DATA_DIR (default ./imagenet_tfrecord) and MODEL_DIR (default ./runs/alexnet, as every
+# launch script's: a run started by one resumes under another) can be set; a MODEL_DIR
+# holding a checkpoint resumes from it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+SCRIPT="$ROOT/bin/$(basename "$0")"
+source "$ROOT/bin/checks.sh"
 PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
+DATA_DIR=${DATA_DIR:-$ROOT/imagenet_tfrecord} MODEL_DIR=${MODEL_DIR:-$ROOT/runs/alexnet}
+export HVD_ALEXNET_RESUME=${HVD_ALEXNET_RESUME:-$(resume_command DATA_DIR MODEL_DIR -- "$@")}
 cd "$ROOT"
 exec "$PYTHON" -m hvd_alexnet train \
-  --data_dir="${DATA_DIR:-./imagenet_tfrecord}" \
-  --model_dir="${MODEL_DIR:-./runs/alexnet_1gpu}" \
+  --data_dir="$DATA_DIR" \
+  --model_dir="$MODEL_DIR" \
   --batch_size=32 --epochs=90 "$@"

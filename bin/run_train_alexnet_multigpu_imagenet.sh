@@ -9,10 +9,11 @@
 # ssh's port (-p); GLOO=1 uses Horovod's Gloo controller (--gloo) instead of mpirun. The launching
 # host needs passwordless ssh to every other host, and every host this checkout, its .venv and
 # DATA_DIR at the same paths. DATA_DIR (default ./imagenet_tfrecord), MODEL_DIR (default
-# ./runs/alexnet_${NP}gpu). The learning rate is --base_lr x ranks; the global batch is
-# --batch_size x ranks.
+# ./runs/alexnet, whatever the number of GPUs: a run resumes on another count). The learning
+# rate is --base_lr x ranks; the global batch is --batch_size x ranks.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+SCRIPT="$ROOT/bin/$(basename "$0")"
 source "$ROOT/bin/checks.sh"
 PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
 # horovodrun that keeps the ranks' exit status (75 after a stop) and gives them
@@ -36,9 +37,12 @@ extra=()
 [[ -n ${IFACE:-} ]] && { extra+=(--network-interface "$IFACE"); export NCCL_SOCKET_IFNAME="$IFACE"; }
 [[ -n ${SSH_PORT:-} ]] && extra+=(-p "$SSH_PORT")
 [[ ${GLOO:-0} == 1 ]] && extra+=(--gloo)
+DATA_DIR=${DATA_DIR:-$ROOT/imagenet_tfrecord} MODEL_DIR=${MODEL_DIR:-$ROOT/runs/alexnet}
+export HVD_ALEXNET_RESUME=${HVD_ALEXNET_RESUME:-$(resume_command NUM_GPUS HOSTS HOSTFILE NP \
+  IFACE SSH_PORT GLOO DATA_DIR MODEL_DIR -- "$@")}
 cd "$ROOT"
 exec "${launcher[@]}" -np "$NP" "${hosts[@]}" "${extra[@]}" \
   "$PYTHON" -m hvd_alexnet train \
-  --data_dir="${DATA_DIR:-./imagenet_tfrecord}" \
-  --model_dir="${MODEL_DIR:-./runs/alexnet_${NP}gpu}" \
+  --data_dir="$DATA_DIR" \
+  --model_dir="$MODEL_DIR" \
   --batch_size=32 --epochs=90 "$@"

@@ -21,6 +21,7 @@
 # are passed to the ranks (-x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+SCRIPT="$ROOT/bin/$(basename "$0")"
 source "$ROOT/bin/checks.sh"
 want_count NP SSH_PORT SIGKILL_TIMEOUT HOSTS_WAIT
 PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
@@ -45,9 +46,14 @@ extra+=(-mca odls_base_sigkill_timeout "${SIGKILL_TIMEOUT:-30}")
 for name in $(compgen -e); do
   case $name in
     HOROVOD_RANK|HOROVOD_SIZE|HOROVOD_LOCAL_*|HOROVOD_CROSS_*|HOROVOD_HOSTNAME) ;;  # a launcher's, not settings
-    PATH|LD_LIBRARY_PATH|PYTHONPATH|HOROVOD_*|NCCL_*|TF_*) extra+=(-x "$name") ;;
+    PATH|LD_LIBRARY_PATH|PYTHONPATH|HOROVOD_*|NCCL_*|TF_*|HVD_ALEXNET_*) extra+=(-x "$name") ;;
   esac
 done
+DATA_DIR=${DATA_DIR:-$ROOT/imagenet_tfrecord} MODEL_DIR=${MODEL_DIR:-$ROOT/runs/alexnet}
+# the exact command that resumes, printed by the trainer when it stops (passed with -x)
+export HVD_ALEXNET_RESUME=${HVD_ALEXNET_RESUME:-$(resume_command HOSTFILE NP IFACE SSH_PORT \
+  SIGKILL_TIMEOUT DATA_DIR MODEL_DIR -- ${COMMAND/train/} "$@")}
+extra+=(-x HVD_ALEXNET_RESUME)
 # HOSTS_WAIT=S: first wait up to S seconds until every host resolves and answers on
 # ssh's port (docker/mpijob.yaml sets it: a restarted worker's name can lag its pod).
 [[ -n ${HOSTS_WAIT:-} ]] && bash "$ROOT/bin/wait_for_hosts.sh" "$HOSTFILE" "${SSH_PORT:-22}"
@@ -57,6 +63,6 @@ exec "$MPIRUN" -np "$NP" --hostfile "$HOSTFILE" \
   -mca pml ob1 -mca btl ^openib \
   "${extra[@]}" \
   "$PYTHON" -m hvd_alexnet "$COMMAND" \
-  --data_dir="${DATA_DIR:-$ROOT/imagenet_tfrecord}" \
-  --model_dir="${MODEL_DIR:-$ROOT/runs/alexnet_multinode}" \
+  --data_dir="$DATA_DIR" \
+  --model_dir="$MODEL_DIR" \
   --batch_size=32 --epochs=90 "$@"

@@ -1,11 +1,13 @@
-"""`python -m hvd_alexnet COMMAND [--flags]`: train, data, doctor, report, evaluate, predict, export, plan, bench.
+"""`hvd-alexnet COMMAND [--flags]` (or `python -m hvd_alexnet COMMAND ...`): train,
+data, doctor, report, evaluate, predict, export, plan, bench.
 
 Exit status: 0 done, 2 bad flags or configuration (another job holds the model
 folder, a flag the run cannot resume with), 3 bad or missing data, 4 training
 diverged (NaN loss or weights; nothing non-finite is saved), 5 a rank made no
 progress for --stall_timeout_sec, 6 checkpoints (none restores, the disk filled
 while saving), 75 stopped by SIGTERM/SIGINT after a checkpoint
-(run the same command again to resume), 1 anything else. Errors are one line on stderr that names the problem.
+(run the same command again to resume), 1 anything else. Errors are one line on
+stderr that names the problem.
 """
 
 import os
@@ -13,12 +15,14 @@ import sys
 
 from hvd_alexnet import errors
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's start-up chatter out of the logs
+# keep TensorFlow's start-up chatter out of the logs
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-USAGE = """usage: python -m hvd_alexnet COMMAND [--flag=value ...]
+USAGE = """usage: hvd-alexnet COMMAND [--flag=value ...]    (or: python -m hvd_alexnet COMMAND ...)
+       hvd-alexnet --version
 
 commands:
-  train        train AlexNet; several ranks: horovodrun -np N python -m hvd_alexnet train ...
+  train        train AlexNet; several ranks: horovodrun -np N hvd-alexnet train ...
   data build   JPEGs in class subfolders -> ImageNet-schema TFRecord shards
   data demo    the embedded demo dataset (scikit-learn's digits), built with `data build`
   doctor       before a long job on a new cluster, launched like train: every rank's host,
@@ -32,7 +36,7 @@ commands:
   data photos  the benchmark dataset: ~500x375 JPEGs cut from photographs bundled in
                scikit-learn and scikit-image, built with `data build`
 
-`python -m hvd_alexnet COMMAND --help` lists a command's flags.
+`hvd-alexnet COMMAND --help` lists a command's flags.
 """
 
 # command -> (module, function, whether it loads TensorFlow). Each function takes
@@ -81,8 +85,8 @@ def _tensorflow_error(name, e):
               flush=True)
         return errors.EXIT_DATA
     if isinstance(e, tf.errors.OpError):  # most often a collective whose peer is gone
-        lines = [l.strip() for l in (e.message or "").splitlines()
-                 if l.strip() and not l.strip().startswith(("[[", "Detected at", "File "))]
+        lines = [line.strip() for line in (e.message or "").splitlines()
+                 if line.strip() and not line.strip().startswith(("[[", "Detected at", "File "))]
         first = lines[-1] if lines else type(e).__name__  # the cause is last
         print(f"hvd_alexnet {name}: {type(e).__name__}: {first} (if another rank died, "
               f"the launcher's message names it)", file=sys.stderr, flush=True)
@@ -97,6 +101,10 @@ def main(argv=None):
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if args else errors.EXIT_USAGE
+    if args[0] in ("--version", "-V", "version"):
+        from hvd_alexnet import __version__
+        print(f"hvd-alexnet {__version__}")
+        return 0
     if args[0] == "data" and (len(args) == 1 or args[1] in ("-h", "--help")):
         print(USAGE)  # the data subcommands are listed there
         return 0 if len(args) > 1 else errors.EXIT_USAGE

@@ -27,15 +27,16 @@ import time
 
 import tensorflow as tf
 
-from hvd_alexnet import config, files
+from hvd_alexnet import config, files, rundir
 from hvd_alexnet.errors import CheckpointError, UsageError, first_line
 
 SUBDIR = "checkpoints"
 INDEX = "checkpoint"  # TensorFlow's index of a folder's checkpoints (CheckpointManager's)
 SET_ASIDE = "set_aside"  # checkpoints that did not restore, kept for a look
 _FILE = re.compile(r"^ckpt-(\d+)\.(index|data-\d{5}-of-\d{5})$")
-_INDEX_LINE = re.compile(r'^(model_checkpoint_path|all_model_checkpoint_paths): "(.*)"$|'
-                         r'^(all_model_checkpoint_timestamps|last_preserved_timestamp): [-+.\deE]+$')
+_INDEX_LINE = re.compile(
+    r'^(model_checkpoint_path|all_model_checkpoint_paths): "(.*)"$|'
+    r'^(all_model_checkpoint_timestamps|last_preserved_timestamp): [-+.\deE]+$')
 # What `Checkpoint.restore` raises when the checkpoint is of another model or
 # optimizer, not a damaged one: a variable of another shape, an object missing.
 _INCOMPATIBLE = ("incompatible tensor with shape", "Unresolved object in checkpoint",
@@ -270,7 +271,7 @@ class Checkpoints:
         free = shutil.disk_usage(self.directory).free
         return (f"{self.directory}: the disk is full ({free >> 20} MiB free; a checkpoint "
                 f"needs about {need >> 20} MiB): the save of step {step} was removed and "
-                f"{kept}; free some space, then run the same command again to resume")
+                f"{kept}; free some space, then {rundir.how_to_resume()}")
 
     def size(self, step):
         """Bytes of checkpoint `step`'s files (0 if unknown)."""

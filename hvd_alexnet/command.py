@@ -24,10 +24,11 @@ HELP = ("-h", "--help", "-help", "--helpfull", "-?")
 
 
 def prog(name):
-    """How the command is typed: `train` -> python -m hvd_alexnet train; a tool
-    (`tools.chaos`) is a module of its own."""
+    """How the command is typed: `train` -> hvd-alexnet train (the console
+    command; python -m hvd_alexnet train too); a tool (`tools.chaos`) is a
+    module of its own."""
     return f"python -m hvd_alexnet.{name}" if name.startswith("tools.") else \
-        f"python -m hvd_alexnet {name}"
+        f"hvd-alexnet {name}"
 
 
 def usage(fv, name, doc, positional=()):

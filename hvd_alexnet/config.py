@@ -51,7 +51,8 @@ def define(fv):
               "learning rate grow K-fold, activation memory does not).")
     d.integer("epochs", 90, "Training epochs.")
     d.integer("max_steps", 0, "Stop after this many global steps (0: no limit).")
-    d.float("base_lr", 0.0025, "Learning rate per rank; the peak rate is this x ranks.")
+    d.float("base_lr", 0.0025, "Learning rate per rank and micro-batch: the peak rate is this "
+            "x ranks x --accumulate_steps.")
     d.float("warmup_epochs", 2.0, "Linear warm-up from ~0 to the peak rate.")
     d.enum("lr_schedule", "step", SCHEDULES, "Decay after the warm-up.")
     d.list("lr_decay_epochs", ["30", "60", "80"], "Epochs at which the step schedule decays.")
@@ -99,7 +100,8 @@ def define(fv):
     d.string("model_dir", None, "Where checkpoints and the DLLogger log go (required).")
     d.integer("eval_every_epochs", 1, "Validate every N epochs (0: only at the end).")
     d.bool("eval", None, "Validate at all (default: yes; --noeval: no).")
-    d.integer("eval_batch_size", 64, "Images per validation batch (rank 0).")
+    d.integer("eval_batch_size", 64, "Images per validation batch, on every rank (each "
+              "validates its share).")
     d.integer("log_every", 10, "Log loss, learning rate and images/sec every N steps.")
     d.integer("keep_checkpoints", 3, "Checkpoints kept in model_dir.")
     d.integer("checkpoint_every_steps", 0,
@@ -187,7 +189,7 @@ def resolve(fv=FLAGS):
     if raw["eval"]:  # given as --eval: tf_cnn_benchmarks' "evaluate only"
         problems.append("--eval: validation during training is on by default (--noeval turns "
                         "it off); to evaluate a checkpoint only, as tf_cnn_benchmarks' --eval "
-                        "does, run python -m hvd_alexnet evaluate")
+                        "does, run hvd-alexnet evaluate")
     fields = {f.name: raw[f.name] for f in dataclasses.fields(Config)}
     fields["eval"] = raw["eval"] is not False
     if raw["use_fp16"] or raw["use_amp"]:

@@ -18,7 +18,6 @@ from hvd_alexnet import errors
 from hvd_alexnet.errors import UsageError
 from hvd_alexnet.watchdog import Watchdog
 
-
 # Horovod's variables that are numbers (this module reads the first; Horovod's C++
 # reads them all at init, and takes "60s" as 60 or a word as 0 without a word).
 NUMERIC_VARIABLES = ("HOROVOD_STALL_CHECK_TIME_SECONDS", "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS",

@@ -26,7 +26,6 @@ from hvd_alexnet import command, config, distributed
 from hvd_alexnet.data import labels, prepare, reader, schema
 from hvd_alexnet.errors import DataError, UsageError
 
-
 FLAGS = config.define(flags.FlagValues())  # train's own flags: the same flag file works
 command.definers(FLAGS).integer(
     "label_records", 100, "Records per shard whose labels and synsets doctor reads (0: every "
@@ -193,7 +192,8 @@ def main(argv):
         print(table(rows))
         print()
         for what, problem in checks:
-            print(f"  {'PROBLEM' if problem else 'ok':7}  {what}{': ' + problem if problem else ''}")
+            said = f"{what}: {problem}" if problem else what
+            print(f"  {'PROBLEM' if problem else 'ok':7}  {said}")
         problems = [f"rank {r['rank']}: {r['problem']}" for r in rows if r["problem"]]
         problems += [f"{what}: {problem}" for what, problem in checks if problem]
     problems = dist.allgather_object(problems, "hvd_alexnet.doctor.verdict")[0]  # HVD

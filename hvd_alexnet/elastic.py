@@ -14,8 +14,8 @@ included) before the trainer goes on.
 
 import os
 
-import tensorflow as tf
 import horovod.tensorflow as hvd  # HVD
+import tensorflow as tf
 from horovod.common.elastic import ObjectState  # HVD
 from horovod.common.exceptions import HorovodInternalError  # HVD
 

@@ -20,7 +20,6 @@ from hvd_alexnet.data import labels, reader, schema
 from hvd_alexnet.errors import DataError
 from hvd_alexnet.progress import Ticker
 
-
 FLAGS = flags.FlagValues()
 d = command.definers(FLAGS)
 d.string("data_dir", None, "Folder of validation-* TFRecord shards.")

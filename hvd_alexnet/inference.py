@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from hvd_alexnet import command, files, metrics_log
 from hvd_alexnet import checkpoint as ckpts
+from hvd_alexnet import command, files, metrics_log
 from hvd_alexnet.checkpoint import SUBDIR as CHECKPOINT_SUBDIR
 from hvd_alexnet.data import preprocess, schema
 from hvd_alexnet.errors import DataError, UsageError

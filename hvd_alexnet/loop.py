@@ -136,7 +136,7 @@ class Loop:
                                 self.dist.first_step_allowed if first == state.start_step else 0)
         state.speed.start()
         try:
-            for images, labels, positions in steps:  # batch
+            for images, labels, positions in steps:  # batch  # noqa: B007 - read after the loop
                 loss, stopping = self.train_step(images, labels, tf.constant(self.stop.requested))
                 state.step += 1  # step
                 self.dist.watchdog.beat("reading the next batch, or in a training step "

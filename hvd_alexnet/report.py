@@ -17,7 +17,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
-
 from absl import flags  # noqa: E402
 
 from hvd_alexnet import command, files, metrics_log  # noqa: E402

@@ -53,7 +53,7 @@ def start_at(job, ckpts, state, data):
     if dist.sum(int(job.stop.requested), "hvd_alexnet.stop_at_start"):  # HVD
         job.stop.settle()
         raise Preempted(f"stopped on request before the first step; {job.cfg.model_dir} is as "
-                        f"it was: run the same command again to resume")
+                        f"it was: {rundir.how_to_resume()}")
 
 
 def from_disk(job, ckpts, state, data, record):

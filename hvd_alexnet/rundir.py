@@ -27,10 +27,18 @@ import time
 from hvd_alexnet import files
 from hvd_alexnet.errors import UsageError
 
+RESUME_VARIABLE = "HVD_ALEXNET_RESUME"  # the exact command that resumes (make, bin/ set it)
 LOCK_FILE = "job.lock"
 LOCK_REFRESH = 30.0  # seconds between the holder's touches of the lock
 LOCK_STALE = 300.0  # a lock of another host untouched this long was left by a dead job
 RECORD_FILE = "run.json"
+
+
+def how_to_resume(env=None):
+    """'run `COMMAND` to resume' with the exact command where the launch script or
+    make told it (HVD_ALEXNET_RESUME), else 'run the same command again to resume'."""
+    command = (os.environ if env is None else env).get(RESUME_VARIABLE)
+    return f"run `{command}` to resume" if command else "run the same command again to resume"
 
 
 def job_id(env=None):

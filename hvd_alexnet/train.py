@@ -23,8 +23,17 @@ from typing import Callable
 
 import tensorflow as tf
 
-from hvd_alexnet import (checkpoint, command, config, distributed, optim, resume, rundir,
-                         signals, step)
+from hvd_alexnet import (
+    checkpoint,
+    command,
+    config,
+    distributed,
+    optim,
+    resume,
+    rundir,
+    signals,
+    step,
+)
 from hvd_alexnet.data import prepare
 from hvd_alexnet.errors import Preempted
 from hvd_alexnet.loop import Hooks, Loop, RunState, diverged
@@ -167,8 +176,7 @@ def train_to_end(job, loop, ckpts, state, validation, feed):
             loop.report.log([epoch, state.step], {"preempted": True})
             why = f" ({loop.stop.reason})" if loop.stop.reason else ""
             raise Preempted(f"stopped at step {state.step} on request{why}; the checkpoint of "
-                            f"this step is in {ckpts.directory}: run the same command again to "
-                            f"resume")
+                            f"this step is in {ckpts.directory}: {rundir.how_to_resume()}")
         loop.commit(state)
     return final
 

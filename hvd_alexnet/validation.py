@@ -7,8 +7,8 @@ import time
 import tensorflow as tf
 
 from hvd_alexnet import inference
-from hvd_alexnet.errors import DataError
 from hvd_alexnet.data import reader
+from hvd_alexnet.errors import DataError
 from hvd_alexnet.progress import Ticker
 
 

@@ -72,15 +72,37 @@ step() {  # step "what, how long it takes" command...
   return "$status"
 }
 
-# 1. The virtual environment, rebuilt only when a requirements file changed. When
-#    it is up to date nothing is built, so no compiler or -dev package is needed
-#    (the GPU image's final stage has none).
-inputs=(requirements.txt "$TF_REQUIREMENTS" requirements-mpi.txt scripts/install.sh)
+# Every package comes from the lock of this TensorFlow file (requirements-cpu.lock,
+# requirements-gpu.lock: pip-tools' pip-compile of the requirements files, every
+# transitive package pinned with its hashes; `make lock` writes them), with
+# --require-hashes: what is installed is what was locked, byte for byte.
+LOCK=${TF_REQUIREMENTS%.txt}.lock
+[[ -r $LOCK ]] || { echo "install: $LOCK: no such lock (make lock writes it)" >&2; exit 2; }
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+
+# This checkout, editable: the console command hvd-alexnet on $VENV/bin (the same CLI as
+# python -m hvd_alexnet), the code where it is. Not in an image's first layer, which
+# holds the requirements alone (the Dockerfiles run this script again after the checkout).
+checkout() {
+  [[ -f pyproject.toml && -d hvd_alexnet && -x $VENV/bin/python ]] || return 0
+  local here
+  here=$(cd / && "$VENV/bin/python" -c 'import hvd_alexnet, os
+print(os.path.dirname(os.path.dirname(os.path.abspath(hvd_alexnet.__file__))))' 2>/dev/null || true)
+  [[ -x $VENV/bin/hvd-alexnet && $here == "$PWD" ]] && return 0
+  "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
+  echo "install: $VENV/bin/hvd-alexnet $("$VENV/bin/hvd-alexnet" --version | cut -d' ' -f2)"
+}
+
+# 1. The virtual environment, rebuilt only when the lock changed. When it is up to
+#    date nothing is built, so no compiler or -dev package is needed (the GPU
+#    image's final stage has none).
+inputs=("$LOCK" scripts/install.sh)
 want=$( { cat "${inputs[@]}"; echo "$build"; } | sha256sum | cut -d' ' -f1)
 stamp=()
 [[ -f $STAMP ]] && mapfile -t stamp < "$STAMP"
 if [[ ${stamp[0]:-} == "$want" ]] && [[ -z $cuda || ${stamp[1]:-} == "cuda=$cuda" ]]; then
   echo "install: $VENV is up to date"
+  checkout
   exit 0
 fi
 
@@ -115,10 +137,16 @@ if ((${#need[@]})); then
 fi
 command -v "$PYTHON" >/dev/null || { echo "install: $PYTHON not found (TensorFlow 2.15 needs Python 3.9-3.11)" >&2; exit 1; }
 [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+# The lock's entries but Horovod's, and Horovod's alone (built from source below): an
+# entry is a line at the first column and its indented --hash lines.
+lock_part() {  # lock_part all|horovod FILE
+  awk -v want="$1" '/^[A-Za-z]/ { keep = (($0 ~ /^horovod==/) == (want == "horovod")) }
+                    /^[A-Za-z]|^ +--hash/ { if (keep) print }' "$LOCK" > "$2"
+}
+lock_part all "$VENV/.lock-packages.txt"
+lock_part horovod "$VENV/.lock-horovod.txt"
 packages() {
-  "${PIP[@]}" install -q --upgrade "pip<25" "setuptools<70" wheel cmake==3.27.9
-  "${PIP[@]}" install -q -r "$TF_REQUIREMENTS" -r requirements.txt
+  "${PIP[@]}" install -q --require-hashes -r "$VENV/.lock-packages.txt"
 }
 step "[2/4] $VENV: pip, CMake, TensorFlow and the Python packages (1 to 3 minutes)" packages
 
@@ -174,7 +202,7 @@ if [[ -f $BUILT && $(cat "$BUILT") != "$now" ]] ||
        "now $now: building it again"
   if [[ -f $BUILT && $(cut -d' ' -f1 "$BUILT") != "${build%% *}" ]]; then
     "${PIP[@]}" uninstall -q -y tensorflow-cpu tensorflow || true
-    "${PIP[@]}" install -q -r "$TF_REQUIREMENTS" -r requirements.txt
+    "${PIP[@]}" install -q --require-hashes -r "$VENV/.lock-packages.txt"
   fi
   "${PIP[@]}" uninstall -q -y horovod || true
 fi
@@ -192,7 +220,8 @@ if [[ -n $built_for ]]; then
   fi
 fi
 step "[3/4] building Horovod from source against this TensorFlow (3 to 6 minutes on 2 cores)" \
-  "${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod -r requirements-mpi.txt
+  "${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod --no-deps \
+  --require-hashes -r "$VENV/.lock-horovod.txt"
 
 # 4. Check the build: Horovod must have TensorFlow, MPI and Gloo (and NCCL when asked).
 echo "install: [4/4] horovodrun --check-build"
@@ -203,6 +232,8 @@ want_lines=("\[X\] TensorFlow" "\[X\] MPI" "\[X\] Gloo")
 for want_line in "${want_lines[@]}"; do
   grep -q "$want_line" <<<"$report" || { echo "install: Horovod build lacks ${want_line//\\/}" >&2; exit 1; }
 done
+# 5. This checkout (checkout, above).
+checkout
 printf '%s\ncuda=%s\n' "$want" "$cuda" > "$STAMP"
 echo "$now" > "$BUILT"
 echo "install: done"

@@ -6,8 +6,7 @@ import signal
 
 import pytest
 
-from helpers import (FOLDER_ARGS, build_dataset, checkpoints, finish, lines, start,
-                     wait_for_step)
+from helpers import FOLDER_ARGS, build_dataset, checkpoints, finish, lines, start, wait_for_step
 
 # make test gives each file to one of its workers in this order (--no-loadscope-reorder):
 # the longest first, so that the workers end together rather than one running a

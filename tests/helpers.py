@@ -163,7 +163,8 @@ def step_records(model_dir, length=2):
 def checkpoints(model_dir):
     """Step numbers of the checkpoints kept in model_dir, ascending."""
     d = os.path.join(model_dir, CHECKPOINT_SUBDIR)
-    return sorted(int(f[5:-6]) for f in os.listdir(d) if f.startswith("ckpt-") and f.endswith(".index"))
+    return sorted(int(f[5:-6]) for f in os.listdir(d)
+                  if f.startswith("ckpt-") and f.endswith(".index"))
 
 
 def final_weights(model_dir, classes=10):
@@ -271,7 +272,7 @@ def check_elastic_run(proc, ranks_after, batch=4):
             segments[-1].append(r["step"][1])
     assert [r["data"]["elastic_ranks"] for _, r in resumes] == ranks_after
     starts = [0] + [r["step"][1] for _, r in resumes]
-    for (committed, r), start in zip(resumes, starts[1:]):
+    for committed, r in resumes:
         assert r["data"]["elastic_resumed_examples"] == committed, (r, commits)
     for steps, start in zip(segments, starts):
         assert steps == list(range(start + 1, start + 1 + len(steps))), (start, steps)

@@ -132,7 +132,7 @@ PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSub
             os.killpg(job.pid, signal.SIGKILL)
             job.communicate()
             raise AssertionError(f"{' '.join(job.cmd)} still running after {timeout}s "
-                                 f"(hang?)\n{self.output(job)[-4000:]}")
+                                 f"(hang?)\n{self.output(job)[-4000:]}") from None
         return job.returncode, submitted + self.output(job)
 
     def sbatch(self, args, env, timeout, cwd=None):

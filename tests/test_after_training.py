@@ -98,6 +98,7 @@ def _curves(png_path):
     """How many of the report's curve colours a plot shows (a curve spans far more
     pixels of exactly its colour than its sample in the legend does)."""
     from PIL import Image
+
     from hvd_alexnet.report import COLORS
     pixels = np.asarray(Image.open(png_path).convert("RGB")).reshape(-1, 3)
     found = 0
@@ -209,7 +210,8 @@ def test_doctor_names_each_problem_and_fails(tmp_path):
                   "--batch_size=64", "--image_size=67", "--num_classes=10", f"--threads={cores}"],
                  np=2, launcher="mpi", timeout=180)
     assert out.returncode == 2, out.stdout[-3000:]
-    assert "PROBLEM  1 training shards for 2 ranks: every rank needs at least one shard" in out.stdout
+    assert ("PROBLEM  1 training shards for 2 ranks: every rank needs at least one shard"
+            in out.stdout)
     assert "cannot be written" in out.stdout
     assert f"{2 * cores} threads on {cores} cores: more threads than cores" in out.stdout
 
@@ -218,4 +220,4 @@ def test_doctor_names_each_problem_and_fails(tmp_path):
 def test_every_command_explains_itself(command):
     out = subprocess.run([sys.executable, "-m", "hvd_alexnet", command, "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "usage: python -m hvd_alexnet " + command in out.stdout
+    assert out.returncode == 0 and "usage: hvd-alexnet " + command in out.stdout

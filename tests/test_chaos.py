@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from hvd_alexnet.tools import chaos
 from helpers import ROOT
+from hvd_alexnet.tools import chaos
 
 FAKE = os.path.join(ROOT, "tests", "fake_job.py")
 STEPS = 80

@@ -88,7 +88,9 @@ def test_a_lock_is_taken_over_only_from_a_job_that_is_gone(tmp_path):
     import subprocess
     import sys
     import time
+
     import pytest
+
     from hvd_alexnet import rundir
     from hvd_alexnet.errors import UsageError
     path, said = tmp_path / rundir.LOCK_FILE, []

@@ -10,8 +10,10 @@ import re
 import numpy as np
 import pytest
 
-from helpers import checkpoints, final_weights, lines, train_job as train
+from helpers import checkpoints, final_weights, lines
+from helpers import train_job as train
 from hvd_alexnet import metrics_log
+
 
 def ckpt_files(model_dir, step):
     return sorted(glob.glob(os.path.join(model_dir, "checkpoints", f"ckpt-{step}.*")))

@@ -22,7 +22,7 @@ def _run(args, timeout=120):
 def test_help_exits_0_and_lists_the_commands_own_flags(name):
     out = _run([*name.split(), "--help"])
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.startswith(f"usage: python -m hvd_alexnet {name}")
+    assert out.stdout.startswith(f"usage: hvd-alexnet {name}")
     assert "--flagfile" in out.stdout
 
 
@@ -31,7 +31,8 @@ def test_data_help_lists_the_data_commands():
     assert out.returncode == 0 and "data build" in out.stdout and "data photos" in out.stdout
 
 
-@pytest.mark.parametrize("name,foreign", [("train", "--output_dir=x"), ("train", "--validation_fraction=0.1"),
+@pytest.mark.parametrize("name,foreign", [("train", "--output_dir=x"),
+                                          ("train", "--validation_fraction=0.1"),
                                           ("data build", "--data_dir=x"),
                                           ("data demo", "--train_dir=x"),
                                           ("evaluate", "--epochs=3"), ("plan", "--seed=1")])
@@ -40,7 +41,7 @@ def test_a_flag_of_another_command_is_refused_by_name(name, foreign):
     flag = foreign[2:].split("=")[0]
     assert out.returncode == 2, out.stderr[-2000:]
     assert f"Unknown command line flag '{flag}'" in out.stderr
-    assert f"python -m hvd_alexnet {name} --help" in out.stderr
+    assert f"hvd-alexnet {name} --help" in out.stderr
 
 
 def test_a_bad_value_and_a_stray_argument_are_refused():
@@ -66,8 +67,8 @@ def test_doctor_takes_the_flag_file_of_the_train_it_checks(tiny_data, tmp_path):
 def test_a_command_line_in_the_style_of_tf_cnn_benchmarks_runs(tiny_data, tmp_path):
     """The model card's tool's flags where they mean the same here (aliases), and
     its fixed settings (--model=alexnet, --variable_update=horovod, one GPU a rank)."""
-    from hvd_alexnet import metrics_log
     from helpers import step_records
+    from hvd_alexnet import metrics_log
     out = launch(["train", "--data_name=imagenet", "--model=alexnet", "--num_gpus=1",
                   "--variable_update=horovod", f"--data_dir={tiny_data}",
                   f"--model_dir={tmp_path}", "--batch_size=4", "--num_batches=6",
@@ -90,7 +91,7 @@ def test_a_command_line_in_the_style_of_tf_cnn_benchmarks_runs(tiny_data, tmp_pa
      "--variable_update=parameter_server: gradients are always averaged by Horovod's all-reduce"),
     ("--train_dir=/tmp/ckpt", "--train_dir=/tmp/ckpt: checkpoints and logs go to --model_dir"),
     ("--eval", "to evaluate a checkpoint only, as tf_cnn_benchmarks' --eval does, run "
-               "python -m hvd_alexnet evaluate"),
+               "hvd-alexnet evaluate"),
     ("--data_name=cifar10", "--data_name=cifar10: this trainer reads ImageNet-schema TFRecords"),
     ("--model=resnet50", "--model=resnet50: this trainer trains AlexNet only")])
 def test_tf_cnn_benchmarks_flags_that_mean_something_else_are_refused(tmp_path, flag, pointer):

@@ -102,7 +102,7 @@ def _rewrite_label(path, record, label):
 
 
 def _last_line(text):
-    return [l for l in text.splitlines() if l.strip()][-1]
+    return [line for line in text.splitlines() if line.strip()][-1]
 
 
 # --- Horovod-free: the pieces -------------------------------------------------

@@ -48,7 +48,8 @@ def test_build_writes_the_imagenet_schema(built):
     assert len(val) == 1
     records = _read_all(train + val)
     assert len(records) == 13
-    assert meta["splits"]["train"]["num_examples"] + meta["splits"]["validation"]["num_examples"] == 13
+    splits = meta["splits"]
+    assert splits["train"]["num_examples"] + splits["validation"]["num_examples"] == 13
     assert meta["splits"]["validation"]["num_examples"] == 4  # round(6 * .25) + round(7 * .25)
     assert sum(meta["splits"]["train"]["shard_examples"].values()) == len(_read_all(train))
     texts = {1: b"tench, Tinca tinca", 2: b"goldfish"}

@@ -17,10 +17,22 @@ import sys
 
 import pytest
 
-from helpers import SMALL, checkpoints, check_elastic_run, finish, injected_python, \
-    lose_host, release, run_summary, slowed_until_released, step_records, values, wait_until
-from hvd_alexnet.tools.launch import ELASTIC_HOSTS as HOSTS, elastic_job, elastic_ranks, job_env, \
-    write_hosts
+from helpers import (
+    SMALL,
+    check_elastic_run,
+    checkpoints,
+    finish,
+    injected_python,
+    lose_host,
+    release,
+    run_summary,
+    slowed_until_released,
+    step_records,
+    values,
+    wait_until,
+)
+from hvd_alexnet.tools.launch import ELASTIC_HOSTS as HOSTS
+from hvd_alexnet.tools.launch import elastic_job, elastic_ranks, job_env, write_hosts
 
 FLAGS = [*SMALL, "--elastic_commit_every=5", "--eval_every_epochs=1", "--checkpoint_every_steps=10"]
 
@@ -83,7 +95,8 @@ def test_losing_every_host_ends_the_job_and_a_restart_resumes(tiny_data, tmp_pat
     # running when its hosts are taken away.
     proc = start(tmp_path, HOSTS, f"--data_dir={tiny_data}", "--epochs=2", step_delay=1.0,
                  env={"ELASTIC_TIMEOUT": "5"})
-    wait_until(proc, "a checkpoint", lambda: os.path.isdir(os.path.join(proc.model_dir, "checkpoints"))
+    wait_until(proc, "a checkpoint",
+               lambda: os.path.isdir(os.path.join(proc.model_dir, "checkpoints"))
              and checkpoints(proc.model_dir))
     live = elastic_ranks(proc.hosts_file)
     write_hosts(proc.hosts_file, [])

@@ -117,7 +117,8 @@ def test_skip_corrupt_skips_counts_and_keeps_ranks_in_step(tiny_data, tmp_path):
     res = launch(["train", f"--data_dir={tmp_path}/data", f"--model_dir={tmp_path}/m", *SMALL,
                   "--epochs=1", "--skip_corrupt"], np=2, launcher="gloo", timeout=180)
     assert res.returncode == 0, res.stdout[-3000:]
-    logs = [r for r in metrics_log.read(str(tmp_path / "m" / "dllogger.json")) if r["type"] == "LOG"]
+    logs = [r for r in metrics_log.read(str(tmp_path / "m" / "dllogger.json"))
+            if r["type"] == "LOG"]
     # one epoch reads each of rank 1's 40 records once: the 2 bad ones are skipped
     assert logs[-1]["step"] == [] and logs[-1]["data"]["skipped_corrupt_records"] == 2
     assert logs[-1]["data"]["steps"] == 10 and "identical on all 2 ranks" in res.stdout

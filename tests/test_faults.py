@@ -8,12 +8,25 @@ import time
 
 import pytest
 
-from helpers import (FOLDER_ARGS, SMALL, checkpoints, corrupt_copy, final_weights, finish,
-                     finish_after, lines, output, release, slowed_until_released, start,
-                     step_records, train_job, wait_for_step)
+from helpers import (
+    FOLDER_ARGS,
+    SMALL,
+    checkpoints,
+    corrupt_copy,
+    final_weights,
+    finish,
+    finish_after,
+    lines,
+    output,
+    release,
+    slowed_until_released,
+    start,
+    step_records,
+    train_job,
+    wait_for_step,
+)
 from hvd_alexnet import metrics_log
 from hvd_alexnet.tools.chaos import rank_pids
-
 
 LONG = SMALL + ["--epochs=1000", "--noeval"]
 
@@ -174,7 +187,8 @@ def test_a_signal_during_start_up_ends_every_rank_with_75_and_the_folder_as_it_w
     requeues on 75, did not requeue."""
     marker, listing = tmp_path / "restoring", sorted(os.listdir(run_copy + "/checkpoints"))
     proc = start(["train", f"--data_dir={tiny_data}", f"--model_dir={run_copy}", *FOLDER_ARGS],
-                 np=2, launcher="gloo", faults=[f"start_hold={marker}"])
+                 np=2, launcher="gloo", faults=[f"start_hold={marker}"],
+                 env={"HVD_ALEXNET_RESUME": "make train RUN_DIR=runs/demo-1 NP=2"})
 
     def signal_the_ranks():
         wait_for_file(marker, proc)
@@ -184,7 +198,8 @@ def test_a_signal_during_start_up_ends_every_rank_with_75_and_the_folder_as_it_w
     res = finish_after(proc, signal_the_ranks, timeout=120)
     assert res.returncode == 75, res.stdout[-3000:]
     said = lines(res.stdout, f"hvd_alexnet train: stopped on request before the first step; "
-                             f"{run_copy} is as it was: run the same command again to resume")
+                             f"{run_copy} is as it was: run `make train RUN_DIR=runs/demo-1 "
+                             f"NP=2` to resume")  # the exact command, as make and bin/ set it
     assert len(said) == 2, res.stdout[-3000:]
     assert sorted(os.listdir(run_copy + "/checkpoints")) == listing
 

@@ -51,6 +51,7 @@ def test_the_gpu_checks_find_shared_gpus_and_batches_off_the_gpu():
 def test_the_launch_scripts_train_at_the_batch_that_gpu_check_measures():
     import os
     import re
+
     from hvd_alexnet.tools.gpu_check import SCRIPTS_BATCH
     for script in ("run_train_alexnet_imagenet.sh", "run_train_alexnet_multigpu_imagenet.sh",
                    "run_train_alexnet_multinode.sh",

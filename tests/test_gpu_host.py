@@ -95,8 +95,9 @@ def test_gpu_check_gives_a_first_step_that_compiles_its_time():
 def test_the_optimizers_update_is_compiled_with_xla_only_with_xla(monkeypatch):
     """Keras 2.15 compiles SGD's update with XLA on any host with a GPU unless
     told: on a CPU it does not, so a GPU is made to be there for its check."""
-    from hvd_alexnet import optim
     import tensorflow.compat.v2 as keras_tf  # the module Keras 2.15 asks
+
+    from hvd_alexnet import optim
     real = tf.config.list_physical_devices
     fake = lambda kind=None: ([tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")]
                               if kind == "GPU" else real(kind))
@@ -111,13 +112,14 @@ def test_two_ranks_on_one_gpu_are_refused_by_its_pci_bus_id():
     per rank (srun --gpus-per-task=1) every rank's is GPU:0 but their bus ids
     differ: allowed. One CUDA_VISIBLE_DEVICES=0 for every rank gives one bus id
     twice on a host: refused, naming the ranks."""
-    desc = "device: 0, name: NVIDIA A100-SXM4-40GB, pci bus id: 0000:3B:00.0, compute capability: 8.0"
+    desc = ("device: 0, name: NVIDIA A100-SXM4-40GB, pci bus id: 0000:3B:00.0, compute "
+            "capability: 8.0")
     assert distributed.pci_bus_id(desc) == "0000:3b:00.0"
     assert distributed.pci_bus_id("device: 0, name: CPU") is None
     distributed.check_gpu_identities([("a", "0000:07:00.0"), ("a", "0000:0f:00.0"),
                                       ("b", "0000:07:00.0"), ("b", None)])  # others: fine
     distributed.check_gpu_identities([("a", None), ("a", None)])  # CPU ranks
-    with pytest.raises(UsageError, match=r"ranks 0, 2 on a use the same GPU \(PCI 0000:07:00.0\)"
-                                         r": each rank needs its own \(is one CUDA_VISIBLE_DEVICES"):
+    with pytest.raises(UsageError, match=r"ranks 0, 2 on a use the same GPU \(PCI 0000:07:00.0"
+                                         r"\): each rank needs its own \(is one CUDA_VISIBLE_"):
         distributed.check_gpu_identities([("a", "0000:07:00.0"), ("a", "0000:0f:00.0"),
                                           ("a", "0000:07:00.0")])

@@ -146,6 +146,6 @@ def test_a_zero_label_past_the_first_record_is_one_clean_line(tmp_path):
     res = launch(["train", f"--data_dir={data}", f"--model_dir={tmp_path}/m", *SMALL,
                   "--num_classes=4", "--noeval", "--noshuffle", "--max_steps=6"], timeout=180)
     assert res.returncode == 3, res.stdout[-3000:]
-    line = [l for l in res.stdout.splitlines() if "hvd_alexnet train: data error" in l]
+    line = [ln for ln in res.stdout.splitlines() if "hvd_alexnet train: data error" in ln]
     assert len(line) == 1 and "label 0 is outside 1..4" in line[0], res.stdout[-3000:]
     assert "pass --first_label=0" in line[0] and "__wrapped__" not in line[0]

@@ -65,8 +65,7 @@ def test_install_as_root_installs_no_test_daemon(tmp_path):
     packages are at stake."""
     log, venv = tmp_path / "apt.log", tmp_path / "venv"
     venv.mkdir()
-    inputs = ["requirements.txt", "requirements-cpu.txt", "requirements-mpi.txt",
-              "scripts/install.sh"]
+    inputs = ["requirements-cpu.lock", "scripts/install.sh"]
     build = b"tensorflow=requirements-cpu.txt horovod_gpu_operations=\n"  # no GPU here
     stamp = hashlib.sha256(b"".join(open(os.path.join(ROOT, p), "rb").read() for p in inputs)
                            + build)
@@ -142,6 +141,9 @@ def fake_gpu_host(tmp_path, gpus=2, cuda="12.2"):
         "nvcc": f'echo "Cuda compilation tools, release {cuda}, V{cuda}.140"'})
     fake_commands(venv / "bin", {
         "python": f'case "$*" in\n'
+                  f'  *" -e ."*) printf "#!/bin/sh\\necho hvd-alexnet 0.1.0\\n" \\\n'
+                  f'      > {venv}/bin/hvd-alexnet\n'
+                  f'    chmod +x {venv}/bin/hvd-alexnet ;;&\n'
                   f'  "-m pip"*) echo "$* (HOROVOD_GPU_OPERATIONS=${{HOROVOD_GPU_OPERATIONS-}})"'
                   f' >> {log} ;;\n'
                   f'  *nvidia.nccl*) echo {tmp_path / "nccl"} ;;\n'
@@ -170,9 +172,15 @@ def test_a_gpu_host_gets_the_gpu_stack_and_horovod_with_nccl(tmp_path):
     assert "install: 2 GPU(s) (nvidia-smi): the GPU stack, tensorflow[and-cuda] and Horovod " \
            "with NCCL (CPU=1 installs the CPU stack instead)" in res.stdout
     calls = pip_calls(log)
-    assert any("-r requirements-gpu.txt -r requirements.txt" in c for c in calls), calls
-    assert not any("requirements-cpu.txt" in c for c in calls), calls
-    horovod = [c for c in calls if "requirements-mpi.txt" in c]
+    assert any("install -q --require-hashes -r " + str(tmp_path / "venv" / ".lock-packages.txt")
+               in c for c in calls), calls
+    locked = (tmp_path / "venv" / ".lock-packages.txt").read_text()  # from requirements-gpu.lock
+    assert "\ntensorflow==2.15.1 \\\n" in locked and "tensorflow-cpu" not in locked
+    assert "horovod==" not in locked and "nvidia-nccl-cu12==" in locked
+    assert (tmp_path / "venv" / ".lock-horovod.txt").read_text().startswith("horovod==0.28.1 \\\n")
+    assert any("install -q --no-deps --no-build-isolation -e ." in c for c in calls), calls
+    assert "install: " + str(tmp_path / "venv" / "bin" / "hvd-alexnet") + " 0.1.0" in res.stdout
+    horovod = [c for c in calls if ".lock-horovod.txt" in c]
     assert horovod and horovod[0].endswith("(HOROVOD_GPU_OPERATIONS=NCCL)"), calls
     assert "install: nvcc" in res.stdout and "(CUDA 12.2" in res.stdout
     assert (tmp_path / "venv" / ".horovod-build").read_text() == \
@@ -191,7 +199,7 @@ def test_cpu_1_forces_the_cpu_stack_and_a_cpu_file_is_refused_on_a_gpu_host(tmp_
     res = install(env, CPU="1")
     assert res.returncode == 0, res.stdout + res.stderr
     calls = pip_calls(log)
-    assert any("-r requirements-cpu.txt -r requirements.txt" in c for c in calls), calls
+    assert "\ntensorflow-cpu==2.15.1 \\\n" in (tmp_path / "venv" / ".lock-packages.txt").read_text()
     assert all("HOROVOD_GPU_OPERATIONS=)" in c for c in calls), calls
 
 
@@ -215,3 +223,46 @@ def test_a_change_of_stack_or_cuda_rebuilds_horovod(tmp_path):
     res = install(env)
     assert res.returncode == 0 and "cuda=12.2, now" in res.stdout and "cuda=12.4: building" \
         in res.stdout, res.stdout + res.stderr
+
+
+def test_make_clean_never_removes_a_run(tmp_path):
+    """`make clean` removed runs/, where every launch script and the demo keep
+    their checkpoints by default, without a word."""
+    run = tmp_path / "runs" / "demo-1" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "ckpt-10.index").write_text("a night of training")
+    (tmp_path / ".pytest_cache").mkdir()
+    res = subprocess.run(["make", "-C", str(tmp_path), "-f", os.path.join(ROOT, "Makefile"),
+                          "clean"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (run / "ckpt-10.index").read_text() == "a night of training"
+    assert not (tmp_path / ".pytest_cache").exists()
+
+
+def test_pip_install_of_the_checkout_gives_the_console_command(tmp_path):
+    """`pip install .` into a new virtual environment that has TensorFlow and
+    Horovod already (here: the checkout's .venv's packages on its path): the
+    command `hvd-alexnet` works from any folder, from the installed package."""
+    import sys
+    import sysconfig
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print("
+                           "sysconfig.get_paths()['purelib'])"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    with open(os.path.join(site, "tensorflow-and-horovod.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")  # this venv's: TensorFlow, Horovod
+    res = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                          "--no-build-isolation", ROOT], capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = lambda *args: subprocess.run([str(venv / "bin" / "hvd-alexnet"), *args], cwd=tmp_path,
+                                       capture_output=True, text=True, timeout=300)
+    from hvd_alexnet import __version__
+    assert run("--version").stdout == f"hvd-alexnet {__version__}\n"
+    res = run("train", "--help")
+    assert res.returncode == 0 and res.stdout.startswith("usage: hvd-alexnet train"), res.stderr
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import hvd_alexnet; "
+                            "print(hvd_alexnet.__file__)"], capture_output=True, text=True,
+                           cwd=tmp_path).stdout
+    assert where.startswith(str(venv)), where  # the installed package, not the checkout

@@ -340,6 +340,16 @@ def test_mpijob_manifest_has_what_the_operator_requires():
     launcher_pod = replicas["Launcher"]["template"]["spec"]
     (launcher,) = launcher_pod["containers"]
     env = {e["name"]: e["value"] for e in launcher["env"]}
+    # The ranks run on the workers (mpirun reaches them by ssh): the launcher's
+    # DATA_DIR and MODEL_DIR must be where the workers mount the data (read-only is
+    # enough) and the runs (written). Before, DATA_DIR=/data/imagenet_tfrecord beside
+    # the claim mounted at /data, whose root holds the shards: every rank exited 2.
+    worker_mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    data_mount = worker_mounts.get(env["DATA_DIR"])
+    assert data_mount and data_mount["name"] == "imagenet", (env["DATA_DIR"], worker_mounts)
+    runs = [m for path, m in worker_mounts.items()
+            if env["MODEL_DIR"].startswith(path.rstrip("/") + "/") and not m.get("readOnly")]
+    assert runs and runs[0]["name"] == "runs", (env["MODEL_DIR"], worker_mounts)
     assert int(env["NP"]) == workers * slots
     assert env["HOSTFILE"] == "/etc/mpi/hostfile"  # written by the operator
     assert int(env["SSH_PORT"]) == port
@@ -354,9 +364,6 @@ def test_mpijob_manifest_has_what_the_operator_requires():
     script = launcher["command"][1]
     assert launcher["command"][0] == "bash" and script.startswith("/app/")
     assert os.path.exists(os.path.join(ROOT, script[len("/app/"):]))
-    # The data and the checkpoints are on volumes the workers (where the ranks run) mount.
-    for name in ("DATA_DIR", "MODEL_DIR"):
-        assert any(env[name].startswith(path + "/") for path in mounts.values()), name
     parsed = train_flags_parse(launcher["command"][2:])
     assert parsed.batch_size == 32
 
@@ -376,6 +383,7 @@ def test_the_images_ssh_checks_every_host_key_against_the_jobs(tmp_path):
     import shutil
     import signal
     import tempfile
+
     from helpers import free_ports
     if os.geteuid() != 0 or not shutil.which("sshd"):
         require("sshd as root (make test-deps installs openssh-server)", "the ssh test")
@@ -489,10 +497,13 @@ def test_dockerfile_installs_like_make_install_as_a_user(path):
                     if line and not line.startswith("#")]
     # The Python stack comes only from the pinned requirements files, through the
     # same script as `make install`, with this image's TensorFlow file.
-    assert "COPY --chown=1000:1000 requirements*.txt /app/" in instructions
+    assert "COPY --chown=1000:1000 requirements*.txt requirements*.lock /app/" in instructions
     install = [line for line in instructions
                if line.startswith("RUN ") and "bash scripts/install.sh" in line]
-    assert len(install) == 1
+    # the stack from the requirements and locks alone (a cached layer), then the
+    # checkout (hvd-alexnet), after `COPY . /app`, when the stack is up to date
+    assert len(install) == 2
+    assert instructions.index(install[1]) > instructions.index("COPY --chown=1000:1000 . /app")
     if path == "docker/Dockerfile":  # its stack is a build argument, for a CPU base too
         assert f"ARG TF_REQUIREMENTS={DOCKERFILES[path]}" in instructions
         assert instructions.count("ARG TF_REQUIREMENTS") == 2  # in each stage
@@ -516,7 +527,7 @@ def _stages(path):
     """[(FROM line, [instructions])] of a Dockerfile, continuation lines joined."""
     text = re.sub(r"\\\n", " ", open(os.path.join(ROOT, path)).read())
     stages = []
-    for line in (l.strip() for l in text.splitlines()):
+    for line in (ln.strip() for ln in text.splitlines()):
         if line.startswith("FROM "):
             stages.append((line, []))
         elif line and not line.startswith("#") and stages:
@@ -534,15 +545,37 @@ def test_gpu_dockerfile_builds_as_horovods_own_image():
     assert "\nARG BUILD_IMAGE=nvidia/cuda:${CUDA_IMAGE}-devel-ubuntu22.04\n" in text
     assert "\nARG BASE_IMAGE=nvidia/cuda:${CUDA_IMAGE}-runtime-ubuntu22.04\n" in text
     assert "\nARG HOROVOD_GPU_OPERATIONS=NCCL\n" in text
-    apt = [l for l in build + final if "apt-get install" in l]
-    assert apt and not any("nccl" in l and "--allow-change-held-packages" not in l for l in apt)
-    install = next(l for l in build if "bash scripts/install.sh" in l)
+    apt = [line for line in build + final if "apt-get install" in line]
+    assert apt and not any("nccl" in line and "--allow-change-held-packages" not in line
+                           for line in apt)
+    install = next(line for line in build if "bash scripts/install.sh" in line)
     assert "/usr/local/cuda/lib64/stubs/libcuda.so" in install and "libcuda.so.1" in install
     assert "LD_LIBRARY_PATH=" in install and "rm -r" in install  # this RUN only
-    assert not any("stubs" in l for l in build + final if l.startswith(("ENV", "ARG")))
+    assert not any("stubs" in line for line in build + final if line.startswith(("ENV", "ARG")))
     for stage in (build, final):
-        assert any(l.startswith("ENV ") and "PIP_NO_CACHE_DIR=1" in l for l in stage)
-    final_apt = next(l for l in final if "apt-get install" in l).split()
-    assert not [p for p in final_apt if p.endswith("-dev") or p in ("g++", "gcc", "build-essential")]
+        assert any(line.startswith("ENV ") and "PIP_NO_CACHE_DIR=1" in line for line in stage)
+    final_apt = next(line for line in final if "apt-get install" in line).split()
+    assert not [p for p in final_apt
+                if p.endswith("-dev") or p in ("g++", "gcc", "build-essential")]
     assert "COPY --from=build --chown=1000:1000 /app /app" in final
-    assert any("setup-user-ssh.sh" in l for l in final) and "USER 1000:1000" in final
+    assert any("setup-user-ssh.sh" in line for line in final) and "USER 1000:1000" in final
+
+
+def test_the_scripts_resume_command_is_the_one_that_runs_them_again(tmp_path):
+    """What a script puts in HVD_ALEXNET_RESUME (printed by the trainer when it
+    stops): the variables that are set, quoted, then the script and its flags.
+    The default model folder is the same for every script and GPU count, so
+    the command resumes on another count too."""
+    code = ('ROOT=/repo SCRIPT=/repo/bin/run_train_alexnet_multigpu_imagenet.sh; '
+            f'source {ROOT}/bin/checks.sh; NUM_GPUS=8 MODEL_DIR="/runs/a b"; '
+            'resume_command NUM_GPUS HOSTS MODEL_DIR -- --epochs=3 "--x=y z"')
+    out = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == ("NUM_GPUS=8 MODEL_DIR=/runs/a\\ b bash "
+                                  "/repo/bin/run_train_alexnet_multigpu_imagenet.sh --epochs=3 "
+                                  "--x=y\\ z"), out
+    for script in ("run_train_alexnet_imagenet.sh", "run_train_alexnet_multigpu_imagenet.sh",
+                   "run_train_alexnet_multinode.sh", "run_train_alexnet_elastic.sh",
+                   "slurm_train_alexnet.sbatch"):
+        text = open(os.path.join(ROOT, "bin", script)).read()
+        assert "MODEL_DIR=${MODEL_DIR:-$ROOT/runs/alexnet}" in text, script
+        assert "export HVD_ALEXNET_RESUME=${HVD_ALEXNET_RESUME:-" in text, script

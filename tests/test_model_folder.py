@@ -12,8 +12,18 @@ import subprocess
 
 import pytest
 
-from helpers import (FOLDER_ARGS, checkpoints, finish_after, launch, lines, release,
-                     slowed_until_released, start, train_job as train, wait_for_step)
+from helpers import (
+    FOLDER_ARGS,
+    checkpoints,
+    finish_after,
+    launch,
+    lines,
+    release,
+    slowed_until_released,
+    start,
+    wait_for_step,
+)
+from helpers import train_job as train
 from hvd_alexnet.tools.chaos import rank_pids
 
 ARGS = FOLDER_ARGS

@@ -14,9 +14,22 @@ import time
 
 import pytest
 
-from helpers import ROOT, SMALL, check_elastic_run, checkpoints, finish, injected_python, \
-    lose_host, output, release, require, slowed_until_released, values, wait_for_step, \
-    wait_until
+from helpers import (
+    ROOT,
+    SMALL,
+    check_elastic_run,
+    checkpoints,
+    finish,
+    injected_python,
+    lose_host,
+    output,
+    release,
+    require,
+    slowed_until_released,
+    values,
+    wait_for_step,
+    wait_until,
+)
 from hvd_alexnet.tools import netns
 from hvd_alexnet.tools.launch import elastic_job, write_hosts
 
@@ -143,7 +156,8 @@ def test_evicted_pod_checkpoints_and_every_rank_exits_75(two_hosts, evicted, tin
         # The rank the signal reaches first holds: host2's from the worker script;
         # from mpirun, its own host's (rank 0): it signals its daemons' ranks later.
         held = f"hold=3:{1 if evicted == 'worker' else 0}"
-        env = {**os.environ, "PYTHON": injected_python(tmp_path, held, "save_delay=3"), "TF_CPP_MIN_LOG_LEVEL": "2",
+        env = {**os.environ, "PYTHON": injected_python(tmp_path, held, "save_delay=3"),
+               "TF_CPP_MIN_LOG_LEVEL": "2",
                "DATA_DIR": tiny_data, "MODEL_DIR": model_dir, "IFACE": netns.IFACE,
                "SSH_PORT": str(netns.SSH_PORT), "HOSTFILE": str(hostfile),
                "SIGKILL_TIMEOUT": "10"}

@@ -125,8 +125,10 @@ def test_synthetic_mode_needs_no_files(tmp_path):
     res = launch(["train", "--synthetic", f"--model_dir={tmp_path}", *SMALL, "--max_steps=4",
                   "--num_classes=7"], timeout=120)
     assert res.returncode == 0, res.stdout[-3000:]
-    logs = [r for r in metrics_log.read(os.path.join(tmp_path, "dllogger.json")) if r["type"] == "LOG"]
-    assert logs[0]["data"]["synthetic"] and logs[-1]["step"] == [] and logs[-1]["data"]["steps"] == 4
+    logs = [r for r in metrics_log.read(os.path.join(tmp_path, "dllogger.json"))
+            if r["type"] == "LOG"]
+    assert logs[0]["data"]["synthetic"] and logs[-1]["step"] == []
+    assert logs[-1]["data"]["steps"] == 4
     assert "top1" not in logs[-1]["data"]  # nothing to validate on
 
 

@@ -43,7 +43,7 @@ def test_xla_on_two_ranks(tiny_data, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:]
     assert "identical on all 2 ranks" in res.stdout
     losses = [r["data"]["loss"] for r in step_records(tmp_path)]
-    assert len(losses) == 4 and all(l == l for l in losses)  # finite, logged each step
+    assert len(losses) == 4 and all(loss == loss for loss in losses)  # finite, logged each step
 
 
 FP16_SUM = """
@@ -63,9 +63,10 @@ def test_float16_sums_are_of_each_ranks_share_so_they_cannot_overflow(tmp_path):
     """2 ranks, each with a gradient of 40,000 in float16: summed first, 80,000
     is past float16's largest (65,504) and the mean would be inf; each rank's
     half summed is 40,000. Both the gradient tape and the micro-batch path."""
-    from hvd_alexnet.tools.launch import ROOT, job_command, job_env
     import re
     import subprocess
+
+    from hvd_alexnet.tools.launch import ROOT, job_command, job_env
     res = subprocess.run(job_command(["-c", FP16_SUM], 2, "gloo"), cwd=ROOT, env=job_env(),
                          capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -81,6 +82,7 @@ def test_float16_gradient_sums_of_float32_training_track_float32_sums(tiny_data,
     a loss scale) the weights stay within float16's precision of those summed in
     float32, and the loss does not diverge (the trainer stops if it does)."""
     import numpy as np
+
     from helpers import final_weights
     args = ["train", f"--data_dir={tiny_data}", *SMALL, "--max_steps=6", "--noeval",
             "--deterministic", "--dropout=0", "--initial_loss_scale=1024"]

@@ -23,7 +23,8 @@ def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:]
     assert "resumed from" in res.stdout and "at step 10" in res.stdout
     logs = step_records(stopped)
-    assert [r["step"] for r in logs] == [[0, s] for s in range(1, 11)] + [[1, s] for s in range(11, 21)]
+    assert [r["step"] for r in logs] == ([[0, s] for s in range(1, 11)]
+                                         + [[1, s] for s in range(11, 21)])
     rate = {tuple(r["step"]): r["data"]["learning_rate"] for r in logs}
     straight_logs = step_records(straight)
     assert rate == {tuple(r["step"]): r["data"]["learning_rate"] for r in straight_logs}

@@ -73,8 +73,8 @@ def test_validation_shares_read_only_their_own_files_and_count_exactly(tmp_path,
     out = build_dataset(str(tmp_path / "data"), 2, shards, per_class=3)
     files = schema.list_shards(out, schema.VALIDATION)
     assert len(files) == shards
-    labels = lambda fs, rank, size: Counter(int(l) for _, batch in reader.eval_dataset(
-        fs, 4, 67, 10, rank=rank, size=size) for l in batch.numpy())
+    labels = lambda fs, rank, size: Counter(int(label) for _, batch in reader.eval_dataset(
+        fs, 4, 67, 10, rank=rank, size=size) for label in batch.numpy())
     everything, union = labels(files, 0, 1), Counter()
     for rank in range(ranks):
         mine, _ = reader.eval_share(files, rank, ranks)

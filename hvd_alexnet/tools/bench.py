@@ -22,7 +22,6 @@ from hvd_alexnet import command, files, metrics_log
 from hvd_alexnet.tools import plan
 from hvd_alexnet.tools.launch import ROOT, job_command, job_env
 
-
 FRESH_PROCESSES = 5  # rows of kind "fresh": the same run this many times
 FRESH_LENGTH = 3  # ... each this many times a row's timed windows: a summary over a
 # longer stretch is less moved by the machine's drift (one busy second)
@@ -289,11 +288,12 @@ def machine():
     cpu = "unknown"
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
     with open("/proc/meminfo") as f:
         mem_gib = int(f.readline().split()[1]) / (1 << 20)
-    import tensorflow as tf
     import horovod
+    import tensorflow as tf
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1),
             "python": platform.python_version(), "tensorflow": tf.__version__,
             "horovod": horovod.__version__, "os": platform.platform()}
@@ -308,7 +308,7 @@ def write(results, a, out_dir):
              f"figure is the median of {a.windows} timed windows of about {a.window_images} "
              f"images after {a.warmup} untimed warm-up window(s), with the spread (min-max).\n",
              "| row | median | spread | unit | peak RSS per rank (MB) |", "|---|---|---|---|---|"]
-    for key, r in results["rows"].items():
+    for r in results["rows"].values():
         if "error" in r:
             lines.append(f"| {r['label']} | failed | | | |")
             continue

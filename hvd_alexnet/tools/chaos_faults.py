@@ -37,7 +37,7 @@ FAILED = "a failure (not 0 or 75)"
 class Fault:
     name: str
     when: str  # BEFORE, AT_START, IN_FLAGS or WHILE
-    status: str = None  # the status of the attempt it ends: "75", FAILED, ...; None: it does not end it
+    status: str = None  # the status of the attempt it ends: "75", FAILED...; None: it goes on
 
     def status_ok(self, code):
         return code not in (0, 75) if self.status == FAILED else str(code) == self.status

@@ -85,7 +85,7 @@ def measurement_timeout(timeout, capabilities):
 def probe_ranks(probe, ranks, timeout, *args):
     """Each rank's PROBE line of `probe` run on `ranks` ranks started as training is."""
     out = bench.run_job(["-m", "hvd_alexnet.tools.probes", probe, *args], ranks, "gloo", timeout)
-    found = [json.loads(l[l.index("{"):]) for l in out.splitlines() if "PROBE {" in l]
+    found = [json.loads(line[line.index("{"):]) for line in out.splitlines() if "PROBE {" in line]
     return sorted(found, key=lambda r: r["rank"])
 
 
@@ -191,7 +191,7 @@ d.string("data_dir", "data/demo", "Records for the feed check: the trainer's rea
 
 
 def main(argv=None):
-    command.parse(FLAGS, sys.argv[1:] if argv is None else argv, "gpu_check", __doc__)
+    command.parse(FLAGS, sys.argv[1:] if argv is None else argv, "tools.gpu_check", __doc__)
     facts = host_facts()
     gpu = bool(facts["gpus"])
     ranks = FLAGS.ranks or len(facts["gpus"]) or os.cpu_count() or 1

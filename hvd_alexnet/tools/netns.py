@@ -144,7 +144,7 @@ class TwoHosts:
             out, err = proc.communicate()
             self.kill_all()
             raise AssertionError(f"{' '.join(cmd)} on {HOSTS[i]} still running after "
-                                 f"{timeout}s (hang?)\n{out[-3000:]}\n{err[-3000:]}")
+                                 f"{timeout}s (hang?)\n{out[-3000:]}\n{err[-3000:]}") from None
         result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} on {HOSTS[i]} failed: {out}{err}")

@@ -110,8 +110,8 @@ def precisions(a):
         step = train.bind(learner, cfg, state, dist)
         dist.broadcast_variables(learner.variables)  # HVD
         stop = tf.constant(False)
-        secs = _windows(lambda: float(step(images, labels, stop)[0]), a.warmup, a.windows,
-                        a.per_window)
+        secs = _windows(lambda step=step, stop=stop: float(step(images, labels, stop)[0]),
+                        a.warmup, a.windows, a.per_window)
         rates[precision] = [a.per_window * a.batch * dist.size / s for s in secs]
     tf.keras.mixed_precision.set_global_policy("float32")
     return {"unit": "images/s", "windows": rates["fp32"], "mixed": rates["mixed"],
@@ -168,9 +168,10 @@ def allreduce(a):
 
 def mpi_allreduce(a):
     """A plain mpi4py Allreduce of one float32 buffer of the same size, in place."""
+    import math
+
     import numpy as np
     from mpi4py import MPI
-    import math
     nbytes = sum(math.prod(s) * 4 for s in _gradient_shapes(a.image))
     buf = np.ones(nbytes // 4, np.float32)
     comm = MPI.COMM_WORLD

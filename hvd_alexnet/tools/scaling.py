@@ -161,7 +161,7 @@ def _stop(signum, frame):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    command.parse(FLAGS, argv, "bench-scaling", __doc__)
+    command.parse(FLAGS, argv, "tools.scaling", __doc__)
     a = command.values(FLAGS, rates=[int(r) for r in FLAGS.rates])
     why = unavailable()
     if why:

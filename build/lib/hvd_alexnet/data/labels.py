@@ -1,0 +1,89 @@
+"""Labels and the classes they stand for, as the records themselves say.
+
+Every ImageNet-schema record carries its label and its class's synset and text.
+Converters number a subset of ImageNet differently: TensorFlow's inception
+converter gives a class its line in the 1,000-synset list (278, 282, ...),
+`data build` and the TPU converter number the classes present (1, 2, ...). A
+model trained on one numbering scores 0 on the other, silently. So a run
+records the label -> synset pairs it saw (model.json), and evaluate, a resumed
+train and doctor compare the data's pairs with them.
+
+An entry is (path, record index, label, synset, text).
+"""
+
+import tensorflow as tf
+
+from hvd_alexnet.data.reader import label_problem
+
+IMAGENET_CLASSES = 1000
+_FEATURES = {
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    "image/class/synset": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/class/text": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+def read(path, limit=None):
+    """Entries of a shard's first `limit` records (every record: None). Reads
+    whole records (the JPEG bytes too): the cost is the bytes of those records."""
+    ds = tf.data.TFRecordDataset(path)
+    if limit:
+        ds = ds.take(limit)
+    out = []
+    for batch in ds.batch(256).map(lambda r: tf.io.parse_example(r, _FEATURES)):
+        for label, synset, text in zip(batch["image/class/label"].numpy(),
+                                       batch["image/class/synset"].numpy(),
+                                       batch["image/class/text"].numpy()):
+            out.append((path, len(out), int(label), synset.decode(), text.decode()))
+    return out
+
+
+def range_problem(entries, first_label, num_classes):
+    """One line about labels outside first..first+N-1 (None if all are in range):
+    a label one below the range suggests --first_label, labels above it say how
+    far they run and suggest the class count."""
+    last = first_label + num_classes - 1
+    low = [e for e in entries if e[2] < first_label]
+    if low:
+        path, index, label = low[0][:3]
+        return label_problem(path, index, label, first_label, num_classes)
+    high = [e for e in entries if e[2] > last]
+    if not high:
+        return None
+    path, index, label = max(high, key=lambda e: e[2])[:3]
+    need = label - first_label + 1
+    hint = (f"--num_classes={IMAGENET_CLASSES} if they number ImageNet's {IMAGENET_CLASSES} "
+            f"synsets (as TensorFlow's inception converter does), or at least "
+            f"--num_classes={need}" if label <= IMAGENET_CLASSES else f"--num_classes={need}")
+    return (f"{path}: record {index}: label {label} is outside {first_label}..{last}: the "
+            f"labels run to {label} at least, more than --num_classes={num_classes}: pass {hint}")
+
+
+def classes(entries):
+    """[{"label", "synset", "text"}] by label, one per label seen (metadata.json's form)."""
+    seen = {}
+    for _, _, label, synset, text in entries:
+        seen.setdefault(label, {"label": label, "synset": synset, "text": text})
+    return [seen[k] for k in sorted(seen)]
+
+
+def disagreement(known, entries, known_as):
+    """One line naming a synset that has two labels (or a label two synsets)
+    between `known` ([{"label", "synset"}], what `known_as` says) and the data's
+    `entries`, or among the entries themselves; None if they agree."""
+    label_of = {c["synset"]: (c["label"], known_as) for c in known if c.get("synset")}
+    synset_of = {c["label"]: (c["synset"], known_as) for c in known if c.get("synset")}
+    for path, index, label, synset, _ in entries:
+        if not synset:  # a converter that writes no synset: nothing to compare
+            continue
+        here = f"{path} (record {index})"
+        other, where = label_of.setdefault(synset, (label, here))
+        if other != label:
+            return (f"synset {synset} is label {other} in {where} but label {label} in {here}: "
+                    f"the two were numbered by different converters; convert both the same "
+                    f"way (or train a new model on this numbering)")
+        other, where = synset_of.setdefault(label, (synset, here))
+        if other != synset:
+            return (f"label {label} is synset {other} in {where} but {synset} in {here}: the "
+                    f"two were numbered by different converters")
+    return None

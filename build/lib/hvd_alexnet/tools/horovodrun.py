@@ -1,0 +1,64 @@
+"""`python -m hvd_alexnet.tools.horovodrun [horovodrun's arguments]`: Horovod's
+horovodrun, with the ranks' exit status and time to checkpoint on a signal.
+
+    python -m hvd_alexnet.tools.horovodrun -np 2 -H localhost:2 --gloo \
+        python -m hvd_alexnet train ...
+
+Horovod 0.28.1's horovodrun, under Gloo (--gloo and elastic jobs), exits 1
+whatever its ranks' status, so a supervisor cannot tell a run stopped with a
+checkpoint (75) from a failure; and when it is signalled itself (SIGTERM,
+Ctrl-C) it gives its ranks 5 s from the SIGTERM it passes on to its SIGKILL,
+less than a checkpoint can take. This runs Horovod's own launcher in this
+process and changes two things:
+- the exit status is that of the first rank that failed (75 after a clean
+  stop, 3 for bad data, ...), read from Horovod's report, which is printed
+  as a line instead of its traceback;
+- its ranks get SIGKILL_TIMEOUT seconds (default 60) between the SIGTERM and
+  the SIGKILL.
+With --mpi, horovodrun runs mpirun in its place, and mpirun's status (the
+first failed rank's) is kept as it is.
+"""
+
+import os
+import re
+import sys
+
+from horovod.runner.common.util import safe_shell_exec  # HVD
+
+DEFAULT_SIGKILL_TIMEOUT = 60  # seconds
+# Set at import: Horovod reads it in the process that runs each rank's shell, a
+# process started with multiprocessing's "spawn", which imports this module again.
+safe_shell_exec.GRACEFUL_TERMINATION_TIME_S = float(
+    os.environ.get("SIGKILL_TIMEOUT", DEFAULT_SIGKILL_TIMEOUT))
+FAILED = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
+
+
+def status_of(error):
+    """(exit status, the rank's name) from Horovod's report of the first rank
+    that failed, or None if `error` is not such a report."""
+    found = FAILED.search(str(error))
+    if not found:
+        return None
+    code = int(found.group(2))
+    return (128 - code if code < 0 else code if 0 < code < 256 else 1), found.group(1)
+
+
+def main(argv=None):
+    from horovod.runner import launch  # HVD
+    sys.argv = ["horovodrun", *(sys.argv[1:] if argv is None else argv)]
+    try:
+        launch.run_commandline()
+    except RuntimeError as e:
+        outcome = status_of(e)
+        if outcome is None:
+            raise
+        code, name = outcome
+        print(f"horovodrun: process {name} exited first, with status {code} (Process name: "
+              f"{name}, Exit code: {code}); the job's status is {code}", file=sys.stderr,
+              flush=True)
+        return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
