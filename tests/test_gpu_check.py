@@ -27,6 +27,7 @@ def test_gpu_check_runs_in_cpu_mode_and_says_so(tiny_data):
         assert float(row.split("|")[2]) > 0, row
     assert "measured / predicted (2 ranks, fp32): " in out
     assert "the scripts' batch of 32 per rank: " in out and " of batch 4's images/s" in out
+    assert "  ok       float16 sums with one division (--fp16_allreduce): [40000.0, " in out
     assert out.rstrip().endswith("hvd_alexnet gpu check: CPU mode: every measurement ran; "
                                  "run this on a GPU host for the GPU verdict")
 
@@ -36,7 +37,8 @@ def test_the_gpu_checks_find_shared_gpus_and_batches_off_the_gpu():
     from hvd_alexnet.tools import gpu_check
     facts = {"horovod": {"NCCL": True}}
     devices = [{"rank": r, "host": "g1", "device": "/physical_device:GPU:0",
-                "gpu_id": "0000:07:00.0" if r != 1 else "0000:0f:00.0"} for r in range(3)]
+                "gpu_id": "0000:07:00.0" if r != 1 else "0000:0f:00.0",
+                "async_completion": r != 1} for r in range(3)]
     feeds = [{"rank": r, "on_device": r != 2} for r in range(3)]
     r = {k: {"median": 100.0} for k in ("fp32_1", "mixed_1", "fp32_n")}
     found = dict(gpu_check.checks(facts, devices, feeds, r, 3, True, 300.0, 512))
@@ -46,6 +48,14 @@ def test_the_gpu_checks_find_shared_gpus_and_batches_off_the_gpu():
         "not on the GPU on rank(s) 2 (see the feed rows)"
     assert "make demo-data" in dict(gpu_check.checks(facts, devices, [], r, 3, True, 300.0, 512))[
         "the training batches and their normalisation on each rank's GPU"]
+    assert found["Horovod's async completion on (no idle GPU between steps)"].startswith(
+        "off on rank(s) 1")
+    sums = [{"rank": 0, "one_division": True, "want": [40000.0, 4e-7], "got": [40000.0, 4e-7]},
+            {"rank": 1, "one_division": False, "want": [40000.0, 4e-7], "got": [40000.0, 0.0]}]
+    found = dict(gpu_check.checks(facts, devices, feeds, r, 3, True, 300.0, 512, sums))
+    assert found["float16 sums with one division (--fp16_allreduce): [40000.0, 4e-07] on every "
+                 "rank averages to itself"] == ("rank 1: [40000.0, 0.0] (a second division by "
+                                                "the ranks flushed it)")
 
 
 def test_the_launch_scripts_train_at_the_batch_that_gpu_check_measures():

@@ -252,8 +252,13 @@ def test_pip_install_of_the_checkout_gives_the_console_command(tmp_path):
                           check=True).stdout.strip()
     with open(os.path.join(site, "tensorflow-and-horovod.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")  # this venv's: TensorFlow, Horovod
+    src = tmp_path / "src"  # a copy: a build writes build/ and *.egg-info beside the sources
+    shutil.copytree(os.path.join(ROOT, "hvd_alexnet"), src / "hvd_alexnet",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
     res = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                          "--no-build-isolation", ROOT], capture_output=True, text=True,
+                          "--no-build-isolation", str(src)], capture_output=True, text=True,
                          timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     run = lambda *args: subprocess.run([str(venv / "bin" / "hvd-alexnet"), *args], cwd=tmp_path,

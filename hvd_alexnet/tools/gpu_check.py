@@ -146,14 +146,24 @@ def shared_gpus(devices):
                      for (host, gpu), ranks in by_gpu.items() if len(ranks) > 1)
 
 
-def checks(facts, devices, feeds, r, ranks, gpu, prediction, batch):
-    """[(what, problem or '')]; on a CPU only that everything ran."""
+def checks(facts, devices, feeds, r, ranks, gpu, prediction, batch, sums=()):
+    """[(what, problem or '')]; on a CPU only that everything ran (and the float16
+    sum, which every backend must do with one division)."""
     out = []
+    wrong = [f"rank {s['rank']}: {s['got']}" for s in sums if not s["one_division"]]
+    if sums:
+        out.append((f"float16 sums with one division (--fp16_allreduce): {sums[0]['want']} "
+                    f"on every rank averages to itself", "; ".join(wrong) + " (a second "
+                    "division by the ranks flushed it)" if wrong else ""))
     if gpu:
         out.append(("Horovod built with NCCL", "" if facts["horovod"]["NCCL"] else
                     "rebuild: make install (on a host with GPUs it builds the GPU stack)"))
         out.append(("every rank on its own GPU (by PCI bus id)", shared_gpus(devices) or (
             "a rank runs on the CPU" if any(d["device"] == "CPU" for d in devices) else "")))
+        off = [str(d["rank"]) for d in devices if not d.get("async_completion")]
+        out.append(("Horovod's async completion on (no idle GPU between steps)",
+                    f"off on rank(s) {', '.join(off)}: HOROVOD_ENABLE_ASYNC_COMPLETION=0 set?"
+                    if off else ""))
         off = [str(f["rank"]) for f in feeds if not f["on_device"]]
         out.append(("the training batches and their normalisation on each rank's GPU",
                     f"not on the GPU on rank(s) {', '.join(off)} (see the feed rows)" if off else
@@ -234,7 +244,8 @@ def main(argv=None):
     prediction = predicted(r, ranks, gpu, a)
     print(f"| plan's prediction, {ranks} ranks, fp32 (from the 1-rank rate and the "
           f"all-reduce above) | {prediction:.2f} | | images/s |\n")
-    found = checks(facts, devices, feeds, r, ranks, gpu, prediction, a.batch)
+    sums = probe_ranks("fp16_sum", ranks, a.timeout)
+    found = checks(facts, devices, feeds, r, ranks, gpu, prediction, a.batch, sums)
     for what, problem in found:
         print(f"  {'PROBLEM' if problem else 'ok':7}  {what}{': ' + problem if problem else ''}")
     problems = [p for _, p in found if p]

@@ -193,7 +193,24 @@ def devices(a):
     gpus = tf.config.get_visible_devices("GPU")
     return {"unit": "", "windows": [0], "host": socket.gethostname(),
             "local_rank": dist.local_rank, "device": gpus[0].name if gpus else "CPU",
-            "gpu_id": dist.gpu_id}
+            "gpu_id": dist.gpu_id,
+            "async_completion": os.environ.get("HOROVOD_ENABLE_ASYNC_COMPLETION") == "1"}
+
+
+def fp16_sum(a):
+    """The trainer's average of float16-compressed gradients (--fp16_allreduce) of a
+    value that survives one division by the ranks in float16 and not two: each
+    rank's 2^-24 x 2N becomes 2^-23 (float16's smallest step is 2^-24), summed
+    back to 2^-24 x 2N; divided by N twice (NCCL's Average under a prescale) it
+    flushes to 0. And 40,000, which fits float16 once but not N times."""
+    import tensorflow as tf
+
+    from hvd_alexnet import distributed
+    dist, _ = distributed.init(fp16_allreduce=True)  # HVD
+    small = 2.0 ** -24 * 2 * dist.size
+    got = [float(x) for x in dist.average([tf.constant([40000.0, small])])[0].numpy()]
+    return {"unit": "", "windows": [0], "got": got, "want": [40000.0, small],
+            "one_division": got == [40000.0, small]}
 
 
 def feed(a):
@@ -224,7 +241,7 @@ def feed(a):
 
 PROBES = {"bare": bare, "pipeline": pipeline, "allreduce": allreduce,
           "mpi_allreduce": mpi_allreduce, "devices": devices, "validation": validation,
-          "precisions": precisions, "feed": feed}
+          "precisions": precisions, "feed": feed, "fp16_sum": fp16_sum}
 
 
 FLAGS = flags.FlagValues()
