@@ -29,6 +29,9 @@ STEP_SECONDS, SAVE_SECONDS, SAVE_EVERY = 0.005, 0.05, 10
 
 
 def launch(model_dir, steps):
+    for r in range(2):  # the ranks say when they are up (see rank())
+        if os.path.exists(up(model_dir, r)):
+            os.remove(up(model_dir, r))
     ranks = [subprocess.Popen([sys.executable, __file__, "rank", model_dir, steps],
                               env={**os.environ, "HOROVOD_RANK": str(r)}) for r in range(2)]
     signal.signal(signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM) for p in ranks])
@@ -45,11 +48,24 @@ def launch(model_dir, steps):
         time.sleep(0.01)
 
 
+def up(model_dir, rank):
+    return os.path.join(model_dir, f".rank-{rank}-up")
+
+
 def rank(model_dir, steps):
     me = int(os.environ["HOROVOD_RANK"])
     ckpts = os.path.join(model_dir, "checkpoints")
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    # As the trainer's ranks join before their first step (a collective), rank 0
+    # logs no step before every rank is up with its handler: a signal sent after a
+    # logged step finds every rank ready for it.
+    open(up(model_dir, me), "w").close()
+    deadline = time.time() + 60
+    while me == 0 and not all(os.path.exists(up(model_dir, r)) for r in range(2)):
+        if time.time() > deadline:
+            return 1
+        time.sleep(0.005)
     done = sorted(int(n[5:]) for n in os.listdir(ckpts) if not n.endswith("_temp")) \
         if os.path.isdir(ckpts) else []
     step, digest = (done[-1], open(os.path.join(ckpts, f"ckpt-{done[-1]}", "w")).read()) \

@@ -483,7 +483,7 @@ def test_dockerignore_keeps_the_data_and_runs_out_of_the_build_context():
     named = set()
     for name in os.listdir(os.path.join(ROOT, "bin")):
         text = open(os.path.join(ROOT, "bin", name), errors="replace").read()
-        named |= set(re.findall(r":-\./([\w-]+)", text))
+        named |= set(re.findall(r"(?:DATA|MODEL)_DIR:-(?:\./|\$ROOT/)([\w-]+)", text))
     makefile = open(os.path.join(ROOT, "Makefile")).read()
     named |= set(re.findall(r"^(?:DEMO|BENCH|RUN)_DIR\s*\?=\s*([\w-]+)/", makefile, re.M))
     assert named >= {"imagenet_tfrecord", "runs", "data"}, named
@@ -498,12 +498,13 @@ def test_dockerfile_installs_like_make_install_as_a_user(path):
     # The Python stack comes only from the pinned requirements files, through the
     # same script as `make install`, with this image's TensorFlow file.
     assert "COPY --chown=1000:1000 requirements*.txt requirements*.lock /app/" in instructions
-    install = [line for line in instructions
-               if line.startswith("RUN ") and "bash scripts/install.sh" in line]
+    at = [i for i, line in enumerate(instructions)
+          if line.startswith("RUN ") and "bash scripts/install.sh" in line]
+    install = [instructions[i] for i in at]
     # the stack from the requirements and locks alone (a cached layer), then the
     # checkout (hvd-alexnet), after `COPY . /app`, when the stack is up to date
     assert len(install) == 2
-    assert instructions.index(install[1]) > instructions.index("COPY --chown=1000:1000 . /app")
+    assert at[0] < instructions.index("COPY --chown=1000:1000 . /app") < at[1]
     if path == "docker/Dockerfile":  # its stack is a build argument, for a CPU base too
         assert f"ARG TF_REQUIREMENTS={DOCKERFILES[path]}" in instructions
         assert instructions.count("ARG TF_REQUIREMENTS") == 2  # in each stage
