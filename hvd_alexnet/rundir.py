@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 
 from hvd_alexnet import files
 from hvd_alexnet.errors import UsageError
@@ -81,7 +82,9 @@ class Lock:
         self.path, self.say = os.path.join(model_dir, LOCK_FILE), say
         self.mine = {"host": socket.gethostname(), "pid": os.getpid(),
                      "pid_start": _process_start(os.getpid()), "job": job_id(env),
-                     "started": datetime.datetime.now().isoformat(timespec="seconds")}
+                     "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                     "token": uuid.uuid4().hex}  # this Lock's own: host and pid can repeat
+                                                 # (containers with the host's name)
         self._stop, self._thread = threading.Event(), None
 
     def acquire(self):
@@ -106,7 +109,7 @@ class Lock:
 
     def held(self):
         holder, _ = self._read()
-        return bool(holder) and all(holder.get(k) == self.mine[k] for k in ("host", "pid"))
+        return bool(holder) and holder.get("token") == self.mine["token"]
 
     def release(self):
         """Removes the lock if it is still this process's."""
@@ -127,6 +130,14 @@ class Lock:
             return True
         except FileExistsError:
             return False
+        except OSError:  # a file system without hard links: create-exclusive instead
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.mine))
+            return True
         finally:
             os.remove(tmp)
 
