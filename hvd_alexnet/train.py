@@ -241,6 +241,10 @@ def finish(job, state, report, final):
     digests = [d for d, _ in gathered]
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks ended with different weights: {digests}")
+    # The last checkpoint is written and every rank is past its last step: a
+    # signal from here on changes nothing (while Python exits it would otherwise
+    # end the rank with 143, a failure, after a finished run).
+    job.stop.settle()
     rate = state.speed.rate
     summary = {"train_images_per_sec": rate, "train_images_per_sec_per_rank": rate / dist.size,
                "time_to_train_sec": time.time() - job.started, "steps": state.step,

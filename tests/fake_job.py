@@ -92,11 +92,21 @@ def rank(model_dir, steps):
         log.log([0, step], {"loss": 1.0}, echo=False)
         if stop:
             save()
+            settle()
             return 75
         if step % SAVE_EVERY == 0:
             save()
+    settle()
     log.log([], {"steps": step, "weights_digest": digest}, echo=False)
     return 0
+
+
+def settle():
+    """As the trainer's ranks do once their last checkpoint is written
+    (signals.StopRequest.settle): a signal from here on changes nothing. Python
+    puts back the default action of its handled signals while it exits, so a
+    SIGTERM then would end the rank with -15 instead of its status."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
