@@ -44,6 +44,28 @@ trap 'exit 143' TERM
 mkdir -p "$LOGDIR"
 engine_up docker-test "$LOGDIR"
 
+# Room in the engine's data root, checked before anything is built: the images and
+# their build cache (about 8 GB, unless both images are there already) and the
+# suite's temporary folders in the test container (about 4 GB). A disk that fills
+# during the suite fails dozens of tests at random, and the engine loses their log.
+# DOCKER_TEST_NEED_GB=N: another estimate, in GB.
+root=$(docker info -f '{{.DockerRootDir}}' 2>/dev/null || true)
+root=${root:-/var/lib/docker}
+need=${DOCKER_TEST_NEED_GB:-}
+if [[ -n $need && ! $need =~ ^[0-9]+$ ]]; then
+  echo "docker-test: DOCKER_TEST_NEED_GB=$need is not a whole number of GB" >&2
+  exit 2
+elif [[ -z $need ]]; then
+  need=4
+  docker image inspect "$IMAGE:cpu" "$IMAGE:gpu-stages-on-cpu" >/dev/null 2>&1 || need=12
+fi
+free=$(df -Pk "$root" 2>/dev/null | awk 'NR == 2 { print int($4 / 1048576) }')
+if [[ -n $free ]] && ((free < need)); then
+  echo "docker-test: the Docker engine's folder $root has $free GB free;" \
+       "the images and the suite need about $need GB: make room there" >&2
+  exit 1
+fi
+
 build_args=()
 if [[ -z ${BASE_IMAGE:-} ]] && docker image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
   BASE_IMAGE=$LOCAL_BASE

@@ -19,7 +19,7 @@ from helpers import ROOT, fake_commands, free_port, require
 FAKE_DOCKER = r"""
 echo "docker $*" >> "$STATE/calls"
 case "$1" in
-  info) [ -e "$STATE/up" ] ;;
+  info) [ -e "$STATE/up" ] && echo "${DOCKER_ROOT:-}" ;;
   image) exit 1 ;;  # no image here: no local base
   build) echo "Step 1/3 : ARG BASE_IMAGE=x"; echo "Step 2/3 : FROM x"
          if [ -n "${SLOW_BUILD:-}" ]; then echo $$ > "$STATE/build.pid"; sleep 600; fi
@@ -49,7 +49,7 @@ def fake_engine(tmp_path, uid=0):
     state.mkdir()
     fake_commands(bin_dir, {"docker": FAKE_DOCKER, "dockerd": FAKE_DOCKERD, "id": f"echo {uid}"})
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", STATE=str(state),
-               LOGDIR=str(tmp_path / "logs"))
+               LOGDIR=str(tmp_path / "logs"), DOCKER_ROOT=str(state), DOCKER_TEST_NEED_GB="0")
     return env, state
 
 
@@ -91,6 +91,25 @@ def test_a_failed_build_names_its_step_and_log_and_stops_the_engine_it_started(t
     assert f"stopped the dockerd this target started (pid {pid})" in result.stdout
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_too_little_room_for_the_images_and_the_suite_is_said_before_any_build(tmp_path):
+    env, state = fake_engine(tmp_path)
+    # The engine's folder is the fake's state folder; no disk has a million GB free.
+    env["DOCKER_TEST_NEED_GB"] = "1000000"
+    result = run("docker_test.sh", env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    # (Its free space is df's, in whole GB: other jobs may change it while this runs.)
+    assert re.fullmatch(
+        f"docker-test: the Docker engine's folder {re.escape(str(state))} has [0-9]+ GB free;"
+        " the images and the suite need about 1000000 GB: make room there\n", result.stderr)
+    calls = (state / "calls").read_text()
+    assert "docker build" not in calls and "docker run" not in calls
+    assert "stopped the dockerd this target started" in result.stdout
+    env["DOCKER_TEST_NEED_GB"] = "$(touch x)"
+    result = run("docker_test.sh", env)
+    assert result.returncode == 2
+    assert result.stderr == "docker-test: DOCKER_TEST_NEED_GB=$(touch x) is not a whole number of GB\n"
 
 
 def test_an_engine_that_was_running_is_used_and_left_alone(tmp_path):
