@@ -17,7 +17,10 @@ LOCAL_BASE=${LOCAL_BASE:-hvd-alexnet-base:bookworm}
 LOGDIR=${LOGDIR:-runs/docker}
 # shellcheck source=scripts/docker_engine.sh
 source scripts/docker_engine.sh
+# shellcheck source=bin/checks.sh
+source bin/checks.sh
 need_root docker-test
+want_count DOCKER_TEST_NEED_GB
 # Long commands run in the background and are waited for, so that a signal to this
 # script is handled at once (bash runs a trap only after a foreground command ends):
 # on the way out it stops the command, removes the container, stops its engine.
@@ -52,10 +55,7 @@ engine_up docker-test "$LOGDIR"
 root=$(docker info -f '{{.DockerRootDir}}' 2>/dev/null || true)
 root=${root:-/var/lib/docker}
 need=${DOCKER_TEST_NEED_GB:-}
-if [[ -n $need && ! $need =~ ^[0-9]+$ ]]; then
-  echo "docker-test: DOCKER_TEST_NEED_GB=$need is not a whole number of GB" >&2
-  exit 2
-elif [[ -z $need ]]; then
+if [[ -z $need ]]; then
   need=4
   docker image inspect "$IMAGE:cpu" "$IMAGE:gpu-stages-on-cpu" >/dev/null 2>&1 || need=12
 fi

@@ -106,10 +106,14 @@ def test_too_little_room_for_the_images_and_the_suite_is_said_before_any_build(t
     calls = (state / "calls").read_text()
     assert "docker build" not in calls and "docker run" not in calls
     assert "stopped the dockerd this target started" in result.stdout
+    # A variable that is not a number is refused before the engine is touched.
+    (state / "calls").unlink()
     env["DOCKER_TEST_NEED_GB"] = "$(touch x)"
     result = run("docker_test.sh", env)
     assert result.returncode == 2
-    assert result.stderr == "docker-test: DOCKER_TEST_NEED_GB=$(touch x) is not a whole number of GB\n"
+    script = os.path.join(ROOT, "scripts", "docker_test.sh")
+    assert result.stderr == f"{script}: DOCKER_TEST_NEED_GB=$(touch x): want a whole number\n"
+    assert not (state / "calls").exists()
 
 
 def test_an_engine_that_was_running_is_used_and_left_alone(tmp_path):
