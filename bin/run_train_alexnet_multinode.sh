@@ -11,11 +11,14 @@
 # ssh's port, added to any OMPI_MCA_plm_rsh_args already set, such as the MPI
 # Operator's), and every host this checkout, its .venv and DATA_DIR at the same paths
 # (a shared filesystem or a copy per host). Only rank 0 writes MODEL_DIR.
-# A SIGTERM to mpirun (Ctrl-C, Kubernetes evicting the launcher pod) reaches the ranks
-# SIGKILL_TIMEOUT seconds later (default 30), and they get as long again to
-# checkpoint before mpirun's SIGKILL (odls_base_sigkill_timeout; Open MPI's default,
-# 1 s, kills them mid-checkpoint). The price: a job whose rank died takes twice that
-# to end. Signalling the ranks themselves (bin/k8s_worker.sh does) has no such delay.
+# mpirun runs under the project's supervisor (hvd_alexnet/tools/supervise.py): a
+# SIGTERM, SIGINT or SIGHUP to this script's process (Ctrl-C, `timeout`, Kubernetes
+# evicting the launcher pod) is passed to every rank, which checkpoints at its next
+# read step and exits 75; the ranks get SIGKILL_TIMEOUT seconds (default 60) before
+# mpirun is ended, and no process of the job outlives the launcher. Signalling the
+# ranks themselves (bin/k8s_worker.sh does) works too; a signal to mpirun itself is
+# Open MPI's order to kill the ranks (in 1 s: odls_base_sigkill_timeout; a longer
+# one would also hold every ended job that long, after its first rank exits).
 # IFACE (e.g. eth0, ib0) pins MPI's and NCCL's traffic to one interface. PATH,
 # LD_LIBRARY_PATH, PYTHONPATH and every HOROVOD_*, NCCL_* and TF_* variable set here
 # are passed to the ranks (-x).
@@ -41,7 +44,6 @@ fi
 if [[ -n ${SSH_PORT:-} ]]; then  # -mca plm_rsh_args would replace the environment's value
   export OMPI_MCA_plm_rsh_args="${OMPI_MCA_plm_rsh_args:+$OMPI_MCA_plm_rsh_args }-p $SSH_PORT"
 fi
-extra+=(-mca odls_base_sigkill_timeout "${SIGKILL_TIMEOUT:-30}")
 [[ $(id -u) -eq 0 ]] && extra+=(--allow-run-as-root)
 for name in $(compgen -e); do
   case $name in
@@ -58,7 +60,7 @@ extra+=(-x HVD_ALEXNET_RESUME)
 # ssh's port (docker/mpijob.yaml sets it: a restarted worker's name can lag its pod).
 [[ -n ${HOSTS_WAIT:-} ]] && bash "$ROOT/bin/wait_for_hosts.sh" "$HOSTFILE" "${SSH_PORT:-22}"
 cd "$ROOT"
-exec "$MPIRUN" -np "$NP" --hostfile "$HOSTFILE" \
+exec "$PYTHON" -m hvd_alexnet.tools.supervise "$MPIRUN" -np "$NP" --hostfile "$HOSTFILE" \
   -bind-to none -map-by slot \
   -mca pml ob1 -mca btl ^openib \
   "${extra[@]}" \

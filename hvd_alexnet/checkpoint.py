@@ -17,6 +17,14 @@ What the disk can do to them, and what a restore does about it:
   run's record, rundir.py, names the flag before it comes to that);
 - a save that fails (a full disk): its partial files are removed, the previous
   checkpoint stays the newest, and CheckpointError says how much space is needed.
+
+Which checkpoint is the newest: the one holding the most training (examples
+seen, read from its files), never the number in its name. A checkpoint is
+numbered by its step, and after a larger global batch (more ranks, an elastic
+grow, a larger --batch_size) the same training is fewer steps: a new save would
+sit below older ones that hold less. So each save sets aside (into set_aside/,
+never deleted) the checkpoints numbered above it, which were saved before it and
+hold less: in the folder, the numbers' order is the training's order.
 """
 
 import errno
@@ -99,16 +107,38 @@ def write_index(directory, steps):
     files.write_atomic(os.path.join(directory, INDEX), "\n".join(lines) + "\n")
 
 
+SEEN_KEY = "examples_seen/.ATTRIBUTES/VARIABLE_VALUE"  # Checkpoints.seen in the files
+
+
+def examples_seen(prefix):
+    """The examples seen that checkpoint `prefix` holds, read from its files
+    without restoring it; None if they cannot be read."""
+    try:
+        return int(tf.train.load_checkpoint(prefix).get_tensor(SEEN_KEY))
+    except Exception:  # noqa: BLE001 - a damaged file raises many kinds
+        return None
+
+
+def by_training(directory, steps):
+    """`steps` (checkpoint numbers in `directory`), the most training first:
+    those whose examples seen cannot be read come first, newest number first, so
+    that a restore tries them (and sets them aside) as it always did; then the
+    others by examples seen, then number."""
+    seen = {s: examples_seen(os.path.join(directory, f"ckpt-{s}")) for s in steps}
+    return sorted(steps, key=lambda s: (seen[s] is None, seen[s] or 0, s), reverse=True)
+
+
 def newest(model_dir):
-    """The prefix of the newest checkpoint of a run (MODEL_DIR/checkpoints/ckpt-N)
-    that has its .index file, from the index or, if it cannot be read, from the
-    files; None if there is none. For evaluate, predict and export, which read
-    and never repair."""
+    """The prefix of the checkpoint of a run (MODEL_DIR/checkpoints/ckpt-N) that
+    holds the most training and has its .index file, as a resume would choose
+    it; None if there is none. For evaluate, predict, export and report, which
+    read and never repair."""
     directory = os.path.join(model_dir, SUBDIR)
-    steps, _ = read_index(directory)
     complete = [s for s, names in on_disk(directory).items() if f"ckpt-{s}.index" in names]
-    usable = [s for s in steps if s in complete] or sorted(complete)
-    return os.path.join(directory, f"ckpt-{usable[-1]}") if usable else None
+    readable = [s for s in by_training(directory, complete)
+                if examples_seen(os.path.join(directory, f"ckpt-{s}")) is not None]
+    usable = readable or sorted(complete, reverse=True)
+    return os.path.join(directory, f"ckpt-{usable[0]}") if usable else None
 
 
 def has_checkpoints(model_dir):
@@ -196,8 +226,8 @@ class Checkpoints:
         if problem:
             self.say(f"{problem}: the checkpoints are found from their files "
                      f"({len(present)} in {self.directory})")
-        return [(s, sorted(present.get(s, []))) for s in sorted(set(listed) | set(present),
-                                                               reverse=True)]
+        return [(s, sorted(present.get(s, [])))
+                for s in by_training(self.directory, sorted(set(listed) | set(present)))]
 
     def _try(self, step, names):
         """Restores ckpt-`step`; returns None, or what is wrong with it."""
@@ -217,17 +247,33 @@ class Checkpoints:
             return f"{type(e).__name__}: {first_line(e)}"
         return None
 
-    def _set_aside(self, step, names, problem):
-        """Moves a checkpoint that did not restore out of the way, never deleting it."""
+    def _set_aside(self, step, names, problem, why="does not restore"):
+        """Moves a checkpoint out of the way (one that did not restore, or one
+        that a save supersedes), never deleting it."""
         if not names:
-            self.say(f"checkpoint ckpt-{step} does not restore: {problem}")
+            self.say(f"checkpoint ckpt-{step} {why}: {problem}")
             return
         to = os.path.join(self.directory, SET_ASIDE,
                           f"ckpt-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
         os.makedirs(to, exist_ok=True)
         for name in names:
             shutil.move(os.path.join(self.directory, name), os.path.join(to, name))
-        self.say(f"checkpoint ckpt-{step} does not restore ({problem}): moved to {to}")
+        self.say(f"checkpoint ckpt-{step} {why} ({problem}): moved to {to}")
+
+    def _set_aside_superseded(self, step, seen):
+        """After the save of `step`: the checkpoints numbered above it were saved
+        before it, at a smaller global batch, and hold less training; set aside,
+        so that the numbers' order stays the training's order."""
+        above = {s: names for s, names in on_disk(self.directory).items() if s > step}
+        for s, names in sorted(above.items()):
+            held = examples_seen(os.path.join(self.directory, f"ckpt-{s}"))
+            self._set_aside(s, names, f"{'?' if held is None else held} examples, against "
+                            f"{seen} in ckpt-{step}, saved after it at a larger "
+                            f"global batch", why="is superseded")
+        if above:
+            write_index(self.directory, sorted(s for s, names in on_disk(self.directory).items()
+                                               if f"ckpt-{s}.index" in names))
+            self._manager = None
 
     def _index_for(self, step):
         """Writes the index again when it could not be read, or named checkpoints
@@ -249,6 +295,7 @@ class Checkpoints:
             self._remove_failed_save(step)
             raise CheckpointError(self._save_failed(step, e)) from None
         self.latest = step
+        self._set_aside_superseded(step, examples_seen)
 
     def _remove_failed_save(self, step):
         listed, _ = read_index(self.directory)

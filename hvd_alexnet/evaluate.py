@@ -45,6 +45,9 @@ def main(argv):
     if not files:
         raise DataError(schema.no_shards(args.data_dir, args.split))
     dist, threads = distributed.init(threads=args.threads)  # HVD
+    # One checkpoint for every rank, rank 0's choice: a training run saving and
+    # sweeping in the same folder could change each rank's own.
+    path = dist.allgather_object(path, "hvd_alexnet.checkpoint")[0] if dist.size > 1 else path
     # The data numbers its classes as the model does (record 0 of each shard: every
     # rank reads the same ones, so all reach the same verdict).
     seen = [e for path in files for e in labels.read(path, 1)]
@@ -54,6 +57,8 @@ def main(argv):
         raise DataError(problem)
     say = print if dist.is_root else (lambda *a, **k: None)
     on_disk = sum(reader.check_framing(f) for f in files)
+    say(f"evaluating {path} (the checkpoint with the most training, as a resume takes it)"
+        if not args.checkpoint else f"evaluating {path}")
     model, _, _ = inference.load(args.model_dir, path)
     scorer = inference.Scorer(model, desc["num_classes"])
     ticker = Ticker(f"evaluating (rank 0 of {dist.size})", on_disk // dist.size, say)

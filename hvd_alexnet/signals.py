@@ -1,37 +1,47 @@
-"""SIGTERM / SIGINT (what Slurm, Kubernetes and Ctrl-C send): a request to stop
-cleanly, from the moment a training process starts.
+"""SIGTERM / SIGINT (what Slurm, Kubernetes and Ctrl-C send) and SIGUSR1 (what
+the project's mpirun supervisor passes through mpirun, which forwards it to every
+rank: tools/supervise.py): a request to stop cleanly, from the moment a training
+process starts.
 
 `python -m hvd_alexnet train` installs the handler before it imports
 TensorFlow, so that a signal at any moment, during start-up too, ends the run
 with status 75 (errors.EXIT_PREEMPTED) and an intact model folder; an elastic
 job's attempts share the one request, so a stop pending across a re-forming is
-kept. Imports no TensorFlow.
+kept. A stop in progress is never cut short by another signal: its checkpoint
+is finished first. What does end a rank at once: SIGKILL, SIGQUIT (Ctrl-\\), or
+the launcher's grace (SIGKILL_TIMEOUT) running out. Imports no TensorFlow.
 """
 
-import os
 import signal
 import sys
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class StopRequest:
     """The first signal asks for a stop at the next step where the ranks read
-    their stop vote (checkpoint first); a second one stops at once."""
+    their stop vote (checkpoint first); a later one is said and changes nothing
+    (a second SIGTERM, as Kubernetes and Slurm send, must not kill the save)."""
 
     def __init__(self):
         self.requested = False
         self.reason = None  # what asked: the signal's name, or a failure of rank 0's (disk)
+        self.repeated = False  # a later signal was said
         for sig in SIGNALS:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        if self.requested:  # the second signal: no more waiting
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-        self.ask(signal.Signals(signum).name)
-        print(f"hvd_alexnet: {self.reason}: stopping after this step (checkpoint first); "
-              f"send it again to stop at once", file=sys.stderr, flush=True)
+        name = signal.Signals(signum).name
+        if self.requested:
+            if not self.repeated:  # once: a launcher may pass on every signal it gets
+                self.repeated = True
+                print(f"hvd_alexnet: {name}: a stop is in progress ({self.reason}); its "
+                      f"checkpoint is finished first (SIGKILL or SIGQUIT end at once)",
+                      file=sys.stderr, flush=True)
+            return
+        self.ask(name)
+        print(f"hvd_alexnet: {self.reason}: stopping at the next read step (checkpoint "
+              f"first)", file=sys.stderr, flush=True)
 
     def ask(self, reason):
         """A stop asked by the process itself (as a signal would): `reason` says why."""

@@ -123,8 +123,8 @@ def injected_python(tmp_path, *faults):
     options, e.g. hold=3): `PY -m hvd_alexnet train FLAGS` runs
     `PY tests/inject.py FAULTS -- FLAGS` (exec: the rank keeps the wrapper's pid)."""
     path, options = tmp_path / "python-injected", " ".join(faults)
-    path.write_text(f'#!/bin/bash\n[[ "$1 $2" == "-m hvd_alexnet.tools.horovodrun" ]] && '
-                    f'exec {sys.executable} "$@"  # the scripts\' launcher\n'
+    path.write_text(f'#!/bin/bash\n[[ $1 == -m && $2 == hvd_alexnet.tools.* ]] && '
+                    f'exec {sys.executable} "$@"  # the scripts\' launchers\n'
                     f'[[ "$1 $2 $3" == "-m hvd_alexnet train" ]] || exit 9\n'
                     f'shift 3\nexec {sys.executable} {INJECT} {options} -- "$@"\n')
     path.chmod(0o755)

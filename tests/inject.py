@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # step; a run that starts past the hold (a resume) keeps them blocked. Blocked before
 # anything starts a thread: threads inherit the mask, so only the main thread, which
 # unblocks them, ever takes them.
-HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}  # signals.SIGNALS
 OPTIONS = sys.argv[1:sys.argv.index("--") if "--" in sys.argv else None]
 if any(a.startswith("hold=") for a in OPTIONS):
     signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)

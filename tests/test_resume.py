@@ -61,3 +61,38 @@ def test_periodic_checkpoints_within_an_epoch(tiny_data, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:]
     assert checkpoints(tmp_path) == [7, 14, 20]  # 80 images / batch 4: 20 steps
     assert [r["step"] for r in step_records(tmp_path)] == [[0, s] for s in range(1, 21)]
+
+
+def test_a_resume_takes_the_checkpoint_with_the_most_training_at_any_global_batch(
+        tiny_data, tmp_path):
+    """1 rank (global batch 4) to step 16, then 2 ranks (global batch 8): the
+    second run resumes ckpt-16 (64 examples) at step 8 and saves ckpt-10 (80
+    examples, the epoch's end), which sets aside the first run's ckpt-12 and
+    ckpt-16, numbered above it and holding less, then ckpt-12 (96). With
+    ckpt-16 put back (a folder of an older version, or a copy), a third run and
+    `newest` (evaluate, export, predict, report) still take ckpt-12: the
+    training a checkpoint holds decides, not its number."""
+    import shutil
+
+    from hvd_alexnet import checkpoint
+    model_dir = tmp_path / "run"
+    args = ["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *SMALL, "--noeval",
+            "--epochs=3", "--log_every=4", "--checkpoint_every_steps=4"]
+    res = launch([*args, "--max_steps=16"])
+    assert res.returncode == 0, res.stdout[-3000:]
+    res = launch([*args, "--max_steps=12"], np=2, launcher="gloo")
+    assert res.returncode == 0, res.stdout[-3000:]
+    ckpts = model_dir / "checkpoints"
+    assert f"resumed from {ckpts}/ckpt-16 at step 8" in res.stdout, res.stdout[-3000:]
+    assert "checkpoint ckpt-16 is superseded (64 examples, against 80 in ckpt-10" in res.stdout
+    assert checkpoints(str(model_dir))[-1] == 12
+    assert checkpoint.examples_seen(str(ckpts / "ckpt-12")) == 96
+    (aside,) = [p for p in (ckpts / "set_aside").iterdir() if p.name.startswith("ckpt-16-")]
+    for f in aside.iterdir():
+        shutil.copy(f, ckpts / f.name)
+    assert checkpoint.newest(str(model_dir)) == str(ckpts / "ckpt-12")
+    res = launch([*args, "--max_steps=16"], np=2, launcher="gloo")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert f"resumed from {ckpts}/ckpt-12 at step 12" in res.stdout, res.stdout[-3000:]
+    assert checkpoints(str(model_dir))[-1] == 16
+    assert checkpoint.examples_seen(str(ckpts / "ckpt-16")) == 128

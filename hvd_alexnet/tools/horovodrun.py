@@ -15,8 +15,12 @@ process and changes two things:
   as a line instead of its traceback;
 - its ranks get SIGKILL_TIMEOUT seconds (default 60) between the SIGTERM and
   the SIGKILL.
-With --mpi, horovodrun runs mpirun in its place, and mpirun's status (the
-first failed rank's) is kept as it is.
+With MPI (horovodrun's default where Horovod is built with it), Horovod's
+horovodrun replaces itself with `/bin/sh -c "mpirun ..."`: a SIGTERM then ends
+that shell and leaves mpirun and the ranks running, and one to mpirun kills the
+ranks within a second. Here mpirun runs supervised instead (tools/supervise.py:
+the stop passed to every rank, the same SIGKILL_TIMEOUT, no process left); its
+status (the first failed rank's) is kept as it is.
 """
 
 import os
@@ -25,11 +29,11 @@ import sys
 
 from horovod.runner.common.util import safe_shell_exec  # HVD
 
-DEFAULT_SIGKILL_TIMEOUT = 60  # seconds
+from hvd_alexnet.tools import supervise
+
 # Set at import: Horovod reads it in the process that runs each rank's shell, a
 # process started with multiprocessing's "spawn", which imports this module again.
-safe_shell_exec.GRACEFUL_TERMINATION_TIME_S = float(
-    os.environ.get("SIGKILL_TIMEOUT", DEFAULT_SIGKILL_TIMEOUT))
+safe_shell_exec.GRACEFUL_TERMINATION_TIME_S = supervise.grace()
 FAILED = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
 
 
@@ -43,9 +47,21 @@ def status_of(error):
     return (128 - code if code < 0 else code if 0 < code < 256 else 1), found.group(1)
 
 
+def _mpirun_supervised(execve):
+    """os.execve as horovodrun's MPI mode calls it (`/bin/sh -c "mpirun ..."`),
+    made to run mpirun supervised in this process and exit with its status."""
+    def run(path, args, env):
+        if path != "/bin/sh" or args[:2] != ["/bin/sh", "-c"] or \
+                not args[2].startswith("mpirun "):
+            return execve(path, args, env)
+        sys.exit(supervise.run(["/bin/sh", "-c", "exec " + args[2]], env))
+    return run
+
+
 def main(argv=None):
     from horovod.runner import launch  # HVD
     sys.argv = ["horovodrun", *(sys.argv[1:] if argv is None else argv)]
+    os.execve = _mpirun_supervised(os.execve)
     try:
         launch.run_commandline()
     except RuntimeError as e:

@@ -1,0 +1,97 @@
+"""The stop contract on every launcher a user runs from this checkout, as the
+launch scripts start them (their own defaults: horovodrun's MPI mode unless
+GLOO=1): launcher x signal target, 2 real ranks each (docs/reliability.md's
+launcher matrix).
+
+Each job holds rank 1 after step 5 (injected: its SIGTERM, SIGINT and SIGUSR1
+wait until then), between the read steps 4 and 8 (--log_every=4), so the signal
+lands there on any machine: every rank stops at step 8, rank 0 checkpoints it,
+and the launcher exits 75 with no process of the job left. Rank 0's saves are
+slow by construction (save_delay) and the launcher gets a second signal while
+the stop is in progress: the checkpoint is finished all the same.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from helpers import SMALL, checkpoints, finish_after, injected_python, output, wait_for_step
+from hvd_alexnet.tools.chaos import rank_pids
+from hvd_alexnet.tools.launch import ROOT, job_env
+
+FLAGS = [*SMALL, "--epochs=1000", "--noeval", "--log_every=4", "--checkpoint_every_steps=1000"]
+SCRIPTS = {  # launcher -> (script, its variables)
+    "horovodrun (MPI, the default)": ("run_train_alexnet_multigpu_imagenet.sh", {"NUM_GPUS": "2"}),
+    "horovodrun --gloo": ("run_train_alexnet_multigpu_imagenet.sh", {"NUM_GPUS": "2", "GLOO": "1"}),
+    "mpirun": ("run_train_alexnet_multinode.sh", {}),
+}
+
+
+def job_pids(marker):
+    """Every process whose command line holds `marker` (the job's model folder):
+    the launcher, mpirun, the ranks."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read() and int(pid) != os.getpid():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def start_script(launcher, model_dir, data, tmp_path):
+    script, variables = SCRIPTS[launcher]
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost slots=2\n")
+    env = job_env({**variables, "DATA_DIR": data, "MODEL_DIR": model_dir, "HOSTFILE": str(hosts),
+                   "SIGKILL_TIMEOUT": "60",
+                   "PYTHON": injected_python(tmp_path, "hold=5:1", "save_delay=2")})
+    for name in ("HVD_ALEXNET_RESUME", "GLOO", "NUM_GPUS"):
+        if name not in variables:
+            env.pop(name, None)
+    log = tempfile.TemporaryFile("w+")
+    cmd = ["bash", os.path.join(ROOT, "bin", script), *FLAGS]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    proc.cmd, proc.log = cmd, log
+    return proc
+
+
+@pytest.mark.parametrize("target", ["launcher", "rank", "group"])
+@pytest.mark.parametrize("launcher", list(SCRIPTS))
+def test_a_stop_from_any_target_checkpoints_every_rank_and_leaves_nothing(
+        launcher, target, tiny_data, tmp_path):
+    model_dir = str(tmp_path / f"run-{target}")
+    proc = start_script(launcher, model_dir, tiny_data, tmp_path)
+
+    def act():
+        wait_for_step(model_dir, 4, proc, timeout=180)
+        if target == "launcher":  # a supervisor, `timeout`, `docker stop`
+            os.kill(proc.pid, signal.SIGTERM)
+        elif target == "rank":  # one rank, as a host's own supervisor would
+            os.kill(rank_pids(model_dir)[1], signal.SIGTERM)
+        else:  # Ctrl-C in the terminal: the launcher's whole process group
+            os.killpg(proc.pid, signal.SIGINT)
+        deadline = time.time() + 120  # the stop under way: a second signal must not end it
+        while "stopping at the next read step" not in output(proc) and time.time() < deadline:
+            time.sleep(0.2)
+        if target != "rank":
+            os.kill(proc.pid, signal.SIGTERM)
+
+    res = finish_after(proc, act, timeout=240)
+    out = res.stdout
+    assert res.returncode == 75, out[-4000:]
+    stops = re.findall(r"hvd_alexnet train: stopped at step (\d+)", out)
+    assert stops == ["8", "8"], out[-4000:]
+    assert checkpoints(model_dir)[-1] == 8, out[-4000:]
+    time.sleep(1)
+    assert job_pids(model_dir) == [], out[-4000:]
+    shutil.rmtree(model_dir)
