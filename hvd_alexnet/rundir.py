@@ -4,11 +4,18 @@ trains into it, and the record of the settings the run was started with.
 - MODEL_DIR/job.lock: taken by rank 0 before anything in the folder is read or
   written, refreshed every LOCK_REFRESH seconds, removed at the end. A second
   job gets one line naming the holder (host, pid, start time) and exits 2. A
-  lock is stale, and taken over with a line, when its process is gone (same
-  host), when it is this same job's (a requeued Slurm job, an elastic job's new
-  rank 0), or when it has not been refreshed for LOCK_STALE seconds (another
-  host). Made by hard-linking a complete file into place, which is atomic on
-  NFS too.
+  lock is stale, and taken over with a line, when its holder is gone: on this
+  host, its process is no longer running; on another host, the file system
+  shows no refresh of it while this job watches for LOCK_WATCH seconds (its
+  own clock against the file's changes, never against the file's time: NFS
+  servers' and hosts' clocks differ, and a paused job's lock is old). A lock of
+  this same job is taken over at once where the launcher names the job
+  (horovodrun's rendezvous, mpirun's, the PMIx namespace: an elastic job's new
+  rank 0, a requeued srun step); Slurm's job id alone is shared by every
+  process of an allocation, so there the holder must be gone too. Before each
+  save the holder checks that the lock is still its own: one that lost it
+  stops with exit 2 and writes nothing more. Made by hard-linking a complete
+  file into place, which is atomic on NFS too.
 - MODEL_DIR/run.json: what shapes the weights and the optimizer (a change
   cannot resume: exit 2 naming the flag) and what shapes the schedule (a change
   can resume: one line says what changed and what it does to the schedule).
@@ -30,8 +37,11 @@ from hvd_alexnet.errors import UsageError
 
 RESUME_VARIABLE = "HVD_ALEXNET_RESUME"  # the exact command that resumes (make, bin/ set it)
 LOCK_FILE = "job.lock"
-LOCK_REFRESH = 30.0  # seconds between the holder's touches of the lock
-LOCK_STALE = 300.0  # a lock of another host untouched this long was left by a dead job
+# Seconds between the holder's touches of the lock (HVD_ALEXNET_LOCK_REFRESH: tests
+# shorten it); a job watches another host's lock 2.5 times that for a touch.
+LOCK_REFRESH = float(os.environ.get("HVD_ALEXNET_LOCK_REFRESH", 30.0))
+LOCK_WATCH = 2.5 * LOCK_REFRESH
+SLURM_JOB = "slurm job "  # job_id's prefix when Slurm's job id is all that names the job
 RECORD_FILE = "run.json"
 
 
@@ -53,7 +63,7 @@ def job_id(env=None):
     for name in ("OMPI_MCA_orte_hnp_uri", "PMIX_NAMESPACE"):
         if env.get(name):
             return f"{name} {env[name]}"
-    return f"slurm job {env['SLURM_JOB_ID']}" if env.get("SLURM_JOB_ID") else None
+    return f"{SLURM_JOB}{env['SLURM_JOB_ID']}" if env.get("SLURM_JOB_ID") else None
 
 
 def _process_start(pid):
@@ -111,6 +121,19 @@ class Lock:
         holder, _ = self._read()
         return bool(holder) and holder.get("token") == self.mine["token"]
 
+    def check(self):
+        """Before a save: raises UsageError if the lock is no longer this job's
+        (another job took the folder over while this one was paused or cut off)."""
+        holder, _ = self._read()
+        if not holder or holder.get("token") != self.mine["token"]:
+            self._stop.set()
+            now = f"now {_describe(holder)}'s" if holder else "now gone"
+            raise UsageError(
+                f"{self.path}: this job no longer holds the model folder's lock ({now}): "
+                f"another job took the folder over, as it does when a lock is not refreshed "
+                f"for {LOCK_WATCH:.0f} s (was this job paused, or cut off from the file "
+                f"system?); stopping without writing anything more")
+
     def release(self):
         """Removes the lock if it is still this process's."""
         self._stop.set()
@@ -157,15 +180,42 @@ class Lock:
         """Why the lock's holder is gone (None: it may be running)."""
         if holder is None:
             return "it was just removed"
-        if self.mine["job"] and holder.get("job") == self.mine["job"]:
+        job = self.mine["job"]
+        if job and holder.get("job") == job and not job.startswith(SLURM_JOB):
             return "it is this same job's (restarted or re-formed)"
         if holder.get("host") == self.mine["host"] and isinstance(holder.get("pid"), int):
             if not _alive(holder["pid"], holder.get("pid_start")):
                 return "its process is no longer running"
             return None
-        if age > LOCK_STALE:
-            return f"it has not been refreshed for {age:.0f} s"
-        return None
+        return self._unrefreshed(holder)
+
+    def _stamp(self):
+        """What a refresh changes, as the file system shows it now (open, then
+        fstat: NFS revalidates a file's attributes at its open); None if gone."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            return st.st_ino, st.st_mtime_ns
+        finally:
+            os.close(fd)
+
+    def _unrefreshed(self, holder):
+        """Watches another host's lock for LOCK_WATCH seconds of this host's clock:
+        why its holder is gone, or None if the lock was refreshed meanwhile."""
+        self.say(f"{self.path} is held by {_describe(holder)}, on another host: watching "
+                 f"up to {LOCK_WATCH:.0f} s for its refreshes")
+        first, deadline = self._stamp(), time.monotonic() + LOCK_WATCH
+        while time.monotonic() < deadline:
+            time.sleep(min(1.0, LOCK_WATCH / 10))
+            now = self._stamp()
+            if now is None:
+                return "it was just removed"
+            if now != first:
+                return None
+        return f"it was not refreshed in {LOCK_WATCH:.0f} s"
 
     def _take_over(self, holder, why):
         stale = f"{self.path}.stale.{self.mine['host']}.{os.getpid()}"

@@ -226,6 +226,7 @@ def pause(job, ckpts, state):
 
     def save():
         job.hooks.before_save()
+        job.lock.check()  # a job that lost the folder (paused past the watch) writes no more
         ckpts.save(state.step, state.examples_seen)
 
     dist.alone(save, "checkpointing")  # HVD: a thread of rank 0 answers the others meanwhile

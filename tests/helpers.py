@@ -67,10 +67,12 @@ def command(args, np=1, launcher=None, env=None, faults=()):
     return job_command(py, np, launcher, forward=list(env or {})), job_env(env)
 
 
-def start(args, np=1, launcher=None, env=None, faults=()):
+def start(args, np=1, launcher=None, env=None, faults=(), prefix=()):
     """Starts the job in its own process group, its output going to a file
-    (a pipe nobody reads while the job runs could fill up and block it)."""
+    (a pipe nobody reads while the job runs could fill up and block it);
+    `prefix`: a command that execs the job's (it keeps the job's pid)."""
     cmd, full_env = command(args, np, launcher, env, faults)
+    cmd = [*prefix, *cmd]
     log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)

@@ -82,49 +82,93 @@ def test_the_index_is_read_strictly_and_written_as_tensorflow_reads_it(tmp_path)
     assert checkpoint.newest(str(tmp_path.parent / tmp_path.name)) is None  # no checkpoints/
 
 
-def test_a_lock_is_taken_over_only_from_a_job_that_is_gone(tmp_path):
+def test_a_lock_is_taken_over_only_from_a_job_that_is_gone(tmp_path, monkeypatch):
+    """A holder is gone when its process is (this host), or when the file system
+    shows no refresh while the lock is watched (another host): never judged by
+    the file's time (a holder's clock an hour behind still refreshes), nor by
+    Slurm's job id alone (every process of an allocation has it)."""
     import json
     import socket
     import subprocess
     import sys
+    import threading
     import time
 
     import pytest
 
     from hvd_alexnet import rundir
     from hvd_alexnet.errors import UsageError
+    monkeypatch.setattr(rundir, "LOCK_WATCH", 1.0)
     path, said = tmp_path / rundir.LOCK_FILE, []
 
     def held_by(**holder):
         path.write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "job": None,
                                     "started": "then", **holder}))
 
+    def refreshing(stop):  # another host's holder whose clock is an hour behind
+        t = time.time() - 3600
+        while not stop.wait(0.1):
+            t += 0.1
+            try:
+                os.utime(path, (t, t))
+            except FileNotFoundError:
+                pass
+
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    cases = [  # (holder, taken over?)
-        (dict(pid=os.getppid()), False),  # a live process here
-        (dict(pid=dead.pid), True),  # gone
-        (dict(pid=os.getppid(), pid_start=1), True),  # its pid reused by another process
-        (dict(host="elsewhere", pid=12), False),  # another host, refreshed just now
-        (dict(host="elsewhere", pid=12, job="slurm job 7"), True),  # this job, requeued
+    here, other, slurm = socket.gethostname(), "elsewhere", {"SLURM_JOB_ID": "7"}
+    horovodrun = {"HOROVOD_GLOO_RENDEZVOUS_ADDR": "10.0.0.1", "HOROVOD_GLOO_RENDEZVOUS_PORT": "9"}
+    cases = [  # (holder, refreshed, this job's environment, taken over?)
+        (dict(pid=os.getppid()), False, {}, False),  # a live process here
+        (dict(pid=dead.pid), False, {}, True),  # gone
+        (dict(pid=os.getppid(), pid_start=1), False, {}, True),  # its pid reused
+        (dict(host=other, pid=12), True, {}, False),  # another host, refreshing
+        (dict(host=other, pid=12), False, {}, True),  # another host, not refreshed
+        (dict(pid=os.getppid(), job="slurm job 7"), False, slurm, False),  # one allocation
+        (dict(host=other, pid=12, job="slurm job 7"), True, slurm, False),  # the same
+        (dict(host=other, pid=12, job="slurm job 7"), False, slurm, True),  # requeued
+        (dict(host=here, pid=os.getppid(), job="horovodrun 10.0.0.1:9"), False, horovodrun,
+         True),  # the same launcher's job: an elastic job's new rank 0
     ]
-    for holder, taken in cases:
+    for holder, refreshed, env, taken in cases:
         held_by(**holder)
-        lock = rundir.Lock(str(tmp_path), said.append, env={"SLURM_JOB_ID": "7"})
-        if taken:
-            lock.acquire()
-            assert json.loads(path.read_text())["pid"] == os.getpid(), holder
-            lock.release()
-            assert not path.exists()
-        else:
-            with pytest.raises(UsageError, match="is in use by another job"):
+        old = time.time() - 3600
+        os.utime(path, (old, old))  # as an NFS server an hour off would show it
+        stop = threading.Event()
+        toucher = threading.Thread(target=refreshing, args=(stop,))
+        if refreshed:
+            toucher.start()
+        lock = rundir.Lock(str(tmp_path), said.append, env=env)
+        try:
+            if taken:
                 lock.acquire()
-            assert json.loads(path.read_text())["pid"] == holder["pid"]
-    held_by(host="elsewhere", pid=12)
-    old = time.time() - rundir.LOCK_STALE - 1
-    os.utime(path, (old, old))  # not refreshed for longer than LOCK_STALE
-    rundir.Lock(str(tmp_path), said.append).acquire().release()
-    assert "left by host elsewhere, pid 12" in said[-1] and "has not been refreshed for" in said[-1]
+                assert json.loads(path.read_text())["pid"] == os.getpid(), holder
+                lock.release()
+                assert not path.exists()
+            else:
+                with pytest.raises(UsageError, match="is in use by another job"):
+                    lock.acquire()
+                assert json.loads(path.read_text())["pid"] == holder["pid"], holder
+        finally:
+            stop.set()
+            if refreshed:
+                toucher.join()
+    assert any("left by host elsewhere, pid 12" in s and "it was not refreshed in 1 s" in s
+               for s in said), said
+
+
+def test_a_job_that_lost_its_lock_stops_before_it_writes(tmp_path):
+    from hvd_alexnet import rundir
+    from hvd_alexnet.errors import UsageError
+    lock = rundir.Lock(str(tmp_path), print).acquire()
+    lock.check()
+    (tmp_path / rundir.LOCK_FILE).write_text('{"host": "elsewhere", "pid": 3, "started": "now"}')
+    import pytest
+    with pytest.raises(UsageError, match="this job no longer holds the model folder's lock "
+                                         r"\(now host elsewhere, pid 3"):
+        lock.check()
+    lock.release()
+    assert (tmp_path / rundir.LOCK_FILE).exists()  # the other job's lock is left alone
 
 
 def test_the_elastic_launchers_host_file_is_private(tmp_path):

@@ -21,7 +21,8 @@ from hvd_alexnet import command
 from hvd_alexnet.__main__ import COMMANDS
 
 TOOLS = ("chaos", "gpu_check", "scaling", "probes", "plan", "bench")  # -m hvd_alexnet.tools.X
-LAUNCHERS = ("horovodrun", "supervise")  # tools that take another program's command line: not parsed
+# tools that take another program's command line: not parsed
+LAUNCHERS = ("horovodrun", "supervise")
 # The bin/ scripts that pass their arguments on: to train (or doctor: the same flags), or
 # to the GPU check. The others (discover_hosts.sh, k8s_worker.sh) take none of their own.
 SCRIPT_COMMAND = {"gpu_check.sh": "tools.gpu_check", "run_train_alexnet_imagenet.sh": "train",

@@ -9,16 +9,20 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
 from helpers import (
     FOLDER_ARGS,
     checkpoints,
+    finish,
     finish_after,
     launch,
     lines,
+    output,
     release,
+    require,
     slowed_until_released,
     start,
     wait_for_step,
@@ -114,6 +118,68 @@ def test_a_second_job_on_a_model_folder_is_refused_and_a_dead_jobs_lock_taken_ov
     (took,) = lines(res.stdout, "taking over")
     assert "its process is no longer running" in took, took
     assert "resumed from" in res.stdout, res.stdout[-3000:]
+
+
+def test_one_slurm_allocation_runs_one_job_per_folder_and_a_paused_holder_loses_it(
+        tiny_data, tmp_path):
+    """Two plain processes in one Slurm allocation (one SLURM_JOB_ID, no
+    launcher's own id): the second is refused while the first runs (before, it
+    took the lock over as "this same job's"). Then the holder plays another host
+    (a UTS namespace of its own, so root: required where the suite must run it)
+    and is paused (SIGSTOP) for longer than a watch of its lock: the next job
+    sees no refresh and takes the folder over; the holder, resumed, checks its
+    lock before its next save, says it lost it and exits 2 without writing."""
+    require(os.geteuid() != 0 and "a UTS namespace needs root", "the paused-holder test")
+    plain = ["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path / 'plain'}", *ARGS]
+    first = start(plain, env={"SLURM_JOB_ID": "4242"}, faults=slowed_until_released(tmp_path, 0.5))
+
+    def second():
+        wait_for_step(str(tmp_path / "plain"), 4, first)
+        res = launch(plain, env={"SLURM_JOB_ID": "4242"})
+        assert res.returncode == 2 and "is in use by another job" in res.stdout, \
+            res.stdout[-3000:]
+        os.kill(first.pid, signal.SIGTERM)
+
+    assert finish_after(first, second, timeout=240).returncode == 75
+    model_dir = str(tmp_path / "run")
+    flags = ["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *ARGS]
+    env = {"SLURM_JOB_ID": "4242", "HVD_ALEXNET_LOCK_REFRESH": "1"}  # a 2.5 s watch
+    slow = slowed_until_released(tmp_path, 0.5)
+    elsewhere = ["unshare", "--uts", "sh", "-c", 'hostname hvd-alexnet-other && exec "$@"', "sh"]
+    holder = start(flags, env=env, faults=slow, prefix=elsewhere)
+    hold, kept = str(tmp_path / "restoring"), []
+
+    def act():
+        wait_for_step(model_dir, 4, holder)
+        # The same allocation on another host than the holder's: refused, the
+        # holder's refreshes seen while its lock is watched.
+        res = launch(flags, env=env)
+        assert res.returncode == 2 and "is in use by another job" in res.stdout, \
+            res.stdout[-3000:]
+        os.kill(holder.pid, signal.SIGSTOP)
+        taker = start(flags, env=env, faults=[f"start_hold={hold}"])
+        try:
+            deadline = time.time() + 120
+            while not os.path.exists(hold):
+                assert taker.poll() is None and time.time() < deadline, output(taker)[-3000:]
+                time.sleep(0.2)
+            kept.extend(checkpoints(model_dir))
+            os.kill(holder.pid, signal.SIGCONT)
+            release(tmp_path)
+            holder.wait(timeout=120)
+            os.kill(taker.pid, signal.SIGTERM)
+            res = finish(taker, timeout=120)
+        finally:
+            if taker.poll() is None:
+                os.killpg(taker.pid, signal.SIGKILL)
+        assert res.returncode == 75, res.stdout[-3000:]
+        (took,) = lines(res.stdout, "taking over")
+        assert "hvd-alexnet-other" in took and "it was not refreshed in" in took, took
+
+    res = finish_after(holder, act, timeout=300)
+    assert res.returncode == 2, res.stdout[-3000:]
+    assert "this job no longer holds the model folder's lock" in res.stdout, res.stdout[-3000:]
+    assert checkpoints(model_dir) == kept and kept, (checkpoints(model_dir), kept)
 
 
 def test_garbled_json_files_get_one_line(run_copy, tiny_data, tmp_path):
