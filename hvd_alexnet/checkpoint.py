@@ -9,8 +9,9 @@ What the disk can do to them, and what a restore does about it:
 - the `checkpoint` index garbled, empty or missing: the checkpoints are found
   from their own files (ckpt-N.index, ckpt-N.data-*), and the index written again;
 - a checkpoint that does not restore (a flipped bit, a truncated data file, a
-  missing .index file): named in one line, moved to checkpoints/set_aside/
-  (never deleted), and the next newest tried;
+  missing .index file), tried 3 times over 4 s (a read error may pass): named
+  in one line, moved to checkpoints/set_aside/, and the next newest tried.
+  set_aside/ keeps the newest SET_ASIDE_KEEP; its size is said at each start;
 - none restores: CheckpointError, and nothing is moved. A folder that holds
   checkpoint files never starts a run from step 0;
 - a checkpoint of another model (another --image_size, say): UsageError (the
@@ -41,6 +42,9 @@ from hvd_alexnet.errors import CheckpointError, UsageError, first_line
 SUBDIR = "checkpoints"
 INDEX = "checkpoint"  # TensorFlow's index of a folder's checkpoints (CheckpointManager's)
 SET_ASIDE = "set_aside"  # checkpoints that did not restore, kept for a look
+SET_ASIDE_KEEP = 5  # set-aside checkpoints kept (the newest); older ones are deleted
+RESTORE_TRIES = (0.0, 1.0, 3.0)  # seconds before each try: a transient read error (EIO, an
+                                 # NFS hiccup) is tried again before a checkpoint is set aside
 _FILE = re.compile(r"^ckpt-(\d+)\.(index|data-\d{5}-of-\d{5})$")
 _INDEX_LINE = re.compile(
     r'^(model_checkpoint_path|all_model_checkpoint_paths): "(.*)"$|'
@@ -184,9 +188,10 @@ class Checkpoints:
         optimizer's step to where this global batch goes on (the schedule follows
         it). Returns the step to start at (0 for a new run)."""
         self.remove_torn_saves()
+        self._bound_set_aside()
         found, failed = self._candidates(), []
         for step, names in found:
-            problem = self._try(step, names)
+            problem = self._try_again(step, names)
             if problem is None:
                 break
             failed.append((step, names, problem))
@@ -228,6 +233,37 @@ class Checkpoints:
                      f"({len(present)} in {self.directory})")
         return [(s, sorted(present.get(s, [])))
                 for s in by_training(self.directory, sorted(set(listed) | set(present)))]
+
+    def _try_again(self, step, names):
+        """_try, again after RESTORE_TRIES' pauses while it fails: None, or the
+        last try's problem."""
+        problem = None
+        for n, pause in enumerate(RESTORE_TRIES):
+            if n:
+                self.say(f"ckpt-{step} did not restore ({problem}): trying again in "
+                         f"{pause:g} s (try {n + 1} of {len(RESTORE_TRIES)})")
+            time.sleep(pause)
+            problem = self._try(step, names)
+            if problem is None or not names:
+                return problem
+        return problem
+
+    def _bound_set_aside(self):
+        """Keeps the newest SET_ASIDE_KEEP set-aside checkpoints, and says what
+        set_aside/ holds."""
+        folder = os.path.join(self.directory, SET_ASIDE)
+        kept = sorted(os.listdir(folder), key=lambda n: os.path.getmtime(
+            os.path.join(folder, n))) if os.path.isdir(folder) else []
+        for old in kept[:-SET_ASIDE_KEEP]:
+            shutil.rmtree(os.path.join(folder, old), ignore_errors=True)
+            self.say(f"deleting {os.path.join(folder, old)}: set aside longer ago than the "
+                     f"newest {SET_ASIDE_KEEP}")
+        kept = kept[-SET_ASIDE_KEEP:]
+        if kept:
+            size = sum(os.path.getsize(os.path.join(root, f)) for name in kept
+                       for root, _, names in os.walk(os.path.join(folder, name)) for f in names)
+            self.say(f"{folder} holds {len(kept)} set-aside checkpoint(s), {size >> 20} MiB "
+                     f"(the newest {SET_ASIDE_KEEP} are kept)")
 
     def _try(self, step, names):
         """Restores ckpt-`step`; returns None, or what is wrong with it."""
@@ -271,6 +307,7 @@ class Checkpoints:
                             f"{seen} in ckpt-{step}, saved after it at a larger "
                             f"global batch", why="is superseded")
         if above:
+            self._bound_set_aside()
             write_index(self.directory, sorted(s for s, names in on_disk(self.directory).items()
                                                if f"ckpt-{s}.index" in names))
             self._manager = None

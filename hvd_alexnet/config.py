@@ -211,6 +211,8 @@ def check(cfg):
         problems.append(f"--data_dir {cfg.data_dir}: no such directory")
     if not cfg.model_dir:
         problems.append("--model_dir is required")
+    elif pattern_problem(cfg.model_dir):
+        problems.append(pattern_problem(cfg.model_dir))
     if cfg.image_size < MIN_IMAGE_SIZE:
         problems.append(f"--image_size {cfg.image_size}: must be at least {MIN_IMAGE_SIZE}")
     for name in ("batch_size", "eval_batch_size", "epochs", "log_every", "keep_checkpoints",
@@ -233,6 +235,18 @@ def check(cfg):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             problems.append(f"--{name} {getattr(cfg, name)}: must not be negative")
     return problems
+
+
+def pattern_problem(model_dir):
+    """TensorFlow reads checkpoint paths as file patterns (glob), so a model folder
+    whose name holds a pattern's characters saves checkpoints that its restore,
+    clean-up and evaluate would not find: the problem, or None."""
+    found = sorted(set(model_dir) & set("[]*?"))
+    if not found:
+        return None
+    return (f"--model_dir {model_dir}: holds {' '.join(found)}, which TensorFlow reads as a "
+            f"file pattern in checkpoint paths (a restore or clean-up would miss the run's "
+            f"checkpoints): choose a folder name without [ ] * ?")
 
 
 def check_model_dir(path):

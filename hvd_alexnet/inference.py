@@ -12,7 +12,7 @@ import tensorflow as tf
 from absl import flags
 
 from hvd_alexnet import checkpoint as ckpts
-from hvd_alexnet import command, files, metrics_log
+from hvd_alexnet import command, config, files, metrics_log
 from hvd_alexnet.checkpoint import SUBDIR as CHECKPOINT_SUBDIR
 from hvd_alexnet.data import preprocess, schema
 from hvd_alexnet.errors import DataError, UsageError
@@ -67,6 +67,8 @@ def trained_classes(model_dir):
 
 def checkpoint_path(model_dir, checkpoint=None):
     """The checkpoint to load: `checkpoint` (a ckpt-N prefix) or the run's newest."""
+    if config.pattern_problem(checkpoint or model_dir):
+        raise UsageError(config.pattern_problem(checkpoint or model_dir))
     path = checkpoint or ckpts.newest(model_dir)
     if not path or not tf.io.gfile.exists(path + ".index"):
         raise UsageError(f"no checkpoint {'at ' + checkpoint if checkpoint else 'in ' + model_dir}"

@@ -6,11 +6,13 @@ TensorBoard scalars in MODEL_DIR/tensorboard (`tensorboard --logdir MODEL_DIR`).
 import dataclasses
 import math
 import os
+import sys
 import time
 
 import tensorflow as tf
 
 from hvd_alexnet.distributed import describe_hosts
+from hvd_alexnet.errors import first_line
 from hvd_alexnet.metrics_log import LOG_FILE, MetricsLog
 
 TENSORBOARD_SUBDIR = "tensorboard"
@@ -69,23 +71,41 @@ class Ticker:
 
 
 class TensorBoard:
-    """Scalars for TensorBoard, written by rank 0 only (a no-op elsewhere)."""
+    """Scalars for TensorBoard, written by rank 0 only (a no-op elsewhere). A
+    write that fails (a full disk) is handled as the DLLogger file's: said once,
+    nothing more written, and `on_error(what)` asks the run to stop."""
 
-    def __init__(self, logdir, enabled=True):
+    def __init__(self, logdir, enabled=True, on_error=None):
+        self.logdir, self.on_error = logdir, on_error
         self.writer = tf.summary.create_file_writer(logdir) if enabled else None
 
     def scalars(self, group, step, values):
         if self.writer is None:
             return
-        with self.writer.as_default(step=step):
-            for name, value in values.items():
-                tf.summary.scalar(f"{group}/{name}", value)
-        self.writer.flush()
+        try:
+            with self.writer.as_default(step=step):
+                for name, value in values.items():
+                    tf.summary.scalar(f"{group}/{name}", value)
+            self.writer.flush()
+        except (OSError, tf.errors.OpError) as e:
+            self._failed(e)
+
+    def _failed(self, error):
+        self.writer = None  # the rest is not written; the run is stopped
+        what = (f"writing TensorBoard's events in {self.logdir} failed "
+                f"({getattr(error, 'strerror', None) or first_line(error)})")
+        print(f"hvd_alexnet: {what}: stopping at the next step the ranks read (checkpoint "
+              f"first)", file=sys.stderr, flush=True)
+        if self.on_error:
+            self.on_error(what)
 
     def close(self):
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except (OSError, tf.errors.OpError):  # the last events' flush, on a full disk
+                pass
 
 
 class Throughput:
@@ -149,7 +169,8 @@ class Reporter:
         self.say = say
         self.metrics = MetricsLog(os.path.join(model_dir, LOG_FILE), enabled=enabled,
                                   on_error=on_error)
-        self.board = TensorBoard(os.path.join(model_dir, TENSORBOARD_SUBDIR), enabled=enabled)
+        self.board = TensorBoard(os.path.join(model_dir, TENSORBOARD_SUBDIR), enabled=enabled,
+                                 on_error=on_error)
         self.progress = Progress(total_steps, steps_per_epoch, global_batch, first_step)
 
     def __enter__(self):

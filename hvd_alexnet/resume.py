@@ -13,6 +13,24 @@ from hvd_alexnet import checkpoint, config, inference, optim, rundir
 from hvd_alexnet.errors import Preempted, UsageError
 
 
+def folder_errors(activity):
+    """Rank 0's start-up work in the model folder, with an OS error it raises (a
+    file that cannot be read, a folder where a file should be, a permission)
+    turned into one line naming the file (exit 2, on every rank: Dist.alone)."""
+    def wrap(work):
+        def run(job, *args):
+            try:
+                return work(job, *args)
+            except OSError as e:
+                where = f"{e.filename}: " if e.filename else ""
+                raise UsageError(f"--model_dir {job.cfg.model_dir}: {where}"
+                                 f"{e.strerror or e} while {activity}; fix or remove it, then "
+                                 f"run the same command again") from None
+        return run
+    return wrap
+
+
+@folder_errors("taking the model folder")
 def claim_folder(job):
     """Rank 0, before anything in the folder is read or written: takes its lock
     (UsageError if another job holds it); returns the classes of the model a
@@ -56,6 +74,7 @@ def start_at(job, ckpts, state, data):
                         f"it was: {rundir.how_to_resume()}")
 
 
+@folder_errors("restoring the run")
 def from_disk(job, ckpts, state, data, record):
     """Rank 0: checks the disk and the run's record, restores, says what changed,
     and writes the record and the description of the model."""

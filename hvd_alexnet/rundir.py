@@ -276,6 +276,20 @@ CHANGES = (("ranks", "ranks"), ("global_batch", "global batch"),
            ("precision", "precision"))
 
 
+# What a resume computes with: each must be there, of this type.
+SHAPE = (("total_steps", int), ("global_batch", int), ("schedule", dict))
+
+
+def _shape_problem(values):
+    """What is wrong with the shape of a parsed run.json, or None."""
+    if not isinstance(values, dict):
+        return f"a JSON {type(values).__name__}, not an object"
+    for key, kind in SHAPE:
+        if not isinstance(values.get(key), kind) or isinstance(values.get(key), bool):
+            return f"{key!r} is {values.get(key)!r}, not a {kind.__name__}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Record:
     """A run's settings at one start (MODEL_DIR/run.json)."""
@@ -294,8 +308,12 @@ class Record:
         path = os.path.join(model_dir, RECORD_FILE)
         if not os.path.exists(path):
             return None
-        return cls(files.read_json(path, UsageError, "remove it (the next start writes it "
-                                   "again), then run the same command again"))
+        way_out = "remove it (the next start writes it again), then run the same command again"
+        values = files.read_json(path, UsageError, way_out)
+        problem = _shape_problem(values)
+        if problem:
+            raise UsageError(f"{path} is not a run's record ({problem}): {way_out}")
+        return cls(values)
 
     def write(self, model_dir):
         files.write_json(os.path.join(model_dir, RECORD_FILE), self.values)

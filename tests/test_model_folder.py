@@ -201,6 +201,36 @@ def test_garbled_json_files_get_one_line(run_copy, tiny_data, tmp_path):
     assert res.returncode == 3 and f"data error: {data}/metadata.json is empty" in res.stdout
 
 
+def test_a_record_of_the_wrong_shape_and_an_os_error_at_start_get_one_line(run_copy,
+                                                                            tiny_data):
+    """run.json that parses but is no record (a list; a count that is a string),
+    then model.json that is a folder (an OS error in rank 0's start-up work):
+    each one line naming the file and exit 2 on every rank, no traceback
+    (before: a traceback and exit 1)."""
+    record = os.path.join(run_copy, "run.json")
+    saved = open(record).read()
+    with open(record, "w") as f:
+        f.write("[]")
+    res = train(tiny_data, run_copy, np=1)
+    assert res.returncode == 2, res.stdout[-3000:]
+    assert f"error: {record} is not a run's record (a JSON list, not an object)" in res.stdout
+    with open(record, "w") as f:
+        f.write(saved.replace('"global_batch": 8', '"global_batch": "8"'))
+    res = train(tiny_data, run_copy, np=1)
+    assert res.returncode == 2 and "'global_batch' is '8', not a int" in res.stdout, \
+        res.stdout[-3000:]
+    with open(record, "w") as f:
+        f.write(saved)
+    description = os.path.join(run_copy, "model.json")
+    os.remove(description)
+    os.mkdir(description)
+    res = train(tiny_data, run_copy)
+    said = lines(res.stdout, f"error: --model_dir {run_copy}: {description}: Is a directory "
+                             f"while taking the model folder")
+    assert res.returncode == 2 and len(said) == 2, res.stdout[-3000:]
+    assert "Traceback" not in res.stdout and checkpoints(run_copy) == [4, 8]
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 400 MiB tmpfs (as root): room for two 67x67 checkpoints of 168 MB."""
@@ -263,6 +293,26 @@ def test_a_full_disk_while_logging_asks_for_a_stop_once(small_disk):
     assert asked == [f"writing {small_disk}/dllogger.json failed (No space left on device)"]
     log.log([0, step + 1], {"loss": 1.0})  # no more writing, no second call
     log.close()
+    assert len(asked) == 1
+
+
+def test_a_full_disk_under_tensorboards_writer_asks_for_a_stop_once(small_disk):
+    """As the DLLogger file's: TensorBoard's events that cannot be written are said
+    once and ask the run to stop; nothing raises (before, the writer's error
+    ended rank 0 with a traceback and exit 1, without a checkpoint)."""
+    from hvd_alexnet.progress import TensorBoard
+    asked = []
+    board = TensorBoard(str(small_disk / "tensorboard"), on_error=asked.append)
+    board.scalars("train", 0, {"loss": 1.0})
+    fill(small_disk, 0)
+    for step in range(1, 100000):  # until the page the events file has is full
+        board.scalars("train", step, {"loss": 1.0, "padding": float(step)})
+        if asked:
+            break
+    assert len(asked) == 1 and asked[0].startswith(
+        f"writing TensorBoard's events in {small_disk}/tensorboard failed"), asked
+    board.scalars("train", step + 1, {"loss": 1.0})  # no more writing, no second call
+    board.close()
     assert len(asked) == 1
 
 
