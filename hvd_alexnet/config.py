@@ -83,6 +83,10 @@ def define(fv):
     d.float("stall_timeout_sec", 1800,
             "A rank without progress for this long (stuck reading, or in a collective "
             "whose peer hangs) ends the job; 0: never. Keep it above a validation pass.")
+    d.float("diagnose_timeout_sec", 900,
+            "After a record fails to decode, a rank searches its shards for it (tf.data "
+            "names no file) for at most this long; past it, the run ends naming the "
+            "error without the record; 0: no limit.")
     d.bool("horovod_timeline", False,
            "Write Horovod's timeline of the run (every tensor's negotiation, fusion and "
            "all-reduce, per rank) to MODEL_DIR/horovod_timeline.json; open it in "
@@ -220,7 +224,8 @@ def check(cfg):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name} {getattr(cfg, name)}: must be at least 1")
     for name in ("max_steps", "eval_every_epochs", "threads", "warmup_epochs", "weight_decay",
-                 "stall_timeout_sec", "checkpoint_every_steps", "first_label"):
+                 "stall_timeout_sec", "checkpoint_every_steps", "first_label",
+                 "diagnose_timeout_sec"):
         if getattr(cfg, name) < 0:
             problems.append(f"--{name} {getattr(cfg, name)}: must not be negative")
     if cfg.num_classes is not None and cfg.num_classes < 2:

@@ -11,6 +11,7 @@ import re
 import socket
 import sys
 import threading
+import time
 
 import tensorflow as tf
 
@@ -161,14 +162,15 @@ class Dist:
         self.solo_end()  # HVD
         return result
 
-    def each_alone(self, work, activity):
+    def each_alone(self, work, activity, deadline=0, late=None):
         """Every rank runs its own `work()` (None: nothing to do) in a thread while
         its main thread takes part in a round of tiny all-reduces every
         `heartbeat` seconds, until every rank's work is done: the ranks wait for
         the slowest one (a rank scanning its shards for a bad record) with their
         watchdogs fed, and Horovod's stall check sees them answer. Returns
-        work()'s result, and raises what it raised."""
-        done, outcome = threading.Event(), {}
+        work()'s result, and raises what it raised; a rank whose work is not done
+        `deadline` seconds in (0: no limit) leaves it and returns `late`."""
+        done, outcome, end = threading.Event(), {}, time.monotonic() + deadline
 
         def run():
             try:
@@ -185,6 +187,10 @@ class Dist:
         while True:
             done.wait(self.heartbeat)
             self.watchdog.beat(activity)
+            over = deadline and not done.is_set() and time.monotonic() > end
+            if over:
+                outcome = {"result": late}  # the thread goes on, a daemon: its result unused
+                done.set()
             if not self.sum(0 if done.is_set() else 1, "hvd_alexnet.each_alone"):  # HVD
                 break
         if "error" in outcome:

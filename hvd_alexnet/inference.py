@@ -41,6 +41,8 @@ def write_description(model_dir, description):
 
 def read_description(model_dir):
     """model.json, or for a run that predates it, its last PARAMETER record."""
+    if config.pattern_problem(model_dir):
+        raise UsageError(config.pattern_problem(model_dir))
     path = os.path.join(model_dir, MODEL_FILE)
     if os.path.exists(path):
         return files.read_json(path, UsageError, f"remove it (the description is then read from "

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from hvd_alexnet import config, distributed, progress, signals
 from hvd_alexnet.data import prepare, reader
-from hvd_alexnet.errors import DataError, Diverged
+from hvd_alexnet.errors import DataError, Diverged, first_line
 
 if TYPE_CHECKING:  # Horovod's elastic runner is imported by --elastic runs only
     from hvd_alexnet import checkpoint, elastic
@@ -195,8 +195,12 @@ class Loop:
         if stopping:  # a signal or a rank's failure
             if isinstance(failure, ReadError):
                 error = failure.error
-                failure = self.dist.each_alone(lambda: self._diagnose(error),  # HVD
-                                               "finding the record that failed")
+                limit = self.cfg.diagnose_timeout_sec
+                failure = self.dist.each_alone(  # HVD
+                    lambda: self._diagnose(error), "finding the record that failed", limit,
+                    late=f"rank {self.dist.rank}: {first_line(error)} (the search of this "
+                         f"rank's shards for the record was stopped after {limit:g} s: "
+                         f"--diagnose_timeout_sec)")
             else:
                 self.dist.each_alone(None, "finding the record that failed")  # HVD
             failures = [f for f in self.dist.allgather_object(  # HVD

@@ -31,7 +31,22 @@ def test_directory_without_shards(tmp_path):
     ("--lr_schedule=linear", "linear"), ("--base_lr=0", "must be positive")])
 def test_nonsense_flags(tiny_data, tmp_path, flag, message):
     res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path}", flag], timeout=60)
-    assert res.returncode != 0 and message in res.stdout
+    assert res.returncode == 2 and message in res.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "export"])
+def test_a_model_folder_whose_name_is_a_pattern_is_refused(tiny_data, tmp_path, command):
+    """TensorFlow reads checkpoint paths as file patterns: a folder named run[1]
+    would save checkpoints that a restore, the clean-up and evaluate miss."""
+    model_dir = tmp_path / "run[1]"
+    args = [command, f"--data_dir={tiny_data}", f"--model_dir={model_dir}"]
+    if command == "export":
+        args = [command, str(model_dir), str(tmp_path / "out")]
+    res = launch(args, timeout=60)
+    assert res.returncode == 2, res.stdout[-3000:]
+    assert (f"--model_dir {model_dir}: holds [ ], which TensorFlow reads as a file pattern"
+            in res.stdout), res.stdout[-3000:]
+    assert not model_dir.exists()
 
 
 def test_unwritable_model_dir(tiny_data, tmp_path):

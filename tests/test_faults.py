@@ -253,6 +253,19 @@ def test_a_long_search_for_a_bad_record_keeps_the_other_ranks_alive(tiny_data, t
     assert res.returncode == 3 and len(lines(res.stdout, line)) == 2, res.stdout[-3000:]
 
 
+def test_a_search_for_a_bad_record_past_its_deadline_ends_with_what_it_knows(tiny_data,
+                                                                           tmp_path):
+    """The same bad JPEG, a search that would take 1000 s (injected) and a 5 s
+    --diagnose_timeout_sec: every rank exits 3 with TensorFlow's error and the
+    search's end said, none waits for the search (before: no deadline)."""
+    corrupt_copy(tiny_data, tmp_path / "data")
+    res = train_job(tmp_path / "data", str(tmp_path / "m"), "--noshuffle", "--log_every=1",
+                    "--diagnose_timeout_sec=5", faults=["diagnose_delay=1000"], timeout=240)
+    said = lines(res.stdout, "hvd_alexnet train: data error: rank 1: ")
+    assert res.returncode == 3 and len(said) == 2, res.stdout[-3000:]
+    assert "the search of this rank's shards for the record was stopped after 5 s" in said[0]
+
+
 @pytest.mark.parametrize("skip_corrupt", [False, True])
 def test_a_shard_that_vanishes_mid_run_stops_every_rank_with_its_name(tiny_data, tmp_path,
                                                                      skip_corrupt):
