@@ -60,6 +60,18 @@ def require(reason, what):
         pytest.skip(reason)
 
 
+def mount_tmpfs(path, size):
+    """Mounts a tmpfs of `size` (e.g. 400m) at `path`: a test's small disk. Skips
+    for a user who cannot; fails as root, where it must run (CI runs the suite
+    as root, and a skip there would hide the test)."""
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        if os.geteuid() == 0:
+            pytest.fail(f"mounting a tmpfs at {path} failed as root: {res.stderr.strip()}")
+        pytest.skip("mounting a tmpfs needs root")
+
+
 def command(args, np=1, launcher=None, env=None, faults=()):
     """The command line and environment that run `python -m hvd_alexnet ARGS` as
     `np` ranks; with `faults` (inject.py's options), `train` with those faults."""

@@ -75,3 +75,32 @@ def test_the_real_trainer_through_a_fault_of_every_kind(tiny_data, tmp_path, cap
     assert "final weights:" in out and "MATCH" in out and "steps:             80 of 80" in out
     injected = re.search(r"faults injected:   (\d+) of", out).group(1)
     assert int(injected) == len(kinds) - (0 if os.geteuid() == 0 else 1), out
+
+
+def test_filling_the_disk_never_crashes_the_harness(tmp_path, monkeypatch):
+    """The trainer writes between the harness's measure of the free space and its
+    fallocate (seed 5150 under load: ENOSPC, a traceback and exit 1, the run's
+    verdict lost). Here the first measure is 10 MiB too generous, as if the
+    trainer had written that much since: the filler measures again and fills."""
+    import collections
+    import shutil
+
+    from helpers import mount_tmpfs
+    from hvd_alexnet.tools import chaos_faults
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount_tmpfs(disk, "64m")
+    try:
+        real, calls = shutil.disk_usage, []
+        usage = collections.namedtuple("usage", "total used free")
+
+        def measured(path):
+            calls.append(path)
+            u = real(path)
+            return usage(u.total, u.used, u.free + (10 << 20 if len(calls) == 1 else 0))
+
+        monkeypatch.setattr(chaos_faults.shutil, "disk_usage", measured)
+        assert chaos_faults.fill_disk(str(disk)) is True
+        assert len(calls) == 2 and real(disk).free <= 1 << 20, (calls, real(disk))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])

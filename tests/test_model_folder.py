@@ -20,6 +20,7 @@ from helpers import (
     finish_after,
     launch,
     lines,
+    mount_tmpfs,
     output,
     release,
     require,
@@ -236,9 +237,7 @@ def small_disk(tmp_path):
     """A 400 MiB tmpfs (as root): room for two 67x67 checkpoints of 168 MB."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
+    mount_tmpfs(disk, "400m")
     yield disk
     subprocess.run(["umount", "-l", str(disk)])
 

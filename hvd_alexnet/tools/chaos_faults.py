@@ -20,6 +20,7 @@ filled disk; none goes through a test hook.
 """
 
 import dataclasses
+import errno
 import os
 import shutil
 import signal
@@ -149,6 +150,25 @@ def at_start(proc, model_dir, ranks=2, timeout=300):
     return False
 
 
+def fill_disk(model_dir, tries=10):
+    """Takes all but about 1 MiB of the disk of `model_dir` with one file. The
+    trainer writes meanwhile, so a size measured a moment ago may no longer fit
+    (ENOSPC: once a traceback that lost the chaos run's verdict): measured again
+    and tried again. True once the disk is full (or as full as it gets)."""
+    path = os.path.join(model_dir, FILLER)
+    for _ in range(tries):
+        free = shutil.disk_usage(model_dir).free
+        try:
+            with open(path, "ab") as f:
+                os.posix_fallocate(f.fileno(), 0, max(1, os.fstat(f.fileno()).st_size + free
+                                                      - (1 << 20)))
+            return True
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+    return True  # every try found less room than measured: full enough
+
+
 def while_training(proc, model_dir, fault, after_steps, second_job):
     """Waits until `after_steps` more steps are logged, then injects `fault`.
     Returns False if its moment did not come: the job ended first, or (for a
@@ -166,10 +186,7 @@ def while_training(proc, model_dir, fault, after_steps, second_job):
     if fault == "fill the disk":
         if proc.poll() is not None:
             return False
-        free = shutil.disk_usage(model_dir).free
-        with open(os.path.join(model_dir, FILLER), "wb") as f:
-            os.posix_fallocate(f.fileno(), 0, max(1, free - (1 << 20)))
-        return True
+        return fill_disk(model_dir)
     if fault == "kill rank 0 while it saves":
         ckpts = os.path.join(model_dir, CHECKPOINT_SUBDIR)  # made by the run's first save
         deadline = time.time() + 120
