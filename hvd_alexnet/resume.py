@@ -101,6 +101,12 @@ def _compare(job, old, new, step, seen, state):
     changes = old.changes(new)
     if not changes:
         return
+    if step % state.steps_per_epoch and old.values.get("ranks") != new.values.get("ranks"):
+        job.say(f"the checkpoint is inside epoch {step // state.steps_per_epoch + 1}, taken on "
+                f"{old.values.get('ranks')} rank(s): on {new.values.get('ranks')} each rank "
+                f"reads other shards, so the rest of that epoch (from each rank's record "
+                f"{step % state.steps_per_epoch * state.step_batch}) may repeat some records "
+                f"and miss others; from the next epoch on, every record once per epoch")
     finished = seen >= old.values["total_steps"] * old.values["global_batch"]
     if step >= state.total and not finished:
         raise UsageError(

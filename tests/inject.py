@@ -1,6 +1,7 @@
 """`python tests/inject.py [stall=RANK:STEP] [hold=STEP[:RANK]] [heartbeat=SECONDS]
 [validation_delay=SECONDS] [save_delay=SECONDS] [step_delay=SECONDS] [release=PATH]
-[nan=STEP] [end=RANK:STEP] [start_hold=PATH] [diagnose_delay=SECONDS] -- TRAIN_FLAGS`:
+[nan=STEP] [end=RANK:STEP] [start_hold=PATH] [diagnose_delay=SECONDS] [trace=PATH]
+-- TRAIN_FLAGS`:
 `python -m hvd_alexnet train TRAIN_FLAGS` with faults injected through the
 trainer's hooks (hvd_alexnet.loop.Hooks), so that no test switch lives in the
 trainer itself.
@@ -29,6 +30,9 @@ trainer itself.
                      then waits there until a signal asks it to stop (at most 300 s)
   diagnose_delay=SECONDS  a rank that looks for its bad record takes this much
                      longer: a diagnosis long by construction (a large shard set)
+  trace=PATH         each rank appends to PATH.RANK a line per image it trains
+                     on: its position in the epoch and a hash of its pixels
+                     (with --noaugment --noflip, a key of its record)
 
 (Not --options: horovodrun reads the whole command line and takes any
 --word that abbreviates one of its own options, such as --stall.)
@@ -61,6 +65,7 @@ class Faults(Hooks):
         self.stall, self.hold, self.heartbeat_seconds, self.validation_delay = None, None, None, 0.0
         self.hold_rank, self.save_delay, self.step_delay, self.release = None, 0.0, 0.0, None
         self.nan, self.end, self.start_hold, self.diagnose_delay = None, None, None, 0.0
+        self.trace = None
 
     def after_step(self, rank, step, stop_requested):
         if (rank, step) == self.stall:
@@ -80,8 +85,17 @@ class Faults(Hooks):
 
     def batches(self, rank, step, batches):
         if self.end and self.end[0] == rank:
-            return itertools.islice(batches, max(0, self.end[1] - step))
-        return batches
+            batches = itertools.islice(batches, max(0, self.end[1] - step))
+        return self._traced(rank, batches) if self.trace else batches
+
+    def _traced(self, rank, batches):
+        import hashlib
+        with open(f"{self.trace}.{rank}", "a") as f:
+            for images, labels, positions in batches:
+                for image, position in zip(images.numpy(), positions.numpy()):
+                    f.write(f"{position} {hashlib.sha1(image.tobytes()).hexdigest()}\n")
+                f.flush()
+                yield images, labels, positions
 
     def at_start(self, stop_requested):
         if self.start_hold:
@@ -129,6 +143,8 @@ def main(argv):
             faults.start_hold = value
         elif name == "diagnose_delay":
             faults.diagnose_delay = float(value)
+        elif name == "trace":
+            faults.trace = value
         else:
             raise SystemExit(f"inject.py: unknown option {name}\n{__doc__}")
     return run_command("train", train_args, hooks=faults)

@@ -130,7 +130,12 @@ def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epo
 
     File order and the record shuffle are seeded by (seed, epoch, rank), and the
     augmentation by (seed, epoch, position in the epoch), so the same arguments
-    give the same batches. Positions count from 0 in each epoch. With
+    give the same batches. The records' order is deterministic whatever
+    `deterministic` says (it then rules only the order of what is done in
+    parallel elsewhere): a resume's skip of the steps done must skip exactly
+    the records read before, none repeated and none missed (a parallel read in
+    any order fed the 10,000-record shuffle buffer another sequence each run).
+    Positions count from 0 in each epoch. With
     `skip_corrupt`, records that do not decode or have a bad label are dropped;
     the positions (in order) show how many.
     """
@@ -147,7 +152,7 @@ def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epo
         if shuffle:
             ds = ds.shuffle(n, seed=epoch_seed)
         ds = ds.interleave(plain(_records_with_origin), cycle_length=min(n, 16), block_length=1,
-                           num_parallel_calls=min(n, 16) if deterministic else AUTOTUNE)
+                           num_parallel_calls=min(n, 16), deterministic=True)
         if shuffle:
             ds = ds.shuffle(shuffle_buffer, seed=epoch_seed)
         # Repeat after the shuffle: each pass over the rank's shards is a fresh
@@ -168,8 +173,8 @@ def train_dataset(files, batch_size, image_size, num_classes, steps, seed=0, epo
             return image, _checked_label(label, filename, index, num_classes, first_label), \
                 position
 
-        ds = forgiving_map(ds, load) if skip_corrupt else ds.map(plain(load),
-                                                                  num_parallel_calls=AUTOTUNE)
+        ds = forgiving_map(ds, load) if skip_corrupt else ds.map(
+            plain(load), num_parallel_calls=AUTOTUNE, deterministic=True)  # the batches exact
         return ds.take(todo) if skip_corrupt else ds
 
     # An epoch's count is whole batches, so no batch spans two epochs; the
