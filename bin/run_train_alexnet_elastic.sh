@@ -48,14 +48,27 @@ extra=()
 read -r cool_min cool_max <<< "${COOLDOWN:-30 120}"
 want_count cool_min cool_max
 cd "$ROOT"
-status=0
-"${launcher[@]}" -np "$NP" --min-np "$MIN_NP" --max-np "$MAX_NP" \
+# The launcher runs as this shell's child (its status is said below), so the shell
+# passes a stop on: SIGTERM, SIGINT or SIGHUP to it (a supervisor, `timeout`, Ctrl-C)
+# reaches the launcher as SIGTERM, and the shell waits for the launcher's end (a
+# shell killed by the signal left the launcher and its ranks running, unwatched).
+# The launcher has a session of its own (setsid: a Ctrl-C to the terminal reaches
+# this shell alone, not the elastic driver's helpers half-way) and gets SIGTERM if
+# this shell dies (setpriv --pdeathsig, even of a SIGKILL).
+setsid setpriv --pdeathsig TERM -- "${launcher[@]}" -np "$NP" --min-np "$MIN_NP" --max-np "$MAX_NP" \
   --host-discovery-script "$ROOT/bin/discover_hosts.sh" \
   --blacklist-cooldown-range "$cool_min" "$cool_max" \
   --elastic-timeout "${ELASTIC_TIMEOUT:-600}" "${extra[@]}" \
   "$PYTHON" -m hvd_alexnet train --elastic \
   --data_dir="$DATA_DIR" --model_dir="$MODEL_DIR" \
-  --batch_size=32 --epochs=90 "$@" || status=$?
+  --batch_size=32 --epochs=90 "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null || true' TERM INT HUP
+status=0
+while :; do  # a trapped signal ends `wait` early: wait again until the launcher has ended
+  wait "$child" && status=0 || status=$?
+  kill -0 "$child" 2>/dev/null || break
+done
 if (( status != 0 )); then
   echo "$0: the elastic job ended with status $status (fewer than MIN_NP=$MIN_NP ranks for" \
        "${ELASTIC_TIMEOUT:-600} s, or an error above); its checkpoints are in" \
