@@ -161,7 +161,7 @@ def test_evicted_pod_checkpoints_and_every_rank_exits_75(two_hosts, evicted, tin
                "TF_CPP_MIN_LOG_LEVEL": "2",
                "DATA_DIR": tiny_data, "MODEL_DIR": model_dir, "IFACE": netns.IFACE,
                "SSH_PORT": str(netns.SSH_PORT), "HOSTFILE": str(hostfile),
-               "SIGKILL_TIMEOUT": "10"}
+               "SIGKILL_TIMEOUT": "60"}
         job = start_on(two_hosts, 0, ["bash", os.path.join(ROOT, SCRIPT), *SMALL,
                                       "--max_steps=400", "--noeval", "--num_classes=10"], env)
         wait_for_step(model_dir, 3, job, timeout=240)
