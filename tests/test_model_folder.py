@@ -16,7 +16,6 @@ import pytest
 from helpers import (
     FOLDER_ARGS,
     checkpoints,
-    finish,
     finish_after,
     launch,
     lines,
@@ -159,7 +158,8 @@ def test_one_slurm_allocation_runs_one_job_per_folder_and_a_paused_holder_loses_
             res.stdout[-3000:]
         os.kill(holder.pid, signal.SIGSTOP)
         taker = start(flags, env=env, faults=[f"start_hold={hold}"])
-        try:
+
+        def resume_the_holder():  # once the taker holds the folder (in its restore)
             deadline = time.time() + 120
             while not os.path.exists(hold):
                 assert taker.poll() is None and time.time() < deadline, output(taker)[-3000:]
@@ -169,10 +169,8 @@ def test_one_slurm_allocation_runs_one_job_per_folder_and_a_paused_holder_loses_
             release(tmp_path)
             holder.wait(timeout=120)
             os.kill(taker.pid, signal.SIGTERM)
-            res = finish(taker, timeout=120)
-        finally:
-            if taker.poll() is None:
-                os.killpg(taker.pid, signal.SIGKILL)
+
+        res = finish_after(taker, resume_the_holder, timeout=240)
         assert res.returncode == 75, res.stdout[-3000:]
         (took,) = lines(res.stdout, "taking over")
         assert "hvd-alexnet-other" in took and "it was not refreshed in" in took, took
