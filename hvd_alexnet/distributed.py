@@ -117,15 +117,15 @@ class Dist:
         return int(self.hvd.allreduce(tf.constant(value, tf.int64), op=self.hvd.Sum,  # HVD
                                       name=name))
 
-    def any_rank(self, flag):
-        """True on every rank if `flag` is true on any. Inside the step it fuses
-        with the gradients' all-reduce: Horovod fuses only tensors of the same
-        op, dtype and scale factors, so the vote is reduced as a gradient is (a
-        float32 1/N or 0 per rank, summed, compressed alike)."""
-        votes = self.hvd.allreduce(tf.cast(flag, tf.float32), op=self.hvd.Sum,  # HVD
-                                   compression=self.compression, prescale_factor=1.0 / self.size,
-                                   name="hvd_alexnet.stop")
-        return votes > 0
+    def mean_vote(self, vote):
+        """The mean of every rank's `vote` (signals.StopRequest.vote: 0 none,
+        above 0 a stop; under 1 only some ranks signalled). Inside the step it
+        fuses with the gradients' all-reduce: Horovod fuses only tensors of the
+        same op, dtype and scale factors, so the vote is reduced as a gradient is
+        (a float32 vote / N per rank, summed, compressed alike)."""
+        return self.hvd.allreduce(tf.cast(vote, tf.float32), op=self.hvd.Sum,  # HVD
+                                  compression=self.compression, prescale_factor=1.0 / self.size,
+                                  name="hvd_alexnet.stop")
 
     def allgather_object(self, obj, name):
         return self.hvd.allgather_object(obj, name=name)  # HVD
@@ -510,5 +510,5 @@ class Local:
     def average(self, tensors):
         return list(tensors)
 
-    def any_rank(self, flag):
-        return tf.cast(flag, tf.bool)
+    def mean_vote(self, vote):
+        return tf.cast(vote, tf.float32)

@@ -34,10 +34,16 @@ class Preempted(RuntimeError):
     """SIGTERM or SIGINT: stopped at a step boundary after rank 0's checkpoint."""
 
 
+class LeftJob(RuntimeError):
+    """--elastic: a signal to this host's ranks alone (a spot instance's notice):
+    this rank left the job after a commit; the others go on without it."""
+
+
 # (exception, prefix of its one-line message, exit status), most specific first.
 OUTCOMES = ((UsageError, "error: ", EXIT_USAGE), (DataError, "data error: ", EXIT_DATA),
             (CheckpointError, "checkpoint error: ", EXIT_CHECKPOINT),
-            (Preempted, "", EXIT_PREEMPTED), (Diverged, "error: ", EXIT_DIVERGED))
+            (Preempted, "", EXIT_PREEMPTED), (LeftJob, "", EXIT_PREEMPTED),
+            (Diverged, "error: ", EXIT_DIVERGED))
 OUTCOME_TYPES = tuple(kind for kind, _, _ in OUTCOMES)
 
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from hvd_alexnet import config, distributed, progress, signals
 from hvd_alexnet.data import prepare, reader
-from hvd_alexnet.errors import DataError, Diverged, first_line
+from hvd_alexnet.errors import DataError, Diverged, LeftJob, first_line
 
 if TYPE_CHECKING:  # Horovod's elastic runner is imported by --elastic runs only
     from hvd_alexnet import checkpoint, elastic
@@ -65,6 +65,7 @@ class RunState:
     skipped: int = 0  # corrupt records this rank skipped (--skip_corrupt)
     skipped_all: int = 0  # ... and all ranks, as of the last pause
     read_mark: int = 0  # records of this epoch this rank had read before this stretch
+    notices: int = 0  # --elastic: read steps in a row where some ranks, not all, were signalled
     checkpoint_seconds: float = None  # rank 0's last checkpoint: in the next progress record
     speed: progress.Throughput = dataclasses.field(default_factory=progress.Throughput)
 
@@ -137,15 +138,18 @@ class Loop:
         state.speed.start()
         try:
             for images, labels, positions in steps:  # batch  # noqa: B007 - read after the loop
-                loss, stopping = self.train_step(images, labels, tf.constant(self.stop.requested))
+                loss, stopping = self.train_step(images, labels, tf.constant(
+                    self.stop.vote(self.dist.size)))
                 state.step += 1  # step
                 self.dist.watchdog.beat("reading the next batch, or in a training step "
                                         "(computing, or in the gradient all-reduce)")
                 state.speed.step(state.global_batch, loss if state.warming_up(
                     self.cfg.num_warmup_batches) else None)
                 if self.reads_at(state.step, first + n):
-                    if bool(stopping):  # before any other collective: a failing rank joins no more
-                        break
+                    vote = float(stopping)
+                    state.notices = state.notices if vote else 0
+                    if vote and not self.host_leaves(vote, state):
+                        break  # before any other collective: a failing rank joins no more
                     if state.step % self.cfg.log_every == 0 or state.step == state.total:  # log
                         self._report(loss, epoch, state)
                     if self.committed is not None and state.step % self.cfg.elastic_commit_every \
@@ -168,6 +172,24 @@ class Loop:
             state.skipped += state.read_mark - mark - (state.step - first) * state.step_batch
         return stopping
 
+    def host_leaves(self, vote, state):
+        """--elastic, at a read step where the ranks' mean stop vote is `vote`:
+        whether this is a host's notice (a signal to some ranks, not all: a spot
+        instance's) rather than a stop of the job. At the second read step in a
+        row with such a vote (a signal to the whole job reaches every rank by
+        then), every rank commits and the signalled ranks leave (LeftJob); the
+        others go on, and re-form without them from this commit."""
+        if self.committed is None or vote >= 1 - 0.5 / self.dist.size:
+            return False
+        state.notices += 1
+        if state.notices >= 2:
+            self.commit(state)  # HVD: the same on every rank
+            if self.stop.requested:
+                raise LeftJob(f"rank {self.dist.rank}: {self.stop.reason} to this host's ranks "
+                               f"alone: leaving the elastic job at step {state.step} (committed); "
+                               f"the others go on without this host")
+        return True
+
     def reads_at(self, step, end):
         """Whether every rank waits for `step`'s results and reads its stop vote:
         every --log_every steps (the progress line and the divergence check), at
@@ -187,11 +209,13 @@ class Loop:
                               tf.uint8)
             labels = tf.zeros([state.step_batch], tf.int32)
             while state.step < end:
-                _, stopping = self.train_step(images, labels, tf.constant(True))
+                _, stopping = self.train_step(images, labels,  # a stop of the job
+                                              tf.constant(float(self.dist.size)))
                 state.step += 1
                 if self.reads_at(state.step, end):
                     break
-        stopping = bool(stopping) or bool(failure)
+        stopping = bool(float(stopping) >= 1 - 0.5 / self.dist.size if self.committed
+                        is not None else stopping) or bool(failure)
         if stopping:  # a signal or a rank's failure
             if isinstance(failure, ReadError):
                 error = failure.error

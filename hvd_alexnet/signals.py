@@ -27,6 +27,7 @@ class StopRequest:
         self.requested = False
         self.reason = None  # what asked: the signal's name, or a failure of rank 0's (disk)
         self.repeated = False  # a later signal was said
+        self.signalled = False  # the stop is a signal's (not the process's own: ask())
         for sig in SIGNALS:
             signal.signal(sig, self._handle)
 
@@ -40,12 +41,22 @@ class StopRequest:
                       file=sys.stderr, flush=True)
             return
         self.ask(name)
+        self.signalled = True
         print(f"hvd_alexnet: {self.reason}: stopping at the next read step (checkpoint "
               f"first)", file=sys.stderr, flush=True)
 
     def ask(self, reason):
         """A stop asked by the process itself (as a signal would): `reason` says why."""
         self.requested, self.reason = True, reason
+
+    def vote(self, ranks):
+        """This rank's stop vote in a step: 0 (none), 1 for a signal, `ranks` for
+        a stop of the job's own (a full disk): the votes' mean is then at least 1
+        whatever the others vote. An elastic job tells a host's notice (a signal
+        to some ranks: a mean under 1) from a stop of the job by it."""
+        if not self.requested:
+            return 0.0
+        return 1.0 if self.signalled else float(ranks)
 
     def settle(self):
         """The stop's checkpoint is written and the rank is exiting: from here a

@@ -1,7 +1,7 @@
 """One training step: the loss, K micro-batches with their gradients summed
 locally, loss scaling for float16, one averaging all-reduce, the update.
 
-Horovod enters only through `dist` (gradient_tape, average, any_rank); with
+Horovod enters only through `dist` (gradient_tape, average, mean_vote); with
 `distributed.Local()` the step runs in one process, as the unit tests run it.
 """
 
@@ -49,7 +49,7 @@ def policy(precision, gpu):
 
 
 def make_train_step(model, opt, dist, weight_decay, micro_batches=1, seeds=None, xla=False):
-    """A tf.function (images, labels, stop) -> (loss, stop on any rank) that
+    """A tf.function (images, labels, vote) -> (loss, the ranks' mean stop vote) that
     updates `model` once. The batch holds `micro_batches` micro-batches;
     `seeds`, the model's DropoutSeeds, learns which one is being traced. With
     `xla`, the forward and backward passes are one XLA computation (jit_compile)
@@ -81,7 +81,7 @@ def make_train_step(model, opt, dist, weight_decay, micro_batches=1, seeds=None,
     # autograph=False: no Python control flow on tensors here, so the trace skips
     # AutoGraph's rewrite of Keras' and Horovod's code (5 s at every process's start).
     @tf.function(autograph=False)
-    def train_step(images, labels, stop):
+    def train_step(images, labels, vote):
         variables = model.trainable_variables
         if micro_batches == 1 and not xla:  # each gradient's all-reduce starts when it is ready
             with tf.GradientTape() as tape:
@@ -93,6 +93,6 @@ def make_train_step(model, opt, dist, weight_decay, micro_batches=1, seeds=None,
         if loss_scale:  # a step whose gradients overflow is skipped (alike on every rank)
             grads = opt.get_unscaled_gradients(grads)
         opt.apply_gradients(zip(grads, variables))
-        return value, dist.any_rank(stop)  # HVD: a stop asked of any rank stops all
+        return value, dist.mean_vote(vote)  # HVD: a stop asked of any rank stops all
 
     return train_step

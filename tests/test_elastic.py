@@ -131,3 +131,22 @@ def test_one_host_without_an_interface_is_refused_not_left_waiting(tmp_path):
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "needs 2 at the start" in res.stderr and "IFACE" in res.stderr
+
+
+def test_a_signal_to_one_hosts_rank_shrinks_the_job_and_it_goes_on(tiny_data, tmp_path):
+    """A spot instance's notice: SIGTERM to the rank of host 127.0.0.1 alone. At
+    the second read step after it every rank commits, that rank leaves (75) and
+    the other goes on alone from the commit, to the run's end (0); the driver
+    keeps the host out (a cooldown longer than the run). Steps and examples are
+    checked as in the other elastic tests. Before, the whole job stopped (75)."""
+    proc = start(tmp_path, HOSTS, f"--data_dir={tiny_data}", "--epochs=2",
+                 env={"COOLDOWN": "600 601"})
+    wait_until(proc, "step 6", lambda: any(s >= 6 for s, _ in values(proc, "loss")))
+    os.kill(elastic_ranks(proc.hosts_file)["127.0.0.1"][0], signal.SIGTERM)
+    wait_until(proc, "a shrink to 1 rank", lambda: values(proc, "elastic_ranks"))
+    release(tmp_path)
+    done = finish(proc, 300)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "SIGTERM to this host's ranks alone: leaving the elastic job at step" in done.stdout
+    assert "the job shrank from 2 to 1 ranks" in done.stdout, done.stdout[-4000:]
+    check_elastic_run(proc, [1])
