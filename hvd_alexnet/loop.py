@@ -138,7 +138,7 @@ class Loop:
         state.speed.start()
         try:
             for images, labels, positions in steps:  # batch  # noqa: B007 - read after the loop
-                loss, stopping = self.train_step(images, labels, tf.constant(
+                loss, votes = self.train_step(images, labels, tf.constant(
                     self.stop.vote(self.dist.size)))
                 state.step += 1  # step
                 self.dist.watchdog.beat("reading the next batch, or in a training step "
@@ -146,9 +146,10 @@ class Loop:
                 state.speed.step(state.global_batch, loss if state.warming_up(
                     self.cfg.num_warmup_batches) else None)
                 if self.reads_at(state.step, first + n):
-                    vote = float(stopping)
+                    vote = float(votes)
                     state.notices = state.notices if vote else 0
                     if vote and not self.host_leaves(vote, state):
+                        stopping = True  # a signal, or a rank's failure: every rank alike
                         break  # before any other collective: a failing rank joins no more
                     if state.step % self.cfg.log_every == 0 or state.step == state.total:  # log
                         self._report(loss, epoch, state)
@@ -173,14 +174,18 @@ class Loop:
         return stopping
 
     def host_leaves(self, vote, state):
-        """--elastic, at a read step where the ranks' mean stop vote is `vote`:
-        whether this is a host's notice (a signal to some ranks, not all: a spot
-        instance's) rather than a stop of the job. At the second read step in a
-        row with such a vote (a signal to the whole job reaches every rank by
-        then), every rank commits and the signalled ranks leave (LeftJob); the
+        """--elastic, at a read step where the ranks' mean stop vote is `vote` (not
+        0): whether this is a host's notice (a signal to some ranks, not all: a
+        spot instance's) rather than a stop of the job. At the second read step
+        in a row with such a vote (a signal to the whole job reaches every rank
+        by then), every rank commits and the signalled ranks leave (LeftJob); the
         others go on, and re-form without them from this commit."""
-        if self.committed is None or vote >= 1 - 0.5 / self.dist.size:
+        if self.committed is None or vote >= 1.5:  # no elastic job, or a stop of its own
             return False
+        # Only signals voted (so every rank is here): their exact count, as the
+        # fused vote may be float16, which cannot tell N - 1 of N from N.
+        if self.dist.sum(int(self.stop.requested), "hvd_alexnet.notice") == self.dist.size:
+            return False  # HVD: every rank was signalled: a stop of the job
         state.notices += 1
         if state.notices >= 2:
             self.commit(state)  # HVD: the same on every rank
@@ -209,13 +214,12 @@ class Loop:
                               tf.uint8)
             labels = tf.zeros([state.step_batch], tf.int32)
             while state.step < end:
-                _, stopping = self.train_step(images, labels,  # a stop of the job
-                                              tf.constant(float(self.dist.size)))
+                self.train_step(images, labels,  # a stop of the job's own
+                                tf.constant(2.0 * self.dist.size))
                 state.step += 1
                 if self.reads_at(state.step, end):
                     break
-        stopping = bool(float(stopping) >= 1 - 0.5 / self.dist.size if self.committed
-                        is not None else stopping) or bool(failure)
+        stopping = stopping or bool(failure)
         if stopping:  # a signal or a rank's failure
             if isinstance(failure, ReadError):
                 error = failure.error

@@ -40,23 +40,23 @@ class StopRequest:
                       f"checkpoint is finished first (SIGKILL or SIGQUIT end at once)",
                       file=sys.stderr, flush=True)
             return
-        self.ask(name)
-        self.signalled = True
+        self.ask(name, signalled=True)
         print(f"hvd_alexnet: {self.reason}: stopping at the next read step (checkpoint "
               f"first)", file=sys.stderr, flush=True)
 
-    def ask(self, reason):
+    def ask(self, reason, signalled=False):
         """A stop asked by the process itself (as a signal would): `reason` says why."""
-        self.requested, self.reason = True, reason
+        self.requested, self.reason, self.signalled = True, reason, signalled
 
     def vote(self, ranks):
-        """This rank's stop vote in a step: 0 (none), 1 for a signal, `ranks` for
-        a stop of the job's own (a full disk): the votes' mean is then at least 1
-        whatever the others vote. An elastic job tells a host's notice (a signal
-        to some ranks: a mean under 1) from a stop of the job by it."""
+        """This rank's stop vote in a step: 0 (none), 1 for a signal, 2 x `ranks`
+        for a stop of the job's own (a full disk, a failed read): the votes'
+        mean is then at least 2 whatever the others vote, and at most 1 when
+        only signals voted. An elastic job tells a host's notice (a signal to
+        some ranks) from a stop of the job by it."""
         if not self.requested:
             return 0.0
-        return 1.0 if self.signalled else float(ranks)
+        return 1.0 if self.signalled else 2.0 * ranks
 
     def settle(self):
         """The stop's checkpoint is written and the rank is exiting: from here a
