@@ -25,7 +25,6 @@ from helpers import (
     train_job,
     wait_for_step,
 )
-from hvd_alexnet import metrics_log
 from hvd_alexnet.tools.chaos import rank_pids
 
 LONG = SMALL + ["--epochs=1000", "--noeval"]
@@ -90,25 +89,6 @@ def test_preempted_job_checkpoints_and_resumes_to_the_same_weights(tiny_data, tm
     assert res.returncode == 0, res.stdout[-3000:]
     for a, b in zip(final_weights(stopped), final_weights(straight)):
         np.testing.assert_array_equal(a, b)
-
-
-def test_sigint_to_the_ranks_under_mpirun(tiny_data, tmp_path):
-    model_dir = str(tmp_path)
-    proc = start(["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *LONG],
-                 np=2, launcher="mpi")
-    try:
-        wait_for_step(model_dir, 3, proc)
-        for pid in rank_pids(model_dir).values():
-            os.kill(pid, signal.SIGINT)
-        res = finish(proc, timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert res.returncode == 75 and "Exit code:    75" in res.stdout, res.stdout[-3000:]
-    records = metrics_log.read(os.path.join(model_dir, "dllogger.json"))
-    stop_step = [r["step"][1] for r in records if r.get("data", {}).get("preempted")]
-    assert len(stop_step) == 1 and checkpoints(model_dir)[-1] == stop_step[0]
-    assert rank_pids(model_dir) == {}
 
 
 def test_a_stalled_rank_ends_the_job_after_the_deadline(tiny_data, tmp_path):
