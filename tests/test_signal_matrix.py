@@ -126,3 +126,27 @@ def stop_and_check(launcher, target, tiny_data, tmp_path):
     time.sleep(1)
     assert job_pids(model_dir) == [], out[-4000:]
     shutil.rmtree(model_dir)
+
+
+def test_nothing_outlives_a_killed_launcher(tmp_path):
+    """SIGKILL to the supervisor (nothing it can handle): the kernel sends its
+    child (mpirun; here a stand-in that records the signal) SIGTERM."""
+    import sys
+    ready, got = tmp_path / "ready", tmp_path / "got"
+    child = (f"import signal, time\nsignal.signal(signal.SIGTERM, lambda *a: (open({str(got)!r}, "
+             f"'w').write('TERM'), exit(0)))\nopen({str(ready)!r}, 'w').close()\n"
+             f"time.sleep(300)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "hvd_alexnet.tools.supervise", sys.executable,
+                             "-c", child], cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not ready.exists():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        while not got.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert got.read_text() == "TERM"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -43,6 +43,10 @@ STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FORWARDED = signal.SIGUSR1  # what mpirun passes to every rank (and takes as no order to kill)
 STARTUP = 10.0  # seconds after mpirun's start before a stop is passed on (see above)
 _PR_SET_PDEATHSIG = 1
+# Loaded here, not in the child: between fork and exec the child may only call
+# what takes no lock that another thread of this process could have held (the
+# dynamic loader's, for one).
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def grace():
@@ -52,8 +56,7 @@ def grace():
 
 def _die_with_parent():
     """In the child before it runs mpirun: SIGTERM when this process dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def status(code):
