@@ -74,14 +74,14 @@ def start_script(launcher, model_dir, data, tmp_path):
     return proc
 
 
-# The Gloo launcher's SIGTERM and one rank's under it are test_faults.py's
-# (test_preempted_job_checkpoints_and_resumes_to_the_same_weights, and the reader
-# that ends while rank 1 is signalled); an elastic job's rank signalled alone is a
+# The Gloo launcher's SIGTERM is test_faults.py's (test_preempted_job_checkpoints_
+# and_resumes_to_the_same_weights); an elastic job's rank signalled alone is a
 # host's notice (test_elastic.py), not a stop of the job. Two classes: pytest-xdist
 # (--dist loadscope) runs them on two workers.
 MPI = [(launcher, target) for launcher in ("horovodrun (MPI, the default)", "mpirun")
        for target in ("launcher", "rank", "group")]
-GLOO = [("horovodrun --gloo", "group"), (ELASTIC, "launcher"), (ELASTIC, "group")]
+GLOO = [("horovodrun --gloo", "rank"), ("horovodrun --gloo", "group"), (ELASTIC, "launcher"),
+        (ELASTIC, "group")]
 
 
 class TestMPI:
