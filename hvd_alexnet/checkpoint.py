@@ -124,12 +124,12 @@ def examples_seen(prefix):
 
 
 def by_training(directory, steps):
-    """`steps` (checkpoint numbers in `directory`), the most training first:
-    those whose examples seen cannot be read come first, newest number first, so
-    that a restore tries them (and sets them aside) as it always did; then the
-    others by examples seen, then number."""
-    seen = {s: examples_seen(os.path.join(directory, f"ckpt-{s}")) for s in steps}
-    return sorted(steps, key=lambda s: (seen[s] is None, seen[s] or 0, s), reverse=True)
+    """[(step, examples seen or None)] of `steps` (checkpoint numbers in
+    `directory`), the most training first: those whose examples seen cannot be
+    read come first, newest number first, so that a restore tries them (and sets
+    them aside) as it always did; then the others by examples seen, then number."""
+    seen = [(s, examples_seen(os.path.join(directory, f"ckpt-{s}"))) for s in steps]
+    return sorted(seen, key=lambda p: (p[1] is None, p[1] or 0, p[0]), reverse=True)
 
 
 def newest(model_dir):
@@ -139,8 +139,7 @@ def newest(model_dir):
     read and never repair."""
     directory = os.path.join(model_dir, SUBDIR)
     complete = [s for s, names in on_disk(directory).items() if f"ckpt-{s}.index" in names]
-    readable = [s for s in by_training(directory, complete)
-                if examples_seen(os.path.join(directory, f"ckpt-{s}")) is not None]
+    readable = [s for s, seen in by_training(directory, complete) if seen is not None]
     usable = readable or sorted(complete, reverse=True)
     return os.path.join(directory, f"ckpt-{usable[0]}") if usable else None
 
@@ -232,7 +231,7 @@ class Checkpoints:
             self.say(f"{problem}: the checkpoints are found from their files "
                      f"({len(present)} in {self.directory})")
         return [(s, sorted(present.get(s, [])))
-                for s in by_training(self.directory, sorted(set(listed) | set(present)))]
+                for s, _ in by_training(self.directory, sorted(set(listed) | set(present)))]
 
     def _try_again(self, step, names):
         """_try, again after RESTORE_TRIES' pauses while it fails: None, or the

@@ -133,7 +133,6 @@ def test_a_lock_is_taken_over_only_from_a_job_that_is_gone(tmp_path, monkeypatch
     import socket
     import subprocess
     import sys
-    import threading
     import time
 
     import pytest
@@ -147,14 +146,16 @@ def test_a_lock_is_taken_over_only_from_a_job_that_is_gone(tmp_path, monkeypatch
         path.write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "job": None,
                                     "started": "then", **holder}))
 
-    def refreshing(stop):  # another host's holder whose clock is an hour behind
-        t = time.time() - 3600
-        while not stop.wait(0.1):
-            t += 0.1
-            try:
-                os.utime(path, (t, t))
-            except FileNotFoundError:
-                pass
+    real_sleep, refreshes = time.sleep, []
+
+    def watched(seconds):  # each pause of the watch: a refresh by construction, if any
+        real_sleep(min(seconds, 0.01))
+        if refreshes:  # another host's holder whose clock is an hour behind
+            t = time.time() - 3600 + len(refreshes)
+            refreshes.append(t)
+            os.utime(path, (t, t))
+
+    monkeypatch.setattr(rundir.time, "sleep", watched)
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -176,25 +177,17 @@ def test_a_lock_is_taken_over_only_from_a_job_that_is_gone(tmp_path, monkeypatch
         held_by(**holder)
         old = time.time() - 3600
         os.utime(path, (old, old))  # as an NFS server an hour off would show it
-        stop = threading.Event()
-        toucher = threading.Thread(target=refreshing, args=(stop,))
-        if refreshed:
-            toucher.start()
+        refreshes[:] = [old] if refreshed else []
         lock = rundir.Lock(str(tmp_path), said.append, env=env)
-        try:
-            if taken:
+        if taken:
+            lock.acquire()
+            assert json.loads(path.read_text())["pid"] == os.getpid(), holder
+            lock.release()
+            assert not path.exists()
+        else:
+            with pytest.raises(UsageError, match="is in use by another job"):
                 lock.acquire()
-                assert json.loads(path.read_text())["pid"] == os.getpid(), holder
-                lock.release()
-                assert not path.exists()
-            else:
-                with pytest.raises(UsageError, match="is in use by another job"):
-                    lock.acquire()
-                assert json.loads(path.read_text())["pid"] == holder["pid"], holder
-        finally:
-            stop.set()
-            if refreshed:
-                toucher.join()
+            assert json.loads(path.read_text())["pid"] == holder["pid"], holder
     assert any("left by host elsewhere, pid 12" in s and "it was not refreshed in 1 s" in s
                for s in said), said
 

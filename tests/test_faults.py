@@ -40,13 +40,11 @@ def test_a_dead_rank_ends_the_whole_job(tiny_data, tmp_path, launcher):
         pids = rank_pids(model_dir)
         assert sorted(pids) == [0, 1], pids
         os.kill(pids[1], signal.SIGKILL)
-        killed = time.time()
-        res = finish(proc, timeout=60)  # the whole job ends within 60 s
+        res = finish(proc, timeout=60)  # the whole job ends within 60 s, or the test fails
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert res.returncode == 137, res.stdout[-3000:]  # the killed rank's: 128 + SIGKILL
-    assert time.time() - killed < 60
     named = {"gloo": "Process name: 1", "mpi": "process rank 1"}[launcher]
     assert named in res.stdout, res.stdout[-3000:]
     time.sleep(1)

@@ -71,7 +71,9 @@ def test_a_resume_takes_the_checkpoint_with_the_most_training_at_any_global_batc
     ckpt-16, numbered above it and holding less, then ckpt-12 (96). With
     ckpt-16 put back (a folder of an older version, or a copy), a third run and
     `newest` (evaluate, export, predict, report) still take ckpt-12: the
-    training a checkpoint holds decides, not its number."""
+    training a checkpoint holds decides, not its number. Under horovodrun
+    --gloo: the choice is rank 0's alone, the same under any launcher; the
+    scripts' default (MPI) is the launcher matrix's (test_signal_matrix.py)."""
     import shutil
 
     from hvd_alexnet import checkpoint
@@ -105,7 +107,9 @@ def test_a_resume_goes_on_with_the_records_not_yet_read_in_its_epoch(tmp_path):
     (--noaugment --noflip: an image is its record's key) holds every record of
     its shards once: none repeated, none missed. Before, the parallel read fed
     the shuffle another sequence each run, and the resume's skip of 4 steps
-    skipped other records than the 4 steps had read."""
+    skipped other records than the 4 steps had read. Under horovodrun --gloo:
+    the order is the reader's, the same under any launcher; the scripts'
+    default (MPI) stops and resumes in the launcher matrix."""
     import os
     import signal
     import time
