@@ -1,6 +1,7 @@
 """`python tests/inject.py [stall=RANK:STEP] [hold=STEP[:RANK]] [heartbeat=SECONDS]
 [validation_delay=SECONDS] [save_delay=SECONDS] [step_delay=SECONDS] [release=PATH]
 [nan=STEP] [end=RANK:STEP] [start_hold=PATH] [diagnose_delay=SECONDS] [trace=PATH]
+[pause=PATH]
 -- TRAIN_FLAGS`:
 `python -m hvd_alexnet train TRAIN_FLAGS` with faults injected through the
 trainer's hooks (hvd_alexnet.loop.Hooks), so that no test switch lives in the
@@ -33,6 +34,9 @@ trainer itself.
   trace=PATH         each rank appends to PATH.RANK a line per image it trains
                      on: its position in the epoch and a hash of its pixels
                      (with --noaugment --noflip, a key of its record)
+  pause=PATH         after the first step that finds PATH, that rank stops
+                     itself (SIGSTOP) as a paused job would be: between two
+                     saves by construction, never in the middle of one
 
 (Not --options: horovodrun reads the whole command line and takes any
 --word that abbreviates one of its own options, such as --stall.)
@@ -65,13 +69,16 @@ class Faults(Hooks):
         self.stall, self.hold, self.heartbeat_seconds, self.validation_delay = None, None, None, 0.0
         self.hold_rank, self.save_delay, self.step_delay, self.release = None, 0.0, 0.0, None
         self.nan, self.end, self.start_hold, self.diagnose_delay = None, None, None, 0.0
-        self.trace = None
+        self.trace, self.pause = None, None
 
     def after_step(self, rank, step, stop_requested):
         if (rank, step) == self.stall:
             time.sleep(1e6)
         if self.step_delay and not (self.release and os.path.exists(self.release)):
             time.sleep(self.step_delay)
+        if self.pause and os.path.exists(self.pause):
+            self.pause = None
+            os.kill(os.getpid(), signal.SIGSTOP)
         if step == self.hold:  # a signal sent before now is delivered here
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
         deadline = time.monotonic() + 300
@@ -145,6 +152,8 @@ def main(argv):
             faults.diagnose_delay = float(value)
         elif name == "trace":
             faults.trace = value
+        elif name == "pause":
+            faults.pause = value
         else:
             raise SystemExit(f"inject.py: unknown option {name}\n{__doc__}")
     return run_command("train", train_args, hooks=faults)

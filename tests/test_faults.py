@@ -13,7 +13,6 @@ from helpers import (
     SMALL,
     checkpoints,
     corrupt_copy,
-    final_weights,
     finish,
     finish_after,
     lines,
@@ -54,21 +53,22 @@ def test_a_dead_rank_ends_the_whole_job(tiny_data, tmp_path, launcher):
 EXACT = SMALL + ["--epochs=2", "--noeval", "--deterministic"]  # dropout 0.5 too; 10 steps an epoch
 
 
-def test_preempted_job_checkpoints_and_resumes_to_the_same_weights(tiny_data, tmp_path):
-    """SIGTERM to horovodrun: the ranks vote to stop in the next step, and read
-    the vote (the host waits for a step's results) every --log_every=4 steps:
-    every rank stops at the same step, rank 0 checkpoints it, exit status 75;
-    the restarted job ends with an uninterrupted run's weights. The ranks hold
-    after step 13 until the signal comes (injected), so it lands there on any
-    machine: they vote in step 14 and stop after step 16."""
-    import numpy as np
-    straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
+def test_preempted_job_checkpoints_the_step_every_rank_stops_at(tiny_data, tmp_path):
+    """SIGTERM to horovodrun --gloo (the launcher matrix's Gloo x launcher cell):
+    the ranks vote to stop in the next step, and read the vote (the host waits
+    for a step's results) every --log_every=4 steps: every rank stops at the same
+    step, rank 0 checkpoints it, exit status 75. The ranks hold after step 13
+    until the signal comes (injected), so it lands there on any machine: they
+    vote in step 14 and stop after step 16. That a resume from such a stop ends
+    with an uninterrupted run's weights is the chaos run's ("SIGTERM to
+    horovodrun" among its faults, the weights matched bit for bit)."""
+    stopped = str(tmp_path / "stopped")
     args = ["train", f"--data_dir={tiny_data}", *EXACT, "--log_every=4"]
     proc = start([*args, f"--model_dir={stopped}"], np=2, launcher="gloo", faults=["hold=13"])
     try:
         wait_for_step(stopped, 12, proc)  # logged every 4 steps; the signal waits for 13
         os.kill(proc.pid, signal.SIGTERM)  # the launcher, as a scheduler would
-        res = finish(proc, timeout=60)
+        res = finish(proc, timeout=90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -77,16 +77,9 @@ def test_preempted_job_checkpoints_and_resumes_to_the_same_weights(tiny_data, tm
     assert res.returncode == 75, res.stdout[-3000:]
     stops = re.findall(r"\[(\d)\]<stderr>:hvd_alexnet train: stopped at step (\d+)", res.stdout)
     assert sorted(r for r, _ in stops) == ["0", "1"], res.stdout[-3000:]
-    assert len({s for _, s in stops}) == 1
-    last = checkpoints(stopped)[-1]
-    assert last == int(stops[0][1]) and 13 <= last < 20  # a mid-run checkpoint of that step
-    assert last == 16  # the first step read after the hold's vote
-    res = finish(start([*args, f"--model_dir={stopped}"], np=2, launcher="gloo"), 240)
-    assert res.returncode == 0 and f"at step {last}" in res.stdout, res.stdout[-3000:]
-    res = finish(start([*args, f"--model_dir={straight}"], np=2, launcher="gloo"), 240)
-    assert res.returncode == 0, res.stdout[-3000:]
-    for a, b in zip(final_weights(stopped), final_weights(straight)):
-        np.testing.assert_array_equal(a, b)
+    assert {s for _, s in stops} == {"16"}  # the first step read after the hold's vote
+    assert checkpoints(stopped)[-1] == 16
+    assert rank_pids(stopped) == {}
 
 
 def test_a_stalled_rank_ends_the_job_after_the_deadline(tiny_data, tmp_path):

@@ -196,37 +196,6 @@ def digest(out):
     return re.findall(r"weights digest (\w+), identical on all", out)
 
 
-@pytest.mark.timeout(900)
-def test_slurm_time_limit_signals_checkpoints_requeues_and_resumes_to_the_same_weights(
-        cluster, tiny_data, tmp_path):
-    """A real time limit: 2 minutes, SIGTERM 60 s before it (--signal; Slurm checks
-    every 30 s and sends it up to 30 s early, so 30 to 60 s after the start). The
-    ranks hold after step 3 (injected, SIGTERM blocked until then) until that
-    signal, so it lands there on any machine, even if it comes before step 3; they
-    checkpoint and exit 75, the script requeues the job, Slurm starts it again
-    (where SIGTERM stays blocked: it starts past step 3), and it resumes and
-    finishes with the weights of an uninterrupted run (--deterministic: dropout
-    seeded by step)."""
-    steps, limit = 6, ["--time=2", "--signal=TERM@60"]
-    model_dir = str(tmp_path / "run")
-    args, env = sbatch_args(model_dir, tiny_data, steps)
-    code, out = cluster.sbatch([*limit, *args, "--deterministic"],
-                               {**env, "PYTHON": injected_python(tmp_path, "hold=3")},
-                               timeout=600, cwd=ROOT)
-    assert code == 0, out[-5000:]  # sbatch --wait follows the job through its requeue
-    assert "job" in out and "start 1," in out and "start 2," in out, out[-5000:]
-    assert "stopped at step 4 on request" in out, out[-5000:]
-    assert "(status 75): job" in out and "requeued" in out
-    assert "at step 4" in out and f"steps : {steps} " in out  # resumed, then finished
-    assert checkpoints(model_dir)[0] == 4
-
-    straight = str(tmp_path / "straight")
-    args, env = sbatch_args(straight, tiny_data, steps)
-    code, plain = cluster.sbatch([*args, "--deterministic"], env, timeout=300, cwd=ROOT)
-    assert code == 0, plain[-4000:]
-    assert digest(out)[-1:] == digest(plain), (digest(out), digest(plain))
-
-
 def signal_shell_at(cluster, job, step, total):
     """Waits until the job's ranks hold after `step` (injected), then sends SIGTERM
     to the batch shell alone, as --signal=B:TERM@N does."""
@@ -239,31 +208,44 @@ def signal_shell_at(cluster, job, step, total):
 
 
 @pytest.mark.timeout(900)
-def test_sigterm_to_the_batch_shell_checkpoints_then_ends_75_or_requeues_and_resumes(
+def test_slurm_stops_by_batch_shell_signal_and_time_limit_then_requeues_to_the_same_weights(
         cluster, tiny_data, tmp_path):
-    """SIGTERM to the batch shell alone (--signal=B:TERM@N): the shell's trap passes
-    it to the ranks and waits for their checkpoint. With REQUEUE=0 the job ends with
-    the ranks' status 75; the same sbatch command resumes it, and signalled again (by
-    default, REQUEUE=1) it requeues itself, starts again and finishes. The ranks
-    hold after a known step until the signal reaches them."""
-    model_dir = str(tmp_path / "run")
-    args, env = sbatch_args(model_dir, tiny_data, 400)
-    job = cluster.submit(args, {**env, "REQUEUE": "0",
-                                "PYTHON": injected_python(tmp_path, "hold=3")}, cwd=ROOT)
-    signal_shell_at(cluster, job, 3, 400)
+    """The two ways Slurm stops a job, in one folder. First SIGTERM to the batch
+    shell alone (--signal=B:TERM@N) with REQUEUE=0: the shell's trap passes it to
+    the ranks and waits for their checkpoint, and the job ends with their 75.
+    The same sbatch command then resumes it under a real time limit (2 minutes,
+    SIGTERM to the job's steps 60 s before it: Slurm checks every 30 s, so 30 to
+    60 s after the start) and the default REQUEUE=1: the ranks checkpoint and
+    exit 75, the script requeues the job, Slurm starts it again, and it finishes
+    with the weights of an uninterrupted run (--deterministic: dropout seeded by
+    step). The ranks hold after a known step (injected, SIGTERM blocked until
+    then), so each signal lands there on any machine, even an early one; a run
+    that starts past the hold (the requeued one) keeps SIGTERM blocked."""
+    steps, model_dir = 8, str(tmp_path / "run")
+    args, env = sbatch_args(model_dir, tiny_data, steps)
+    job = cluster.submit([*args, "--deterministic"],
+                         {**env, "REQUEUE": "0", "PYTHON": injected_python(tmp_path, "hold=3")},
+                         cwd=ROOT)
+    signal_shell_at(cluster, job, 3, steps)
     code, out = cluster.wait(job, timeout=240)
     assert code == 75, out[-4000:]  # EXIT_PREEMPTED, from srun through the batch script
     assert "stopped at step 4 on request" in out and checkpoints(model_dir)[-1] == 4, out[-4000:]
     assert "requeued" not in out and "SIGTERM: passed to the ranks" in out, out[-4000:]
 
-    args, env = sbatch_args(model_dir, tiny_data, 8)
-    job = cluster.submit(args, {**env, "PYTHON": injected_python(tmp_path, "hold=5")}, cwd=ROOT)
-    signal_shell_at(cluster, job, 5, 8)
-    code, out = cluster.wait(job, timeout=300)  # sbatch --wait follows the job's requeue
-    assert code == 0, out[-4000:]
-    assert "ckpt-4 at step 4" in out and "stopped at step 6 on request" in out, out[-4000:]
-    assert "(status 75): job" in out and "requeued" in out and "start 2," in out, out[-4000:]
-    assert "ckpt-6 at step 6" in out and "steps : 8 " in out, out[-4000:]
+    limit = ["--time=2", "--signal=TERM@60"]
+    code, out = cluster.sbatch([*limit, *args, "--deterministic"],
+                               {**env, "PYTHON": injected_python(tmp_path, "hold=5")},
+                               timeout=600, cwd=ROOT)
+    assert code == 0, out[-5000:]  # sbatch --wait follows the job through its requeue
+    assert "ckpt-4 at step 4" in out and "stopped at step 6 on request" in out, out[-5000:]
+    assert "(status 75): job" in out and "requeued" in out and "start 2," in out, out[-5000:]
+    assert "ckpt-6 at step 6" in out and f"steps : {steps} " in out, out[-5000:]
+
+    straight = str(tmp_path / "straight")
+    args, env = sbatch_args(straight, tiny_data, steps)
+    code, plain = cluster.sbatch([*args, "--deterministic"], env, timeout=300, cwd=ROOT)
+    assert code == 0, plain[-4000:]
+    assert digest(out)[-1:] == digest(plain), (digest(out), digest(plain))
 
 
 # --- Kubernetes: docker/mpijob.yaml -------------------------------------------------

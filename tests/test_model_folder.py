@@ -120,15 +120,24 @@ def test_a_second_job_on_a_model_folder_is_refused_and_a_dead_jobs_lock_taken_ov
     assert "resumed from" in res.stdout, res.stdout[-3000:]
 
 
+def paused(pid):
+    """Whether process `pid` is stopped (by SIGSTOP)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0] == "T"
+
+
 def test_one_slurm_allocation_runs_one_job_per_folder_and_a_paused_holder_loses_it(
         tiny_data, tmp_path):
     """Two plain processes in one Slurm allocation (one SLURM_JOB_ID, no
     launcher's own id): the second is refused while the first runs (before, it
     took the lock over as "this same job's"). Then the holder plays another host
     (a UTS namespace of its own, so root: required where the suite must run it)
-    and is paused (SIGSTOP) for longer than a watch of its lock: the next job
-    sees no refresh and takes the folder over; the holder, resumed, checks its
-    lock before its next save, says it lost it and exits 2 without writing."""
+    and is paused (SIGSTOP, which it sends itself after a step, so that the pause
+    falls between two saves by construction: a pause in the middle of a save
+    would finish that save on resuming, as any check-then-write does) for longer
+    than a watch of its lock: the next job sees no refresh and takes the folder
+    over; the holder, resumed, checks its lock before its next save, says it lost
+    it and exits 2 without writing."""
     require(os.geteuid() != 0 and "a UTS namespace needs root", "the paused-holder test")
     plain = ["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path / 'plain'}", *ARGS]
     first = start(plain, env={"SLURM_JOB_ID": "4242"}, faults=slowed_until_released(tmp_path, 0.5))
@@ -144,7 +153,8 @@ def test_one_slurm_allocation_runs_one_job_per_folder_and_a_paused_holder_loses_
     model_dir = str(tmp_path / "run")
     flags = ["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *ARGS]
     env = {"SLURM_JOB_ID": "4242", "HVD_ALEXNET_LOCK_REFRESH": "1"}  # a 2.5 s watch
-    slow = slowed_until_released(tmp_path, 0.5)
+    pause = tmp_path / "pause"
+    slow = (*slowed_until_released(tmp_path, 0.5), f"pause={pause}")
     elsewhere = ["unshare", "--uts", "sh", "-c", 'hostname hvd-alexnet-other && exec "$@"', "sh"]
     holder = start(flags, env=env, faults=slow, prefix=elsewhere)
     hold, kept = str(tmp_path / "restoring"), []
@@ -156,7 +166,10 @@ def test_one_slurm_allocation_runs_one_job_per_folder_and_a_paused_holder_loses_
         res = launch(flags, env=env)
         assert res.returncode == 2 and "is in use by another job" in res.stdout, \
             res.stdout[-3000:]
-        os.kill(holder.pid, signal.SIGSTOP)
+        pause.touch()
+        while not paused(holder.pid):
+            assert holder.poll() is None, output(holder)[-3000:]
+            time.sleep(0.1)
         taker = start(flags, env=env, faults=[f"start_hold={hold}"])
 
         def resume_the_holder():  # once the taker holds the folder (in its restore)

@@ -14,7 +14,12 @@ process and changes two things:
   stop, 3 for bad data, ...), read from Horovod's report, which is printed
   as a line instead of its traceback;
 - its ranks get SIGKILL_TIMEOUT seconds (default 60) between the SIGTERM and
-  the SIGKILL.
+  the SIGKILL;
+- a rank that stopped on that SIGTERM keeps its status: Horovod runs each
+  rank under `/bin/sh -c`, and once the rank has exited it stops (SIGSTOP)
+  and terminates that shell at once, so a shell not yet scheduled to exit
+  with the rank's 75 died of the SIGTERM instead (143). The shell is now
+  given the same grace to end on its own.
 With MPI (horovodrun's default where Horovod is built with it), Horovod's
 horovodrun replaces itself with `/bin/sh -c "mpirun ..."`: a SIGTERM then ends
 that shell and leaves mpirun and the ranks running, and one to mpirun kills the
@@ -26,7 +31,9 @@ status (the first failed rank's) is kept as it is.
 import os
 import re
 import sys
+import time
 
+import psutil
 from horovod.runner.common.util import safe_shell_exec  # HVD
 
 from hvd_alexnet.tools import supervise
@@ -34,6 +41,38 @@ from hvd_alexnet.tools import supervise
 # Set at import: Horovod reads it in the process that runs each rank's shell, a
 # process started with multiprocessing's "spawn", which imports this module again.
 safe_shell_exec.GRACEFUL_TERMINATION_TIME_S = supervise.grace()
+_TERMINATE = safe_shell_exec.terminate_executor_shell_and_children
+
+
+def _terminate_rank(pid):
+    """Horovod's end of a rank's shell `pid` on a signal, except that when the
+    rank (the shell's children) ends within the grace, the shell is left to
+    exit with its status (its parent, Horovod's middleman, waits for it)."""
+    try:
+        shell = psutil.Process(pid)
+        children = shell.children()
+    except psutil.NoSuchProcess:
+        return
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    grace = safe_shell_exec.GRACEFUL_TERMINATION_TIME_S
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    deadline = time.monotonic() + grace
+    while not alive and time.monotonic() < deadline:
+        try:
+            if shell.status() == psutil.STATUS_ZOMBIE:
+                return  # exited, its status kept for the middleman's wait
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    _TERMINATE(pid)
+
+
+# Also set at import, for the same spawned process.
+safe_shell_exec.terminate_executor_shell_and_children = _terminate_rank
 FAILED = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
 
 
