@@ -4,9 +4,11 @@
 VENV            ?= .venv
 PY              := $(VENV)/bin/python
 # The TensorFlow requirements file: empty, the host's (the GPU stack where nvidia-smi lists
-# GPUs, else the CPU one); CPU=1 the CPU stack on any host.
+# GPUs, else the CPU one); CPU=1 the CPU stack on any host, GPU=1 the GPU one. A .venv
+# built as one stack is switched to the other only when asked so.
 TF_REQUIREMENTS ?=
 CPU             ?=
+GPU             ?=
 NP              ?= 2
 DEMO_DIR        ?= data/demo
 BENCH_DIR       ?= data/bench
@@ -24,7 +26,7 @@ IMAGE           ?= hvd-alexnet
 	gpu-check check-gpu-build bench-scaling
 
 install:
-	@TF_REQUIREMENTS=$(TF_REQUIREMENTS) CPU=$(CPU) VENV=$(VENV) bash scripts/install.sh
+	@TF_REQUIREMENTS=$(TF_REQUIREMENTS) CPU=$(CPU) GPU=$(GPU) VENV=$(VENV) bash scripts/install.sh
 
 $(DEMO_DIR)/metadata.json:
 	$(PY) -m hvd_alexnet data demo --output_dir $(DEMO_DIR)

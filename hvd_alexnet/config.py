@@ -100,6 +100,8 @@ def define(fv):
               "--elastic: copy the state to host memory every N steps (and at each pause); "
               "a lost host costs the steps since the last commit.")
     d.integer("threads", 0, "CPU threads per rank (0: the host's cores / ranks on the host).")
+    d.bool("cpu", False, "Compute on the CPU, also on a host whose nvidia-smi lists GPUs "
+           "(without it, such a host where TensorFlow sees no GPU is refused).")
     # Validation, logging, checkpoints
     d.string("model_dir", None, "Where checkpoints and the DLLogger log go (required).")
     d.integer("eval_every_epochs", 1, "Validate every N epochs (0: only at the end).")

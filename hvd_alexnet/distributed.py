@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -56,6 +57,7 @@ class Dist:
         self.gpu_id = gpu_identity() if device else None  # its PCI bus id
         self.first_step_allowed = 0  # seconds a process's first step may take (0: the timeout)
         self.hosts = []  # every rank's host name, by rank (filled by join)
+        self.gpu_ids = []  # every rank's GPU (PCI bus id; None: the CPU), by rank (join)
         self.heartbeat = heartbeat or heartbeat_seconds()
         self._read_place()
         # This rank's deadline on progress (see watchdog.py); started by the trainer.
@@ -73,10 +75,12 @@ class Dist:
         rank's new place."""
         self._read_place()
         self.watchdog.rank = self.rank
-        places = self.allgather_object((socket.gethostname(), self.gpu_id),  # HVD
+        on = self.gpu_id or ("a GPU" if self.device else None)
+        places = self.allgather_object((socket.gethostname(), self.gpu_id, on),  # HVD
                                        "hvd_alexnet.hosts")
-        check_gpu_identities(places)
-        self.hosts = [host for host, _ in places]
+        check_gpu_identities([(host, gpu) for host, gpu, _ in places])
+        self.hosts = [host for host, _, _ in places]
+        self.gpu_ids = [device for _, _, device in places]  # None: that rank's is the CPU
 
     # --- gradients and state -------------------------------------------------
     # One averaging path for every gradient: each rank's share, gradient x 1/N
@@ -324,8 +328,10 @@ def check_launch(hvd_rank, hvd_size, launched=None):
                          f"sees rank {hvd_rank} of {hvd_size}: {hint}")
 
 
-def describe_hosts(hosts):
-    """'host1: ranks 0-7; host2: ranks 8-15' from every rank's host name."""
+def describe_hosts(hosts, gpu_ids=None):
+    """'host1: ranks 0-7 on GPUs 0000:07:00.0, ...; host2: ranks 8-15 on the CPU'
+    from every rank's host name and GPU (PCI bus id, None for the CPU), by rank;
+    without `gpu_ids`, the hosts alone."""
     by_host = {}
     for rank, host in enumerate(hosts):
         by_host.setdefault(host, []).append(rank)
@@ -334,6 +340,10 @@ def describe_hosts(hosts):
         contiguous = ranks == list(range(ranks[0], ranks[-1] + 1))
         which = (f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}-{ranks[-1]}"
                  if contiguous else "ranks " + ",".join(map(str, ranks)))
+        if gpu_ids:
+            on = [gpu_ids[r] for r in ranks]
+            which += (" on the CPU" if not any(on) else
+                      f" on GPU{'s' if len(on) > 1 else ''} " + ", ".join(g or "CPU" for g in on))
         parts.append(f"{host}: {which}")
     return "; ".join(parts)
 
@@ -426,7 +436,7 @@ def set_unless_set(values, env=None):
 
 
 def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, threads=0,
-         timeline=None, stall_timeout=0, heartbeat=None, elastic=False, join=True):
+         timeline=None, stall_timeout=0, heartbeat=None, elastic=False, join=True, cpu=None):
     """hvd.init(), then pin a GPU by local rank (memory growth on) or divide the CPU.
 
     Must run before TensorFlow executes anything: thread counts and visible
@@ -435,14 +445,20 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     waiting ranks (default: heartbeat_seconds()). Returns (Dist, threads per
     rank). `elastic`: for horovodrun's elastic mode. `join=False`: no collective
     runs here (an elastic job's first one is its state's sync): the caller runs
-    Dist.join().
+    Dist.join(). `cpu`: True computes on the CPU (GPUs hidden), False refuses a
+    host whose nvidia-smi lists GPUs that TensorFlow does not see (a silent
+    CPU), None neither (the tools that report on the host).
     """
     check_variables()
     # Flags win over Horovod's environment variables; both are read at init.
     if fusion_threshold_mb is not None:
         os.environ["HOROVOD_FUSION_THRESHOLD"] = str(int(fusion_threshold_mb * (1 << 20)))
     set_unless_set(CUDA_CACHE)
-    gpus = tf.config.list_physical_devices("GPU")
+    if cpu:
+        tf.config.set_visible_devices([], "GPU")
+    gpus = [] if cpu else tf.config.list_physical_devices("GPU")
+    if cpu is False and not gpus:
+        refuse_silent_cpu()
     if gpus:
         set_unless_set(GPU_SETTINGS)
     if cycle_time_ms is None and "HOROVOD_CYCLE_TIME" not in os.environ and not gpus:
@@ -492,6 +508,34 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     if join:
         dist.join()
     return dist, threads
+
+
+def listed_gpus():
+    """GPUs that nvidia-smi lists on this host (0 without nvidia-smi)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+
+
+def refuse_silent_cpu():
+    """Raises UsageError where nvidia-smi lists GPUs but TensorFlow sees none:
+    every rank would train on the CPU, hours slower, without a word."""
+    listed = listed_gpus()
+    if not listed:
+        return
+    if not tf.test.is_built_with_cuda():
+        cause = ("this TensorFlow is the CPU build (the .venv was installed on a host without "
+                 "GPUs): install the GPU stack on a GPU node, e.g. `srun -N1 --gpus=1 make "
+                 "install`")
+    else:
+        cause = ("TensorFlow's GPU build could not use them (a CUDA library it could not load, "
+                 "or CUDA_VISIBLE_DEVICES hiding them): `python -m hvd_alexnet doctor` on "
+                 "this host shows which")
+    raise UsageError(f"{socket.gethostname()}: nvidia-smi lists {listed} GPU(s) but TensorFlow "
+                     f"sees none, so every rank would train on the CPU: {cause}; or pass --cpu "
+                     f"to train on the CPU")
 
 
 def has_gpu():

@@ -16,14 +16,13 @@ else (horovodrun --gloo) with Horovod's own all-gather.
 import os
 import shutil
 import socket
-import subprocess
 import time
 
 import tensorflow as tf
 from absl import flags
 
 from hvd_alexnet import command, config, distributed
-from hvd_alexnet.data import labels, prepare, reader, schema
+from hvd_alexnet.data import labels, prepare, reader, schema, survey
 from hvd_alexnet.errors import DataError, UsageError
 
 FLAGS = config.define(flags.FlagValues())  # train's own flags: the same flag file works
@@ -39,15 +38,6 @@ flags are accepted. --label_records sets how many records per shard have their
 labels checked (range, and synsets numbered alike)."""
 
 
-def listed_gpus():
-    """GPUs that nvidia-smi lists on this host (0 without nvidia-smi)."""
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
-
-
 def rank_report(args, rank, size, local_rank, local_size):
     """This rank's row: where it runs and whether it can read its shards."""
     gpus = tf.config.list_physical_devices("GPU")
@@ -55,15 +45,16 @@ def rank_report(args, rank, size, local_rank, local_size):
            "device": (gpus[local_rank % len(gpus)].name if gpus else "CPU"),
            "threads": args.threads or distributed.cpu_threads(local_size),
            "host_cores": os.cpu_count() or 1, "gpus_on_host": len(gpus),
-           "gpus_listed": listed_gpus() if local_rank == 0 else None,
-           "shards": 0, "examples": 0, "problem": ""}
+           "gpus_listed": distributed.listed_gpus() if local_rank == 0 else None,
+           "shards": 0, "examples": 0, "problem": "", "counted": {}}
     try:
         files = schema.list_shards(args.data_dir, schema.TRAIN)
         if not files:
             raise DataError(schema.no_shards(args.data_dir, schema.TRAIN, " on this host"))
         mine = reader.rank_shards(files, rank, size)
         row["shards"] = len(mine)
-        row["examples"] = sum(reader.check_framing(f) for f in mine)
+        found, row["counted"] = survey.survey(args.data_dir, mine)  # headers, once
+        row["examples"] = sum(records for records, _ in found.values())
         for record in tf.data.TFRecordDataset(mine).take(1):  # one record decodes
             jpeg, label, _ = schema.parse(record)
             tf.io.decode_jpeg(jpeg)
@@ -182,6 +173,7 @@ def main(argv):
     joined = dist.sum(1, "hvd_alexnet.doctor.joined")  # HVD: an all-reduce every rank joins
     problems = []
     if dist.is_root:
+        survey.remember(args.data_dir, {k: v for r in rows for k, v in r["counted"].items()})
         hvd = dist.hvd
         built = {"MPI": hvd.mpi_built(), "Gloo": hvd.gloo_built(), "NCCL": hvd.nccl_built()}
         checks = [(f"a Horovod all-reduce joined by {joined} of {dist.size} ranks",

@@ -16,7 +16,7 @@ evaluated differ from the records on disk: none missed, none counted twice.
 from absl import flags
 
 from hvd_alexnet import command, distributed, inference
-from hvd_alexnet.data import labels, reader, schema
+from hvd_alexnet.data import labels, reader, schema, survey
 from hvd_alexnet.errors import DataError
 from hvd_alexnet.progress import Ticker
 
@@ -49,14 +49,17 @@ def main(argv):
     # sweeping in the same folder could change each rank's own.
     path = dist.allgather_object(path, "hvd_alexnet.checkpoint")[0] if dist.size > 1 else path
     # The data numbers its classes as the model does (record 0 of each shard: every
-    # rank reads the same ones, so all reach the same verdict).
-    seen = [e for path in files for e in labels.read(path, 1)]
+    # rank surveys the same ones, so all reach the same verdict; rank 0 remembers).
+    found, counted = survey.survey(args.data_dir, files)
+    if dist.is_root:
+        survey.remember(args.data_dir, counted)
+    seen = [(path, 0, *first) for path, (_, first) in found.items() if first]
     problem = (labels.disagreement(desc.get("synsets", []), seen, f"the model in {args.model_dir}")
                or labels.range_problem(seen, args.first_label, desc["num_classes"]))
     if problem:
         raise DataError(problem)
     say = print if dist.is_root else (lambda *a, **k: None)
-    on_disk = sum(reader.check_framing(f) for f in files)
+    on_disk = sum(records for records, _ in found.values())
     say(f"evaluating {path} (the checkpoint with the most training, as a resume takes it)"
         if not args.checkpoint else f"evaluating {path}")
     model, _, _ = inference.load(args.model_dir, path)

@@ -205,7 +205,7 @@ class Reporter:
                      f"--num_classes nor {cfg.data_dir}/metadata.json gives the count")
         joined = f"all {ranks(dist.size)}" if dist.size > 1 else "the 1 rank"
         self.say(f"hvd_alexnet: {joined} joined, on {len(set(dist.hosts))} host(s): "
-                 f"{describe_hosts(dist.hosts)}")
+                 f"{describe_hosts(dist.hosts, dist.gpu_ids)}")
         if spe * batch < 0.95 * data.num_train and not cfg.synthetic:
             self.say(f"note: the ranks' shards are uneven ({min(data.rank_examples)} to "
                      f"{max(data.rank_examples)} examples), so an epoch is {spe} steps of the "

@@ -3,6 +3,8 @@
 #   bash scripts/install.sh     # the host's stack: with GPUs (nvidia-smi lists them)
 #                               # tensorflow[and-cuda] and Horovod with NCCL, else tensorflow-cpu
 #   CPU=1 bash scripts/install.sh                              # the CPU stack on any host
+#   GPU=1 bash scripts/install.sh                              # the GPU stack on any host
+# A .venv built as one stack is switched to the other only when asked (CPU=1, GPU=1).
 #   TF_REQUIREMENTS=requirements-gpu.txt bash scripts/install.sh   # this stack (NCCL with GPU)
 # Called by `make install`; every other make target depends on it. What only the
 # tests need (sshd, Slurm) is scripts/test_deps.sh's, for `make test` alone.
@@ -21,9 +23,12 @@ if command -v nvidia-smi >/dev/null; then
   while read -r line; do [[ $line == "GPU "* ]] && gpus=$((gpus + 1)); done \
     < <(nvidia-smi -L 2>/dev/null || true)
 fi
+asked=${TF_REQUIREMENTS:-}
 if [[ -z ${TF_REQUIREMENTS:-} ]]; then
   if [[ ${CPU:-0} == 1 ]]; then
-    TF_REQUIREMENTS=requirements-cpu.txt
+    TF_REQUIREMENTS=requirements-cpu.txt asked=CPU=1
+  elif [[ ${GPU:-0} == 1 ]]; then
+    TF_REQUIREMENTS=requirements-gpu.txt asked=GPU=1
   elif ((gpus > 0)); then
     TF_REQUIREMENTS=requirements-gpu.txt
     echo "install: $gpus GPU(s) (nvidia-smi): the GPU stack, tensorflow[and-cuda] and Horovod" \
@@ -38,6 +43,26 @@ elif [[ $TF_REQUIREMENTS == *cpu* ]] && ((gpus > 0)) && [[ ${CPU:-0} != 1 ]]; th
   exit 2
 fi
 [[ -r $TF_REQUIREMENTS ]] || { echo "install: TF_REQUIREMENTS=$TF_REQUIREMENTS: no such file" >&2; exit 2; }
+# 0b. A .venv built as the other stack (a checkout shared by every host: built on a GPU
+#     node, then any make target on the login node) is never switched unless asked:
+#     it is what srun runs on the other nodes.
+if [[ -z $asked && -f $BUILT ]]; then
+  had=$(sed -n 's/^tensorflow=\([^ ]*\).*/\1/p' "$BUILT")
+  if [[ -n $had && $had != "$TF_REQUIREMENTS" ]]; then
+    if [[ $had == *gpu* ]]; then
+      echo "install: $VENV holds the GPU stack, and nvidia-smi lists no GPU on this host" \
+           "($(hostname)): installing here would switch it to the CPU stack, for every host" \
+           "that shares it; install on a GPU node (srun -N1 --gpus=1 make install), or" \
+           "CPU=1 make install to switch it" >&2
+    else
+      echo "install: $VENV holds the CPU stack, and nvidia-smi lists $gpus GPU(s) on this" \
+           "host ($(hostname)): installing here would switch it to the GPU stack, for every" \
+           "host that shares it; GPU=1 make install to switch it, or CPU=1 to keep it (then" \
+           "train --cpu)" >&2
+    fi
+    exit 2
+  fi
+fi
 # Horovod's GPU operations with the GPU stack, unless set (to NCCL, or empty for none).
 [[ $TF_REQUIREMENTS == *gpu* && -z ${HOROVOD_GPU_OPERATIONS+set} ]] && export HOROVOD_GPU_OPERATIONS=NCCL
 # What Horovod's build depends on: the TensorFlow, its GPU operations and, for NCCL,

@@ -29,14 +29,17 @@ def test_bench_writes_every_chosen_row_and_the_targets(tiny_data, tmp_path):
            f"--out_dir={tmp_path}", "--image_size=67", "--warmup=0", "--windows=2",
            "--window_images=8",
            "--only=bare,synthetic_1,synthetic_1_long,pipeline,allreduce_hvd_gloo,epoch_gap,"
-           "validation_root,validation_all"]
+           "validation_root,validation_all,startup_read"]
     res = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     results = json.load(open(tmp_path / "benchmarks.json"))
     assert sorted(results["rows"]) == ["allreduce_hvd_gloo", "bare", "epoch_gap", "pipeline",
-                                       "synthetic_1", "synthetic_1_long", "validation_all",
-                                       "validation_root"]
+                                       "startup_read", "synthetic_1", "synthetic_1_long",
+                                       "validation_all", "validation_root"]
+    # A start after the first reads the survey file alone (in the page cache: 0 bytes
+    # from the disk, or a few): a share of the shards' bytes.
+    assert all(0 <= w < 1 for w in results["rows"].pop("startup_read")["windows"])
     long = results["rows"].pop("synthetic_1_long")  # one block per fresh process
     assert len(long["windows"]) == bench.FRESH_PROCESSES and all(w > 0 for w in long["windows"])
     for row in results["rows"].values():
@@ -53,6 +56,7 @@ def test_bench_writes_every_chosen_row_and_the_targets(tiny_data, tmp_path):
     validation = targets["validation, 2 ranks: every rank its share / rank 0 alone"]
     assert validation == (results["rows"]["validation_all"]["median"] /
                           results["rows"]["validation_root"]["median"], -0.6)
+    assert targets["start-up: bytes from the disk / the shards' bytes"][1] == -0.01
     gap = targets["an epoch boundary in median steps (data on disk)"]
     assert gap == (results["rows"]["epoch_gap"]["median"], -2.0)
     text = open(tmp_path / "benchmarks.md").read()

@@ -225,3 +225,28 @@ def test_launch_scripts_check_their_variables_before_any_use(tmp_path, variable,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and named in res.stderr, res.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_host_whose_gpus_tensorflow_does_not_see_is_refused_unless_cpu(tiny_data, tmp_path):
+    """nvidia-smi (a stand-in on the PATH) lists 8 GPUs and this TensorFlow (the
+    CPU build) sees none, as on a GPU node whose shared .venv was built on the
+    login node: train refuses at the start on every rank, exit 2, naming the
+    cause and the fix (before: every rank trained on the CPU without a word).
+    With --cpu it trains, and the opening line says what each rank computes on."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    smi = fake / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nfor i in 0 1 2 3 4 5 6 7; do\n"
+                   "  echo \"GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)\"\ndone\n")
+    smi.chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}"}
+    args = ["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path / 'run'}", *SMALL,
+            "--max_steps=2", "--noeval"]
+    res = launch(args, np=2, launcher="gloo", env=env)
+    said = lines(res.stdout, "nvidia-smi lists 8 GPU(s) but TensorFlow sees none")
+    assert res.returncode == 2 and len(said) == 2, res.stdout[-3000:]
+    assert "the CPU build" in said[0] and "srun -N1 --gpus=1 make install" in said[0]
+    assert "pass --cpu" in said[0] and "Traceback" not in res.stdout
+    res = launch([*args, "--cpu"], np=2, launcher="gloo", env=env)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "on 1 host(s): " in res.stdout and "ranks 0-1 on the CPU" in res.stdout

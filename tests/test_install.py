@@ -33,6 +33,37 @@ def test_install_names_every_system_package_a_bare_machine_lacks(tmp_path):
     assert not os.path.exists(tmp_path / "venv")  # stopped before building anything
 
 
+@pytest.mark.parametrize("built,host_gpus", [("gpu", 0), ("cpu", 8)])
+def test_a_shared_venv_is_never_switched_to_the_other_stack_unasked(tmp_path, built, host_gpus):
+    """One checkout on a shared file system: its .venv built as the GPU stack on a
+    GPU node, then `make train` (which installs first) on the login node, where
+    nvidia-smi lists no GPU; or built as the CPU stack, then installed on a node
+    whose nvidia-smi (a stand-in) lists 8. Before, the install switched the
+    .venv in place, for every host that shares it. Now it refuses with one line
+    naming the way, exit 2, and touches nothing."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    record = f"tensorflow=requirements-{built}.txt horovod_gpu_operations=" \
+             f"{'NCCL' if built == 'gpu' else ''} cuda={'12.2' if built == 'gpu' else ''}\n"
+    (venv / ".horovod-build").write_text(record)
+    (venv / ".installed").write_text("a stamp of that build\n")
+    path = bare_path(tmp_path)
+    for tool in ("sed", "hostname"):
+        os.symlink(shutil.which(tool), os.path.join(path, tool))
+    if host_gpus:
+        fake_commands(tmp_path / "bin", {"nvidia-smi": "for i in 0 1 2 3 4 5 6 7; do echo "
+                                         "\"GPU $i: NVIDIA H100 (UUID: GPU-$i)\"; done"})
+    env = {"PATH": path, "HOME": str(tmp_path), "VENV": str(venv)}
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "install.sh")], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (said,) = [line for line in result.stderr.splitlines() if line.startswith("install: ")]
+    assert f"holds the {built.upper()} stack" in said, said
+    assert ("srun -N1 --gpus=1 make install" if built == "gpu" else "GPU=1 make install") in said
+    assert sorted(os.listdir(venv)) == [".horovod-build", ".installed"]
+    assert (venv / ".horovod-build").read_text() == record
+
+
 # --- what only the tests need: scripts/test_deps.sh, never install.sh ------------
 
 TEST_DAEMONS = ["openssh-server", "iproute2", "slurmd", "slurmctld", "slurm-client", "munge"]
@@ -204,13 +235,14 @@ def test_cpu_1_forces_the_cpu_stack_and_a_cpu_file_is_refused_on_a_gpu_host(tmp_
 
 
 def test_a_change_of_stack_or_cuda_rebuilds_horovod(tmp_path):
-    """After a CPU install (make train with CPU=1), the GPU install: the CPU
-    TensorFlow and Horovod are uninstalled and built again (before, pip kept
-    horovod==0.28.1 without NCCL and --check-build failed). A new CUDA rebuilds too."""
+    """After a CPU install (make train with CPU=1), the GPU install (GPU=1: a
+    switch of stack must be asked for): the CPU TensorFlow and Horovod are
+    uninstalled and built again (before, pip kept horovod==0.28.1 without NCCL
+    and --check-build failed). A new CUDA rebuilds too."""
     env, log = fake_gpu_host(tmp_path)
     assert install(env, CPU="1").returncode == 0
     log.unlink()
-    res = install(env)
+    res = install(env, GPU="1")
     assert res.returncode == 0, res.stdout + res.stderr
     assert ("install: Horovod was built with tensorflow=requirements-cpu.txt "
             "horovod_gpu_operations= cuda=, now tensorflow=requirements-gpu.txt "

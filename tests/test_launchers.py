@@ -58,6 +58,8 @@ def test_describe_hosts():
     assert distributed.describe_hosts(["a", "a", "b", "b"]) == "a: ranks 0-1; b: ranks 2-3"
     assert distributed.describe_hosts(["a", "b", "a"]) == "a: ranks 0,2; b: rank 1"
     assert distributed.describe_hosts(["solo"]) == "solo: rank 0"
+    assert distributed.describe_hosts(["g1", "g1", "c"], ["0000:07:00.0", "0000:0f:00.0", None]) \
+        == "g1: ranks 0-1 on GPUs 0000:07:00.0, 0000:0f:00.0; c: rank 2 on the CPU"
 
 
 # --- Slurm: bin/slurm_train_alexnet.sbatch on a real one-node Slurm -----------------

@@ -72,7 +72,8 @@ def test_training_across_two_hosts(two_hosts, launcher, tiny_data, tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     # One rank on each host, and rank 0 knows it.
-    assert "all 2 ranks joined, on 2 host(s): host1: rank 0; host2: rank 1" in out, out[-4000:]
+    assert ("all 2 ranks joined, on 2 host(s): host1: rank 0 on the CPU; host2: rank 1 on the "
+            "CPU") in out, out[-4000:]
     # After the steps the replicas on both hosts are bit-identical (the trainer
     # all-gathers a digest of every rank's weights and fails if they differ).
     assert "identical on all 2 ranks" in out
@@ -217,7 +218,8 @@ def test_elastic_job_loses_host2_and_grows_back(two_hosts, tiny_data, tmp_path):
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
     assert res.returncode == 0, res.stdout[-4000:]
-    assert "all 2 ranks joined, on 2 host(s): host1: rank 0; host2: rank 1" in res.stdout
+    assert ("all 2 ranks joined, on 2 host(s): host1: rank 0 on the CPU; host2: rank 1 on the "
+            "CPU") in res.stdout
     assert "the job shrank from 2 to 1 ranks" in res.stdout
     assert "the job grew from 1 to 2 ranks" in res.stdout
     check_elastic_run(job, [1, 2])

@@ -7,7 +7,7 @@ Horovod-free: the caller passes `gather(obj)`, which returns every rank's
 import dataclasses
 import os
 
-from hvd_alexnet.data import labels, reader, schema
+from hvd_alexnet.data import labels, reader, schema, survey
 from hvd_alexnet.errors import DataError
 
 SYNTHETIC_EPOCH = 1281167  # examples per synthetic "epoch": ImageNet's training set
@@ -32,17 +32,19 @@ class Data:
 def prepare_data(cfg, rank, size, gather, known_classes=()):
     """Shard lists, counts and classes, the same on every rank.
 
-    Each rank checks its own training shards (framing only: cheap, and it counts
-    the records) and rank 0 the validation shards; each reads the label and
-    synset of every such shard's first record, and rank 0 compares them with
-    `known_classes` (those of the model it resumes). Any rank's problem is
-    gathered and raised on every rank, so all of them exit together with the
-    same message.
+    Each rank surveys its own training shards and rank 0 the validation shards
+    (survey.py: the record count and record 0's label and synset of each, from
+    the survey file where it holds, else from the records' headers, which finds
+    a truncated shard, and record 0), and rank 0 compares the classes with
+    `known_classes` (those of the model it resumes) and remembers what was
+    counted. Any rank's problem is gathered and raised on every rank, so all of
+    them exit together with the same message.
     """
     num_classes, classes_from = class_count(cfg)
     if cfg.synthetic:
         return Data(num_classes, classes_from)
     problem, mine, seen, train_files, val_files, num_val = "", 0, [], [], [], 0
+    counted = {}
     try:
         files = schema.list_shards(cfg.data_dir, schema.TRAIN)
         if not files:
@@ -52,24 +54,26 @@ def prepare_data(cfg, rank, size, gather, known_classes=()):
         if cfg.eval and not val_files:
             raise DataError(schema.no_shards(cfg.data_dir, schema.VALIDATION,
                                              "; add them or pass --noeval"))
-        mine = sum(reader.check_framing(path) for path in train_files)
-        checked = list(train_files)
+        checked = [*train_files, *(val_files if rank == 0 and cfg.eval else [])]
+        found, counted = survey.survey(cfg.data_dir, checked)
+        mine = sum(found[path][0] for path in train_files)
         if rank == 0 and cfg.eval:
-            num_val = sum(reader.check_framing(path) for path in val_files)
+            num_val = sum(found[path][0] for path in val_files)
             if not num_val:
                 raise DataError(f"{cfg.data_dir}: the validation shards hold no records; add "
                                 f"some or pass --noeval")
-            checked += val_files
-        seen = [e for path in checked for e in labels.read(path, 1)]  # record 0 of each
+        seen = [(path, 0, *found[path][1]) for path in checked if found[path][1]]  # record 0s
         problem = labels.disagreement(known_classes, seen, f"the model in {cfg.model_dir}")
     except DataError as e:
         problem = str(e)
-    gathered = gather((problem or "", mine, seen))
-    problems = sorted(set(p for p, _, _ in gathered if p))
+    gathered = gather((problem or "", mine, seen, counted))
+    problems = sorted(set(p for p, _, _, _ in gathered if p))
     if problems:
         raise DataError("; ".join(problems))
-    seen = [e for _, _, entries in gathered for e in entries]
-    rank_examples = tuple(n for _, n, _ in gathered)
+    if rank == 0:
+        survey.remember(cfg.data_dir, {k: v for _, _, _, c in gathered for k, v in c.items()})
+    seen = [e for _, _, entries, _ in gathered for e in entries]
+    rank_examples = tuple(n for _, n, _, _ in gathered)
     meta = schema.read_metadata(cfg.data_dir) or {}
     problem = (labels.disagreement([], seen, "") or
                labels.range_problem(seen, cfg.first_label, num_classes))

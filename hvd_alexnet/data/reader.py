@@ -6,7 +6,9 @@ its reader repeats its shards behind that, so uneven shards can never leave one
 rank waiting for a step that another never takes.
 """
 
+import contextlib
 import itertools
+import os
 import re
 import struct
 
@@ -285,12 +287,14 @@ def find_undecodable(files, num_classes, first_label=1):
 def record_offsets(path):
     """The byte offset of each record of a TFRecord file, from its headers (no
     payload read); raises DataError naming the file and record if it is
-    truncated. Cheap: one seek per record."""
+    truncated. A local file is read 12 bytes a record (pread, no buffer: a
+    buffered reader would read most of a file of 110 KB records); a remote one
+    (gs://, hdfs://) through TensorFlow's file system."""
     size = tf.io.gfile.stat(path).length  # 0 bytes: a valid shard without records
     offset, index = 0, 0
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with _header_reader(path) as read_at:
         while offset < size:
-            header = f.read(12)
+            header = read_at(offset)
             if len(header) < 12:
                 raise DataError(f"{path}: truncated in the header of record {index} "
                                 f"(byte {offset} of {size})")
@@ -300,8 +304,33 @@ def record_offsets(path):
             if offset > size:
                 raise DataError(f"{path}: truncated in record {index}: it needs {length} bytes "
                                 f"but the file ends {offset - size} bytes short")
-            f.seek(offset)
             index += 1
+
+
+def _header_reader(path):
+    """A context giving a function that reads 12 bytes (a record's header) at an
+    offset of `path`: pread for a local file, TensorFlow's file system otherwise."""
+    return _gfile_headers(path) if "://" in path else _pread_headers(path)
+
+
+@contextlib.contextmanager
+def _pread_headers(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:  # no read-ahead: it would read the records between the headers
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        yield lambda offset: os.pread(fd, 12, offset)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _gfile_headers(path):
+    """Through a GFile, which reads ahead (on local files, as before issue 42)."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        def read_at(offset):
+            f.seek(offset)
+            return f.read(12)
+        yield read_at
 
 
 def check_framing(path):

@@ -55,6 +55,16 @@ def rows(data_dir):
         Row("epoch_gap", "trainer, real data, 1 rank: an epoch boundary (last step of one "
             "epoch to the first of the next, less the checkpoint) / the median step",
             "epoch_gap", args=real),
+        *(Row(f"startup{suffix}_{report}", f"start-up's data reads, 1 rank, {when}: "
+              f"{what}", "probe", args=["startup", *real, f"--start={start}",
+                                         f"--report={report}"])
+          for report, what in (("read", "bytes from the disk / the shards' bytes"),
+                               ("seconds", "seconds"))
+          for start, suffix, when in (
+              ("later", "", "the shards surveyed before (every start after the first)"),
+              ("first", "_first", "the first (the shards' headers and record 0 of each)"),
+              ("before", "_before", "as before issue 42 (the headers through a buffered "
+                                    "reader, at every start)"))),
         Row("validation_root", "validation pass, 2 ranks: rank 0 alone, the others waiting "
             "(as before issue 25)", "probe", 2, ["validation", *real, "--validators=root"]),
         Row("validation_all", "validation pass, 2 ranks: every rank its share", "probe", 2,
@@ -271,9 +281,12 @@ def targets(r):
         ("validation, 2 ranks: every rank its share / rank 0 alone", m("validation_all"),
          m("validation_root"), -0.6),
         ("an epoch boundary in median steps (data on disk)", m("epoch_gap"), 1.0, -2.0),
+        ("start-up: bytes from the disk / the shards' bytes", m("startup_read"), 1.0, -0.01),
+        ("start-up seconds: a start / a start as before issue 42 (shards not in the page "
+         "cache)", m("startup_seconds"), m("startup_before_seconds"), -0.5),
     ]
     # A negative `want` is a ceiling: the ratio must be at most -want.
-    return [(name, a / b if a and b else None, want) for name, a, b, want in checks]
+    return [(name, a / b if a is not None and b else None, want) for name, a, b, want in checks]
 
 
 def met(ratio, want):
@@ -299,6 +312,11 @@ def machine():
             "horovod": horovod.__version__, "os": platform.platform()}
 
 
+def fmt(value):
+    """2 decimals; 2 significant digits below 0.1 (a ratio of bytes: 0.0035)."""
+    return f"{value:.2f}" if value == 0 or abs(value) >= 0.1 else f"{value:.2g}"
+
+
 def write(results, a, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     files.write_json(os.path.join(out_dir, "benchmarks.json"), results)
@@ -313,8 +331,8 @@ def write(results, a, out_dir):
             lines.append(f"| {r['label']} | failed | | | |")
             continue
         rss = ", ".join(f"{m:.0f}" for m in r.get("peak_rss_mb_per_rank", []))
-        lines.append(f"| {r['label']} | {r['median']:.2f} | {min(r['windows']):.2f}-"
-                     f"{max(r['windows']):.2f} | {r['unit']} | {rss} |")
+        lines.append(f"| {r['label']} | {fmt(r['median'])} | {fmt(min(r['windows']))}-"
+                     f"{fmt(max(r['windows']))} | {r['unit']} | {rss} |")
     lines += ["", "## Targets (issues 3 and 13), ratios of medians from this run", "",
               "| target | ratio | wanted | met |", "|---|---|---|---|"]
     for name, ratio, want in results["targets"]:
@@ -359,8 +377,8 @@ def main(argv=None):
             continue
         r.update(label=row.label, median=statistics.median(r["windows"]))
         results["rows"][row.key] = r
-        print(f"{r['median']:.2f} {r['unit']} ({min(r['windows']):.2f}-{max(r['windows']):.2f})",
-              flush=True)
+        print(f"{fmt(r['median'])} {r['unit']} ({fmt(min(r['windows']))}-"
+              f"{fmt(max(r['windows']))})", flush=True)
     results["targets"] = targets(results["rows"])
     write(results, a, a.out_dir)
     for name, ratio, want in results["targets"]:

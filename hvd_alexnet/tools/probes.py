@@ -8,6 +8,7 @@
     horovodrun -np 2 python -m hvd_alexnet.tools.probes validation --data_dir data/bench
     horovodrun -np 8 python -m hvd_alexnet.tools.probes precisions  # fp32, then mixed
     horovodrun -np 8 python -m hvd_alexnet.tools.probes feed --data_dir data/demo  # batches' device
+    python -m hvd_alexnet.tools.probes startup --data_dir data/bench --start first  # start-up reads
 
 Each process prints one JSON line: {"probe", "rank", "unit", "windows": [rate per
 timed window], ...}, windows timed after `--warmup` untimed ones. `bare` launched
@@ -239,9 +240,61 @@ def feed(a):
             "normalized": seen[0][2], "on_device": all(want in d for s in seen for d in s)}
 
 
+def startup(a):
+    """What a 1-rank start reads of --data_dir before its first step
+    (prepare.prepare_data: every shard's record count and record 0's class),
+    once per window, the shards dropped from the page cache first (a job's
+    start on data it has not read lately; on NFS each byte is a network read).
+    --start=later: the shards surveyed before (survey.py's file holds);
+    first: no survey yet (the headers are read, record 0 of each); before: no
+    survey, the headers through TensorFlow's GFile, which reads ahead, as every
+    start did before issue 42. --report=read: the bytes the disk delivered
+    (/proc/self/io's read_bytes) / the shards' bytes; seconds: its seconds."""
+    from hvd_alexnet import config
+    from hvd_alexnet.data import prepare, reader, schema, survey
+    if a.start == "before":
+        reader._header_reader = reader._gfile_headers
+    fv = config.define(flags.FlagValues())
+    fv(["train", f"--data_dir={a.data_dir}", "--model_dir=unused"])
+    cfg, _ = config.resolve(fv)
+    shards = [*schema.list_shards(a.data_dir, schema.TRAIN),
+              *schema.list_shards(a.data_dir, schema.VALIDATION)]
+    size = sum(os.path.getsize(f) for f in shards)
+    reads, secs = [], []
+
+    def start():
+        for f in (survey._places(a.data_dir) if a.start != "later" else []):
+            if os.path.exists(f):
+                os.remove(f)
+        for f in shards:
+            fd = os.open(f, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+        before, t = _bytes_read(), time.perf_counter()
+        data = prepare.prepare_data(cfg, 0, 1, lambda mine: [mine])
+        secs.append(time.perf_counter() - t)
+        reads.append((_bytes_read() - before) / size)
+        return data
+
+    data = start()  # the survey, for --start=later
+    reads.clear()
+    secs.clear()
+    _windows(start, a.warmup, a.windows, 1)
+    records = data.num_train + data.num_val
+    return {"unit": "of the shards' bytes" if a.report == "read" else "s",
+            "windows": (reads if a.report == "read" else secs)[a.warmup:],
+            "shard_bytes": size, "records": records, "bytes_per_record": size // records}
+
+
+def _bytes_read():
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("read_bytes:"))
+
+
 PROBES = {"bare": bare, "pipeline": pipeline, "allreduce": allreduce,
           "mpi_allreduce": mpi_allreduce, "devices": devices, "validation": validation,
-          "precisions": precisions, "feed": feed, "fp16_sum": fp16_sum}
+          "precisions": precisions, "feed": feed, "fp16_sum": fp16_sum,
+          "startup": startup}
 
 
 FLAGS = flags.FlagValues()
@@ -254,6 +307,9 @@ d.string("data_dir", None, "pipeline, validation, feed: the TFRecords.")
 d.enum("validators", "all", ["all", "root"], "validation: every rank its share, or rank 0 alone.")
 d.float("fusion_mb", None, "allreduce: Horovod's fusion buffer in MiB.")
 d.integer("threads", 0, "bare: CPU threads (0: all cores).")
+d.enum("report", "read", ["read", "seconds"], "startup: bytes read / shard bytes, or seconds.")
+d.enum("start", "later", ["later", "first", "before"],
+       "startup: surveyed before, not yet, or as before issue 42.")
 d.integer("warmup", 2, "Untimed windows first.")
 d.integer("windows", 5, "Timed windows.")
 d.integer("per_window", 5, "Steps per window.")
