@@ -2,6 +2,7 @@
 # AlexNet on ImageNet with horovodrun, one rank per GPU.
 # One host, 8 GPUs (runs: horovodrun -np 8 -H localhost:8 .venv/bin/python -m hvd_alexnet train ...):
 #   NUM_GPUS=8 bash bin/run_train_alexnet_multigpu_imagenet.sh [--extra_flag=value ...]
+#   NUM_GPUS=8 bash bin/run_train_alexnet_multigpu_imagenet.sh doctor   # the preflight, alike
 # Several hosts (runs: horovodrun -np 16 -H gpu-node-01:8,gpu-node-02:8 --network-interface eth0 ...):
 #   HOSTS=gpu-node-01:8,gpu-node-02:8 IFACE=eth0 bash bin/run_train_alexnet_multigpu_imagenet.sh
 # HOSTS is host:slots,... (NP defaults to the sum of the slots); HOSTFILE=hostfiles/horovodrun.hosts
@@ -21,6 +22,8 @@ PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/pyt
 if [[ -n ${HOROVODRUN:-} ]]; then launcher=("$HOROVODRUN"); else
   launcher=("$PYTHON" -m hvd_alexnet.tools.horovodrun); fi
 want_count NUM_GPUS NP SSH_PORT SIGKILL_TIMEOUT
+COMMAND=train  # a first argument `doctor` runs the preflight, launched alike, with the same flags
+if [[ ${1:-} == train || ${1:-} == doctor ]]; then COMMAND=$1; shift; fi
 NUM_GPUS=${NUM_GPUS:-8}
 slots=0
 if [[ -n ${HOSTFILE:-} ]]; then
@@ -42,7 +45,7 @@ export HVD_ALEXNET_RESUME=${HVD_ALEXNET_RESUME:-$(resume_command NUM_GPUS HOSTS 
   IFACE SSH_PORT GLOO DATA_DIR MODEL_DIR -- "$@")}
 cd "$ROOT"
 exec "${launcher[@]}" -np "$NP" "${hosts[@]}" "${extra[@]}" \
-  "$PYTHON" -m hvd_alexnet train \
+  "$PYTHON" -m hvd_alexnet "$COMMAND" \
   --data_dir="$DATA_DIR" \
   --model_dir="$MODEL_DIR" \
   --batch_size=32 --epochs=90 "$@"

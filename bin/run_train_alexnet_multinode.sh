@@ -28,8 +28,9 @@ SCRIPT="$ROOT/bin/$(basename "$0")"
 source "$ROOT/bin/checks.sh"
 want_count NP SSH_PORT SIGKILL_TIMEOUT HOSTS_WAIT
 PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
-HOSTFILE=${HOSTFILE:-$ROOT/hostfiles/mpirun.hosts}
-COMMAND=train
+[[ -n ${HOSTFILE:-} ]] || { echo "$0: set HOSTFILE to your hosts' file (one line per host:" \
+  "'name slots=GPUs'; hostfiles/mpirun.hosts is an example to copy)" >&2; exit 2; }
+COMMAND=train  # a first argument `doctor` runs the preflight, launched alike, with the same flags
 if [[ ${1:-} == train || ${1:-} == doctor ]]; then COMMAND=$1; shift; fi
 NP=${NP:-$(bash "$ROOT/bin/hostfile_slots.sh" "$HOSTFILE")}
 ((NP > 0)) || { echo "$0: no hosts in $HOSTFILE: set NP, or list the hosts (slots=N each)" >&2; exit 2; }

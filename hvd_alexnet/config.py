@@ -36,6 +36,13 @@ def define(fv):
     d.integer("first_label", 1,
               "The first class's label in the data: 1 from ImageNet's converters (0 is the "
               "unused background), 0 from TensorFlow Datasets' exports and some converters.")
+    d.string("synsets_file", None,
+             "ImageNet's synset list, one a line in label order (build_imagenet_data.py's "
+             "--labels_file, imagenet_lsvrc_2015_synsets.txt): every class named and numbered "
+             "from it (label = --first_label + its line), checked against the data.")
+    d.string("names_file", None,
+             "Lines of `synset name` (build_imagenet_data.py's --imagenet_metadata_file, "
+             "imagenet_metadata.txt): the classes' readable names, for export and predict.")
     d.bool("augment", True, "Distorted crop and flip for training (off: central crop).")
     d.bool("flip", True, "Random left-right flips in training (off for digits, text).")
     d.bool("shuffle", True, "Shuffle shards and records within each rank every epoch.")
@@ -215,6 +222,9 @@ def check(cfg):
         problems.append("--data_dir is required (or --synthetic)")
     if not cfg.synthetic and cfg.data_dir and not os.path.isdir(cfg.data_dir):
         problems.append(f"--data_dir {cfg.data_dir}: no such directory")
+    for name in ("synsets_file", "names_file"):
+        if getattr(cfg, name) and not os.path.isfile(getattr(cfg, name)):
+            problems.append(f"--{name} {getattr(cfg, name)}: no such file")
     if not cfg.model_dir:
         problems.append("--model_dir is required")
     elif pattern_problem(cfg.model_dir):

@@ -387,6 +387,16 @@ def check_gpus(gpus, local_size):
                          f"mpirun hostfile)")
 
 
+def idle_gpus(gpus, local_size):
+    """A warning where a host has more GPUs than ranks (None otherwise): a
+    hostfile line without slots= starts one rank on a host of 8 GPUs."""
+    if local_size >= gpus:
+        return None
+    return (f"{gpus} GPUs but {local_size} rank(s) on this host: {gpus - local_size} GPU(s) "
+            f"idle (one rank per GPU: slots={gpus} in an mpirun hostfile, -H host:{gpus} "
+            f"for horovodrun, --ntasks-per-node={gpus} under Slurm)")
+
+
 def gpu_identity():
     """The PCI bus id of this process's GPU (the one it pinned), from TensorFlow's
     description of the device: what tells two ranks' GPUs apart, where their
@@ -485,6 +495,9 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     first_step = 0
     if gpus:
         check_gpus(len(gpus), hvd.local_size())  # HVD
+        idle = idle_gpus(len(gpus), hvd.local_size())  # HVD
+        if idle and hvd.local_rank() == 0:  # HVD
+            print(f"hvd_alexnet: {socket.gethostname()}: {idle}", file=sys.stderr, flush=True)
         gpu = gpus[hvd.local_rank() % len(gpus)]  # HVD: one GPU per process (or its own one)
         tf.config.set_visible_devices(gpu, "GPU")
         tf.config.experimental.set_memory_growth(gpu, True)

@@ -67,12 +67,21 @@ fi
 [[ $TF_REQUIREMENTS == *gpu* && -z ${HOROVOD_GPU_OPERATIONS+set} ]] && export HOROVOD_GPU_OPERATIONS=NCCL
 # What Horovod's build depends on: the TensorFlow, its GPU operations and, for NCCL,
 # the CUDA of the nvcc found (none in the GPU image's final stage: not compared then).
+# nvcc: HOROVOD_CUDA_HOME's, else the PATH's, else a toolkit NVIDIA's packages put off the
+# PATH (/usr/local/cuda-12.2/bin); nothing if none.
+find_nvcc() {
+  local found
+  for found in ${HOROVOD_CUDA_HOME:+"$HOROVOD_CUDA_HOME/bin/nvcc"} "$(command -v nvcc || true)" \
+               /usr/local/cuda/bin/nvcc $(ls -d /usr/local/cuda-12*/bin/nvcc 2>/dev/null | sort -rV); do
+    [[ -n $found && -x $found ]] && { echo "$found"; return; }
+    [[ -n ${HOROVOD_CUDA_HOME:-} ]] && return  # asked for that toolkit: no other
+  done
+}
 build="tensorflow=$TF_REQUIREMENTS horovod_gpu_operations=${HOROVOD_GPU_OPERATIONS:-}"
 cuda=
 if [[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]]; then
-  nvcc=${HOROVOD_CUDA_HOME:+$HOROVOD_CUDA_HOME/bin/nvcc}
-  nvcc=${nvcc:-$(command -v nvcc || true)}
-  [[ -n $nvcc && -x $nvcc ]] && cuda=$("$nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
+  nvcc=$(find_nvcc)
+  [[ -n $nvcc ]] && cuda=$("$nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
 fi
 
 # A long step prints a line every 30 s (elapsed time), so a build does not look hung.
@@ -157,10 +166,49 @@ if ((${#need[@]})); then
     echo "install: the build needs system packages: ${need[*]}" >&2
     echo "install: run: sudo apt-get install -y ${need[*]}  (Debian 12; Ubuntu 22.04:" \
          "python3.11 is in universe), then make install again" >&2
+    echo "install: without root: PYTHON=/path/to/python3.11 (with its headers and venv: a" \
+         "conda, pyenv or module Python) and an Open MPI on the PATH (module load openmpi)," \
+         "then make install PYTHON=... again (docs/install.md, \"Without root\")" >&2
     exit 1
   fi
 fi
 command -v "$PYTHON" >/dev/null || { echo "install: $PYTHON not found (TensorFlow 2.15 needs Python 3.9-3.11)" >&2; exit 1; }
+# The GPU build's prerequisites, before any download (the GPU stack's wheels are about
+# 3 GB): Horovod's GPU operations include CUDA kernels, so its build needs nvcc and the
+# CUDA runtime's headers from a CUDA 12 toolkit (TensorFlow's CUDA wheels carry ptxas,
+# no nvcc and no headers).
+if [[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]]; then
+  cudas="NVIDIA's cuda-nvcc-12-2 and cuda-cudart-dev-12-2 packages (from NVIDIA's CUDA"
+  cudas+=" repository, developer.download.nvidia.com/compute/cuda/repos/; they install to"
+  cudas+=" /usr/local/cuda-12.2), a CUDA module (module load cuda/12.2), or HOROVOD_CUDA_HOME"
+  nvcc=$(find_nvcc)
+  if [[ -z $nvcc ]]; then
+    echo "install: the GPU stack's Horovod build needs nvcc and the CUDA runtime headers of a" \
+         "CUDA 12 toolkit, and found no nvcc (HOROVOD_CUDA_HOME, the PATH, /usr/local/cuda*):" \
+         "install $cudas; nothing was downloaded" >&2
+    exit 1
+  fi
+  if [[ -z ${HOROVOD_CUDA_HOME:-} ]]; then  # nvcc may be a wrapper: its toolkit has the headers
+    for home in "$(dirname "$(dirname "$(readlink -f "$nvcc")")")" "$(dirname "$(dirname "$nvcc")")" \
+                /usr/local/cuda; do
+      if [[ -x $home/bin/nvcc && -e $home/include/cuda_runtime.h ]]; then
+        export HOROVOD_CUDA_HOME=$home
+        break
+      fi
+    done
+  fi
+  if [[ ! -e ${HOROVOD_CUDA_HOME:-/nonexistent}/include/cuda_runtime.h ]]; then
+    echo "install: the GPU stack's Horovod build needs the CUDA runtime headers" \
+         "(include/cuda_runtime.h) beside nvcc $nvcc, and found none: install $cudas;" \
+         "nothing was downloaded" >&2
+    exit 1
+  fi
+  cuda=$("$nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
+  echo "install: nvcc $nvcc (CUDA $cuda, toolkit $HOROVOD_CUDA_HOME)"
+  [[ $cuda == 12.* ]] || echo "install: WARNING: TensorFlow 2.15 is built for CUDA 12.2, this" \
+    "nvcc is CUDA $cuda: Horovod's kernels and its static CUDA runtime will be $cuda's (a driver" \
+    "for CUDA $cuda is then needed, and CUDA 13 compiles for Turing and newer only)" >&2
+fi
 [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
 # The lock's entries but Horovod's, and Horovod's alone (built from source below): an
 # entry is a line at the first column and its indented --hash lines.
@@ -194,28 +242,6 @@ if [[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]]; then
     export HOROVOD_NCCL_LIB="$(cd "$VENV/nccl/lib" && pwd)"
     echo "install: NCCL from TensorFlow's wheel: $wheel"
   fi
-  # 3b. nvcc: Horovod's GPU operations include CUDA kernels. TensorFlow's CUDA wheels
-  #     (nvidia-cuda-nvcc-cu12) carry ptxas but no nvcc: it comes from a CUDA toolkit.
-  nvcc=${HOROVOD_CUDA_HOME:+$HOROVOD_CUDA_HOME/bin/nvcc}
-  nvcc=${nvcc:-$(command -v nvcc || true)}
-  if [[ -z $nvcc || ! -x $nvcc ]]; then
-    echo "install: HOROVOD_GPU_OPERATIONS=NCCL needs nvcc (a CUDA 12 toolkit, e.g. NVIDIA's" \
-         "cuda-nvcc-12-2 package, or HOROVOD_CUDA_HOME): none found" >&2
-    exit 1
-  fi
-  if [[ -z ${HOROVOD_CUDA_HOME:-} ]]; then  # nvcc may be a wrapper: its toolkit has the headers
-    for home in "$(dirname "$(dirname "$(readlink -f "$nvcc")")")" /usr/local/cuda; do
-      if [[ -x $home/bin/nvcc && -e $home/include/cuda_runtime.h ]]; then
-        export HOROVOD_CUDA_HOME=$home
-        break
-      fi
-    done
-  fi
-  cuda=$("$nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
-  echo "install: nvcc $nvcc (CUDA $cuda, toolkit ${HOROVOD_CUDA_HOME:-not found})"
-  [[ $cuda == 12.* ]] || echo "install: WARNING: TensorFlow 2.15 is built for CUDA 12.2, this" \
-    "nvcc is CUDA $cuda: Horovod's kernels and its static CUDA runtime will be $cuda's (a driver" \
-    "for CUDA $cuda is then needed, and CUDA 13 compiles for Turing and newer only)" >&2
 fi
 # A Horovod built with other settings (the other TensorFlow, without NCCL, another CUDA)
 # is kept by pip while its version is unchanged: uninstall it, so it is built again.

@@ -203,7 +203,7 @@ def _write_classes(path, labels):
     jpeg = tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy()
     with tf.io.TFRecordWriter(path) as w:
         for label in labels:
-            w.write(schema.make_example(jpeg, label, f"n{label}", f"class {label}", 8, 8,
+            w.write(schema.make_example(jpeg, label, f"n{label}", f"name {label}", 8, 8,
                                         "f").SerializeToString())
 
 
@@ -258,3 +258,38 @@ def test_a_start_after_the_first_reads_no_shard_and_a_changed_one_is_counted_aga
             os.listdir(data)), cached.read_text()
     finally:
         subprocess.run(["umount", "-l", str(data)])
+
+
+def test_imagenets_synset_list_and_names_name_every_class(tmp_path):
+    """Shards as TensorFlow's build_imagenet_data.py writes them (no metadata.json):
+    the classes come from each shard's record 0, so most go unnamed ("class N"
+    in export and predict). --synsets_file (its --labels_file: the synsets in
+    label order) and --names_file (its --imagenet_metadata_file) name all of
+    them; a list that numbers the data otherwise is refused, naming it."""
+    from absl import flags
+
+    from hvd_alexnet import config, inference
+    from hvd_alexnet.data import prepare
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_classes(str(data / "train-00000-of-00002"), [2, 3])
+    _write_classes(str(data / "train-00001-of-00002"), [5])
+    synsets = [f"n{label}" for label in range(1, 7)]  # _write_classes' synset of label L
+    (tmp_path / "synsets.txt").write_text("\n".join(synsets) + "\n")
+    (tmp_path / "names.txt").write_text("".join(f"{s}\tthing {s}\n" for s in synsets))
+
+    def prepare_with(*extra):
+        fv = config.define(flags.FlagValues())
+        fv(["train", f"--data_dir={data}", "--model_dir=unused", "--num_classes=6", "--noeval",
+            *extra])
+        return prepare.prepare_data(config.resolve(fv)[0], 0, 1, lambda mine: [mine])
+
+    without = inference.describe(67, 6, prepare_with().classes)["classes"]
+    assert without == ["class 1", "name 2", "class 3", "class 4", "name 5", "class 6"]
+    named = prepare_with(f"--synsets_file={tmp_path / 'synsets.txt'}",
+                         f"--names_file={tmp_path / 'names.txt'}")
+    assert inference.describe(67, 6, named.classes)["classes"] == [
+        f"thing n{label}" for label in range(1, 7)]
+    (tmp_path / "other.txt").write_text("\n".join(reversed(synsets)) + "\n")
+    with pytest.raises(reader.DataError, match=r"synset n2 is label 5 in .*other.txt but label 2"):
+        prepare_with(f"--synsets_file={tmp_path / 'other.txt'}")

@@ -31,7 +31,9 @@ SCRIPT_COMMAND = {"gpu_check.sh": "tools.gpu_check", "run_train_alexnet_imagenet
                   "run_train_alexnet_elastic.sh": "train",
                   "slurm_train_alexnet.sbatch": "train"}
 PATH_ROOTS = ("bin", "scripts", "configs", "hostfiles", "docker", "tests", "hvd_alexnet", "docs")
-DOCTOR_SCRIPTS = ("run_train_alexnet_multinode.sh",)  # a first argument `doctor` runs the preflight
+# a first argument `doctor` runs the preflight
+DOCTOR_SCRIPTS = ("run_train_alexnet_imagenet.sh", "run_train_alexnet_multigpu_imagenet.sh",
+                  "run_train_alexnet_multinode.sh", "slurm_train_alexnet.sbatch")
 # Variables a launch script passes on to the ranks without naming them: theirs to read.
 INHERITED = ("HOROVOD_", "NCCL_", "TF_", "CUDA_", "OMPI_", "PMIX_", "SLURM_")
 ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=")
@@ -366,8 +368,7 @@ def test_every_link_between_the_pages_leads_somewhere():
      "NGPUS=... bin/run_train_alexnet_multigpu_imagenet.sh: the script does not read NGPUS"),
     ("`make train NPROC=4`", "make: NPROC is not a variable the Makefile uses"),
     ("`X=1 make tset`", "make tset: no such target"),
-    ("`bash bin/run_train_alexnet_multigpu_imagenet.sh doctor`",
-     "that script takes no `doctor`"),
+    ("`bash bin/run_train_alexnet_elastic.sh doctor`", "that script takes no `doctor`"),
     # a flag table's default
     ("| flag | default | meaning |\n|---|---|---|\n| `--batch_size` | 64 | per rank |",
      "--batch_size: the table says '64', the flag's default is 32"),

@@ -166,6 +166,8 @@ def fake_gpu_host(tmp_path, gpus=2, cuda="12.2"):
     for d in (bin_dir, venv / "bin", tmp_path / "nccl" / "include", tmp_path / "nccl" / "lib"):
         d.mkdir(parents=True, exist_ok=True)
     (tmp_path / "nccl" / "lib" / "libnccl.so.2").touch()
+    (tmp_path / "include").mkdir(exist_ok=True)  # nvcc's toolkit: bin/nvcc, include/
+    (tmp_path / "include" / "cuda_runtime.h").touch()
     listing = "".join(f"GPU {i}: NVIDIA A100-SXM4-40GB (UUID: GPU-{i})\\n" for i in range(gpus))
     fake_commands(bin_dir, {
         "nvidia-smi": f'printf "{listing}"',
@@ -186,14 +188,37 @@ def fake_gpu_host(tmp_path, gpus=2, cuda="12.2"):
 
 
 def install(env, **extra):
-    env = {k: v for k, v in env.items() if k not in ("TF_REQUIREMENTS", "CPU",
-                                                    "HOROVOD_GPU_OPERATIONS")}
+    env = {k: v for k, v in env.items() if k not in ("TF_REQUIREMENTS", "CPU", "GPU",
+                                                    "HOROVOD_GPU_OPERATIONS",
+                                                    "HOROVOD_CUDA_HOME")}
     return subprocess.run(["bash", os.path.join(ROOT, "scripts", "install.sh")],
                           env={**env, **extra}, capture_output=True, text=True, timeout=120)
 
 
 def pip_calls(log):
     return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize("missing", ["nvcc", "headers"])
+def test_the_gpu_builds_prerequisites_are_named_before_any_download(tmp_path, missing):
+    """A GPU host without a CUDA toolkit's nvcc, or with nvcc but without the
+    CUDA runtime's headers (Horovod's build needs both): before, the install
+    downloaded the GPU stack's 3 GB of wheels and then stopped (for the headers,
+    CMake did). Now one line names NVIDIA's packages and where they come from,
+    and pip never ran. (The toolkit is named by HOROVOD_CUDA_HOME: the install
+    also looks in /usr/local/cuda*, which this machine may have.)"""
+    env, log = fake_gpu_host(tmp_path)
+    if missing == "nvcc":
+        (tmp_path / "bin" / "nvcc").unlink()
+    else:
+        (tmp_path / "include" / "cuda_runtime.h").unlink()
+    res = install(env, HOROVOD_CUDA_HOME=str(tmp_path))
+    assert res.returncode == 1, res.stdout + res.stderr
+    (said,) = [line for line in res.stderr.splitlines() if "needs" in line]
+    assert "cuda-nvcc-12-2 and cuda-cudart-dev-12-2" in said and "HOROVOD_CUDA_HOME" in said
+    assert "developer.download.nvidia.com" in said and "nothing was downloaded" in said
+    assert ("found no nvcc" if missing == "nvcc" else "cuda_runtime.h") in said, said
+    assert pip_calls(log) == []
 
 
 def test_a_gpu_host_gets_the_gpu_stack_and_horovod_with_nccl(tmp_path):

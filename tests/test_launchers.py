@@ -18,7 +18,8 @@ import yaml
 
 import slurm
 from helpers import ROOT, SMALL, checkpoints, injected_python, require
-from hvd_alexnet import config, distributed, metrics_log
+from hvd_alexnet import config, distributed
+from hvd_alexnet.tools.launch import job_env
 
 # --- the launcher's ranks against Horovod's ----------------------------------------
 
@@ -52,6 +53,15 @@ def test_check_launch_names_the_missing_srun_plugin():
     with pytest.raises(config.UsageError, match=r"srun started this process as rank 3 of 8, "
                        r"but Horovod sees rank 0 of 1: srun needs --mpi=pmix"):
         distributed.check_launch(0, 1, ("srun", 3, 1, 8))
+
+
+def test_a_host_with_more_gpus_than_ranks_is_warned_about():
+    """A hostfile from `scontrol show hostnames` has no slots=: mpirun starts one
+    rank on each host of 8 GPUs. The start says so (each GPU host's first rank)."""
+    said = distributed.idle_gpus(8, 1)
+    assert said.startswith("8 GPUs but 1 rank(s) on this host: 7 GPU(s) idle") and \
+        "slots=8" in said
+    assert distributed.idle_gpus(8, 8) is None and distributed.idle_gpus(1, 1) is None
 
 
 def test_describe_hosts():
@@ -116,30 +126,38 @@ def test_sbatch_script_asks_for_the_nodes_gpus_and_passes_the_cpus_on():
     options = re.findall(r"^#SBATCH (--[a-z-]+)", text, re.M)
     assert "--gpus-per-node" in options and "--gpus-per-task" not in options
     srun = next(line for line in text.splitlines() if line.startswith("srun "))
-    assert '--cpus-per-task="${SLURM_CPUS_PER_TASK' in srun, srun
+    assert '--cpus-per-task="$cpus"' in srun and "--cpus-per-task" not in options, srun
 
 
 @pytest.mark.timeout(600)
-def test_each_rank_is_bound_to_the_cpus_asked_for(cluster, tiny_data, tmp_path):
-    """The test cluster binds tasks to CPUs (task/affinity, the usual site setting).
-    Since Slurm 22.05 srun no longer takes --cpus-per-task from sbatch, so the
-    script must pass it on, or each rank is bound to one core and the trainer,
+def test_doctor_under_sbatch_takes_the_nodes_cpus_and_binds_each_rank_to_them(
+        cluster, tiny_data, tmp_path):
+    """`sbatch ... slurm_train_alexnet.sbatch doctor`: the preflight on the job's
+    own nodes, launched as the training is (before: "train takes no arguments").
+    No --cpus-per-task: the script takes the node whole and gives each task the
+    node's CPUs over its tasks (before: 8 hard-coded, whatever the node). The
+    test cluster binds tasks to CPUs (task/affinity, the usual site setting);
+    since Slurm 22.05 srun does not take --cpus-per-task from sbatch, so the
+    script passes it on, or each rank is bound to one core and the trainer,
     which reads its affinity, takes one thread. A transport the user chose
     (OMPI_MCA_btl) is kept."""
     cpus = os.cpu_count() or 1
     if cpus < 2:
         pytest.skip("one core: one CPU per task is all there is")
-    model_dir = str(tmp_path / "run")
-    args, env = sbatch_args(model_dir, tiny_data, 2, {"PYTHON": env_telling_python(tmp_path),
-                                                      "OMPI_MCA_btl": "self,vader,tcp"})
+    args, env = sbatch_args(str(tmp_path / "run"), tiny_data, 2,
+                            {"PYTHON": env_telling_python(tmp_path),
+                             "OMPI_MCA_btl": "self,vader,tcp"})
     args = [a for a in args if not a.startswith(("--ntasks-per-node", "--cpus-per-task",
                                                  "--threads"))]
-    code, out = cluster.sbatch(["--ntasks-per-node=1", f"--cpus-per-task={cpus}", *args], env,
-                               timeout=300, cwd=ROOT)
+    script = next(i for i, a in enumerate(args) if a.endswith("slurm_train_alexnet.sbatch"))
+    args.insert(script + 1, "doctor")
+    code, out = cluster.sbatch(["--ntasks-per-node=1", *args], env, timeout=300, cwd=ROOT)
     assert code == 0, out[-4000:]
-    params = [r["data"] for r in metrics_log.read(os.path.join(model_dir, "dllogger.json"))
-              if r.get("step") == "PARAMETER"][0]
-    assert params["cpu_affinity"] == cpus and params["threads_per_rank"] == cpus, params
+    assert f"1 task(s) per node, {cpus} CPU(s) each (the node's {cpus} over its tasks)" in out, \
+        out[-4000:]
+    assert "hvd_alexnet doctor: ready to train" in out, out[-4000:]
+    row = next(line.split() for line in out.splitlines() if line.startswith("0 "))
+    assert row[3:5] == ["CPU", str(cpus)], row  # rank 0's device and threads
     assert "rank transports: pml=ob1 btl=self,vader,tcp" in out, out[-4000:]
 
 
@@ -214,7 +232,8 @@ def test_slurm_stops_by_batch_shell_signal_and_time_limit_then_requeues_to_the_s
         cluster, tiny_data, tmp_path):
     """The two ways Slurm stops a job, in one folder. First SIGTERM to the batch
     shell alone (--signal=B:TERM@N) with REQUEUE=0: the shell's trap passes it to
-    the ranks and waits for their checkpoint, and the job ends with their 75.
+    the ranks and waits for their checkpoint, and the job ends with their 75; the
+    resume command it prints works from another folder, with the job's options.
     The same sbatch command then resumes it under a real time limit (2 minutes,
     SIGTERM to the job's steps 60 s before it: Slurm checks every 30 s, so 30 to
     60 s after the start) and the default REQUEUE=1: the ranks checkpoint and
@@ -225,7 +244,7 @@ def test_slurm_stops_by_batch_shell_signal_and_time_limit_then_requeues_to_the_s
     that starts past the hold (the requeued one) keeps SIGTERM blocked."""
     steps, model_dir = 8, str(tmp_path / "run")
     args, env = sbatch_args(model_dir, tiny_data, steps)
-    job = cluster.submit([*args, "--deterministic"],
+    job = cluster.submit(["--time=10", *args, "--deterministic"],
                          {**env, "REQUEUE": "0", "PYTHON": injected_python(tmp_path, "hold=3")},
                          cwd=ROOT)
     signal_shell_at(cluster, job, 3, steps)
@@ -233,6 +252,15 @@ def test_slurm_stops_by_batch_shell_signal_and_time_limit_then_requeues_to_the_s
     assert code == 75, out[-4000:]  # EXIT_PREEMPTED, from srun through the batch script
     assert "stopped at step 4 on request" in out and checkpoints(model_dir)[-1] == 4, out[-4000:]
     assert "requeued" not in out and "SIGTERM: passed to the ranks" in out, out[-4000:]
+    # The resume command it printed works from any folder and asks for this job's
+    # options (partition, time limit, tasks): sbatch --test-only accepts it from elsewhere.
+    (resume,) = set(re.findall(r"run `(cd .*?)` to resume", out))
+    assert resume.startswith(f"cd {ROOT} && ") and "--partition=test" in resume, resume
+    assert "--time=10:00" in resume and "--ntasks-per-node=2" in resume, resume
+    res = subprocess.run(["bash", "-c", resume.replace(" sbatch ", " sbatch --test-only ", 1)],
+                         cwd=tmp_path, env={**env, "SLURM_CONF": cluster.conf},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "to start at" in res.stdout + res.stderr, res
 
     limit = ["--time=2", "--signal=TERM@60"]
     code, out = cluster.sbatch([*limit, *args, "--deterministic"],
@@ -544,6 +572,23 @@ def test_gpu_dockerfile_builds_as_horovods_own_image():
                 if p.endswith("-dev") or p in ("g++", "gcc", "build-essential")]
     assert "COPY --from=build --chown=1000:1000 /app /app" in final
     assert any("setup-user-ssh.sh" in line for line in final) and "USER 1000:1000" in final
+
+
+@pytest.mark.timeout(300)
+def test_the_horovodrun_script_runs_doctor_as_it_runs_train(tiny_data, tmp_path):
+    """`NUM_GPUS=2 bash bin/run_train_alexnet_multigpu_imagenet.sh doctor`: the
+    preflight through the script's own launcher and defaults (horovodrun in
+    MPI mode, 2 real ranks), with the flags the training gets (before, the
+    script always ran train, and refused: "train takes no arguments")."""
+    env = job_env({"NUM_GPUS": "2", "DATA_DIR": tiny_data, "MODEL_DIR": str(tmp_path / "run")})
+    env.pop("GLOO", None)
+    script = os.path.join(ROOT, "bin", "run_train_alexnet_multigpu_imagenet.sh")
+    res = subprocess.run(["bash", script, "doctor", "--num_classes=10", "--noeval"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=240)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert "hvd_alexnet doctor: 2 ranks on 1 host(s)" in out, out[-4000:]
+    assert "hvd_alexnet doctor: ready to train" in out, out[-4000:]
 
 
 def test_the_scripts_resume_command_is_the_one_that_runs_them_again(tmp_path):

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import random
 
+from hvd_alexnet.data import labels
 from hvd_alexnet.errors import DataError, UsageError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -37,17 +38,6 @@ def _class_images(root):
         raise DataError(f"{root}: no class subfolders (want e.g. {root}/n01440764/x.JPEG)")
     return {c: sorted(os.path.join(root, c, f) for f in os.listdir(os.path.join(root, c))
                       if f.lower().endswith(IMAGE_EXTENSIONS)) for c in classes}
-
-
-def _read_labels_file(path):
-    """Lines of `synset human text` (ImageNet's synset_words.txt / LOC_synset_mapping.txt)."""
-    texts = {}
-    with open(path) as f:
-        for line in f:
-            parts = line.strip().split(None, 1)
-            if parts:
-                texts[parts[0]] = parts[1] if len(parts) > 1 else parts[0]
-    return texts
 
 
 def _flat_validation(folder, labels_file):
@@ -160,7 +150,7 @@ def build(train_dir, output_dir, train_shards=8, validation_shards=2, validation
         train, val = _split(train, validation_fraction, rng)
     classes = sorted(train)
     label_of = {c: i + 1 for i, c in enumerate(classes)}
-    texts = _read_labels_file(labels_file) if labels_file else {}
+    texts = labels.read_names(labels_file) if labels_file else {}
     boxes = _read_boxes(bounding_box_file) if bounding_box_file else {}
     splits = {schema.TRAIN: (_items(train, label_of, texts, boxes, rng), train_shards),
               schema.VALIDATION: (_items(val, label_of, texts, boxes, rng), validation_shards)}

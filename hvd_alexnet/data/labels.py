@@ -63,6 +63,37 @@ def range_problem(entries, first_label, num_classes):
             f"labels run to {label} at least, more than --num_classes={num_classes}: pass {hint}")
 
 
+def read_names(path):
+    """{synset: name} from lines of `synset name` (ImageNet's imagenet_metadata.txt,
+    tab-separated; LOC_synset_mapping.txt and synset_words.txt, a space)."""
+    texts = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.strip().split(None, 1)
+            if parts:
+                texts[parts[0]] = parts[1] if len(parts) > 1 else parts[0]
+    return texts
+
+
+def from_files(synsets_file, names_file, first_label):
+    """[{"label", "synset", "text"}] of every class: ImageNet's synset list, one a
+    line in label order (label = first_label + its line: how TensorFlow's
+    build_imagenet_data.py numbers them), named from `names_file` where it has
+    the synset. None without a synset list."""
+    if not synsets_file:
+        return None
+    names = read_names(names_file) if names_file else {}
+    with open(synsets_file) as f:
+        synsets = [line.split()[0] for line in f if line.strip()]
+    return [{"label": first_label + i, "synset": s, "text": names.get(s, s)}
+            for i, s in enumerate(synsets)]
+
+
+def renamed(classes, names):
+    """`classes` ([{"label", "synset", "text"}]) with each synset's name from `names`."""
+    return [{**c, "text": names.get(c.get("synset"), c.get("text"))} for c in classes]
+
+
 def classes(entries):
     """[{"label", "synset", "text"}] by label, one per label seen (metadata.json's form)."""
     seen = {}

@@ -75,12 +75,19 @@ def prepare_data(cfg, rank, size, gather, known_classes=()):
     seen = [e for _, _, entries, _ in gathered for e in entries]
     rank_examples = tuple(n for _, n, _, _ in gathered)
     meta = schema.read_metadata(cfg.data_dir) or {}
-    problem = (labels.disagreement([], seen, "") or
+    named = labels.from_files(cfg.synsets_file, cfg.names_file, cfg.first_label)
+    problem = (labels.disagreement(named or [], seen, cfg.synsets_file or "") or
                labels.range_problem(seen, cfg.first_label, num_classes))
+    if named and len(named) != num_classes:
+        problem = (f"{cfg.synsets_file}: {len(named)} synsets, but the model has {num_classes} "
+                   f"classes ({classes_from or 'the default'}): give the list of this data set")
     if problem:  # the same data on every rank: the same verdict
         raise DataError(problem)
+    classes = named or meta.get("classes") or labels.classes(seen)
+    if cfg.names_file and not named:
+        classes = labels.renamed(classes, labels.read_names(cfg.names_file))
     return Data(num_classes, classes_from, tuple(train_files), tuple(val_files), rank_examples,
-                sum(rank_examples), num_val, tuple(meta.get("classes") or labels.classes(seen)))
+                sum(rank_examples), num_val, tuple(classes))
 
 
 def class_count(cfg):
