@@ -37,3 +37,12 @@ resume_command() {
   for name in "$@"; do words+=("$(printf %q "$name")"); done
   echo "${words[*]}"
 }
+# want_python: $PYTHON runs on this host. A .venv's python links to the interpreter it was
+# made with (/usr/bin/python3.11): a host of a shared checkout without it cannot start a rank.
+want_python() {
+  "$PYTHON" -c '' 2>/dev/null && return
+  echo "$0: $PYTHON cannot run on $(hostname) (it is $(readlink -m "$PYTHON")): install that" \
+       "Python here (Debian and Ubuntu: python3.11), or give every node the one the .venv was" \
+       "made with (make install PYTHON=... on a shared path)" >&2
+  exit 2
+}

@@ -17,7 +17,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SCRIPT="$ROOT/bin/$(basename "$0")"
 source "$ROOT/bin/checks.sh"
-PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
+PYTHON=${PYTHON:-$( [[ -L $ROOT/.venv/bin/python || -e $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
+want_python
 # horovodrun that keeps the ranks' exit status (hvd_alexnet/tools/horovodrun.py)
 if [[ -n ${HOROVODRUN:-} ]]; then launcher=("$HOROVODRUN"); else
   launcher=("$PYTHON" -m hvd_alexnet.tools.horovodrun); fi

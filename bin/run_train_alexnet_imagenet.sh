@@ -8,7 +8,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SCRIPT="$ROOT/bin/$(basename "$0")"
 source "$ROOT/bin/checks.sh"
-PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
+PYTHON=${PYTHON:-$( [[ -L $ROOT/.venv/bin/python || -e $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
+want_python
 COMMAND=train  # a first argument `doctor` runs the preflight, launched alike, with the same flags
 if [[ ${1:-} == train || ${1:-} == doctor ]]; then COMMAND=$1; shift; fi
 DATA_DIR=${DATA_DIR:-$ROOT/imagenet_tfrecord} MODEL_DIR=${MODEL_DIR:-$ROOT/runs/alexnet}

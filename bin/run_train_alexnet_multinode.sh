@@ -27,7 +27,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SCRIPT="$ROOT/bin/$(basename "$0")"
 source "$ROOT/bin/checks.sh"
 want_count NP SSH_PORT SIGKILL_TIMEOUT HOSTS_WAIT
-PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
+PYTHON=${PYTHON:-$( [[ -L $ROOT/.venv/bin/python || -e $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || echo python3 )}
+want_python
 [[ -n ${HOSTFILE:-} ]] || { echo "$0: set HOSTFILE to your hosts' file (one line per host:" \
   "'name slots=GPUs'; hostfiles/mpirun.hosts is an example to copy)" >&2; exit 2; }
 COMMAND=train  # a first argument `doctor` runs the preflight, launched alike, with the same flags

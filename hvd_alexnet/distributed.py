@@ -488,7 +488,7 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     if timeline:  # Horovod's coordinator (rank 0) writes it; read at init only
         os.environ["HOROVOD_TIMELINE"] = timeline
     check_pmi()
-    import horovod.tensorflow as hvd  # HVD
+    hvd = import_horovod()  # HVD
 
     hvd.init()  # HVD
     check_launch(hvd.rank(), hvd.size())  # HVD
@@ -521,6 +521,32 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     if join:
         dist.join()
     return dist, threads
+
+
+def import_horovod():
+    """horovod.tensorflow, or a UsageError naming what this host lacks to load it."""
+    try:
+        import horovod.tensorflow as hvd  # HVD
+    except (ImportError, OSError, tf.errors.NotFoundError) as e:
+        raise UsageError(horovod_load_problem(e, socket.gethostname())) from None
+    return hvd
+
+
+def horovod_load_problem(error, host):
+    """One line for Horovod's failure to load on `host`: a node of a shared
+    checkout that lacks a library the install's host had (Open MPI's, most often)."""
+    text = getattr(error, "message", None) or str(error)
+    missing = re.search(r"(lib[\w.+-]+?\.so[\d.]*): cannot open shared object file", text)
+    if missing and missing.group(1).startswith(("libmpi", "libopen-")):
+        return (f"{host}: Horovod cannot load: {missing.group(1)} (Open MPI's library) is not on "
+                f"this host: install it (Debian and Ubuntu: libopenmpi3, which openmpi-bin "
+                f"brings), or without root load the Open MPI the .venv was built with (module "
+                f"load openmpi) on every node")
+    if missing:
+        return (f"{host}: Horovod cannot load: {missing.group(1)} is not on this host; install "
+                f"it, or run make install on a node like this one")
+    return (f"{host}: Horovod cannot load ({type(error).__name__}: {errors.first_line(error)}); "
+            f"run make install on a node like this one, or doctor there")
 
 
 def listed_gpus():

@@ -145,9 +145,9 @@ def injected_python(tmp_path, *faults):
     return str(path)
 
 
-def launch(args, np=1, launcher=None, timeout=240, env=None, faults=()):
-    """Runs the job to the end within `timeout` seconds."""
-    return finish(start(args, np, launcher, env, faults), timeout)
+def launch(args, np=1, launcher=None, timeout=240, env=None, faults=(), prefix=()):
+    """Runs the job to the end within `timeout` seconds (`prefix`: as start's)."""
+    return finish(start(args, np, launcher, env, faults, prefix), timeout)
 
 
 # The model folder's tests: 2 ranks x batch 4 over the tiny set's 80 images, 10

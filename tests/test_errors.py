@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from helpers import SMALL, corrupt_copy, launch, lines, mount_tmpfs
+from helpers import SMALL, corrupt_copy, launch, lines, mount_tmpfs, require
 
 
 def test_missing_data_dir(tmp_path):
@@ -250,3 +250,34 @@ def test_a_host_whose_gpus_tensorflow_does_not_see_is_refused_unless_cpu(tiny_da
     res = launch([*args, "--cpu"], np=2, launcher="gloo", env=env)
     assert res.returncode == 0, res.stdout[-3000:]
     assert "on 1 host(s): " in res.stdout and "ranks 0-1 on the CPU" in res.stdout
+
+
+# A view of the system's libraries without Open MPI's: a tmpfs of links to every other
+# file, bound over the library folder in a mount namespace of the job's own.
+WITHOUT_OPEN_MPI = """set -e
+lib=/lib/x86_64-linux-gnu orig=$(mktemp -d) view=$(mktemp -d)
+mount --bind "$lib" "$orig"
+mount -t tmpfs tmpfs "$view"
+for f in "$orig"/*; do
+  case ${f##*/} in libmpi*|libopen-*) ;; *) ln -s "$f" "$view/${f##*/}" ;; esac
+done
+mount --bind "$view" "$lib"
+exec "$@"
+"""
+
+
+def test_a_node_without_open_mpis_library_is_named_with_the_package(tiny_data, tmp_path):
+    """A node of a shared checkout that lacks Open MPI's library (the .venv was
+    built on another): train there stops with one line naming the library and
+    the package, exit 2 (before: a traceback from Horovod's load). The node is
+    this host with its libmpi* hidden (a mount namespace, so root)."""
+    require(os.geteuid() != 0 and "a mount namespace needs root", "the missing-library test")
+    if not os.path.exists("/lib/x86_64-linux-gnu/libmpi.so.40"):
+        pytest.skip("Open MPI's library is not where Debian puts it")
+    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path / 'run'}",
+                  *SMALL, "--max_steps=1", "--noeval"],
+                 prefix=["unshare", "-m", "bash", "-c", WITHOUT_OPEN_MPI, "bash"])
+    assert res.returncode == 2, res.stdout[-3000:]
+    (said,) = lines(res.stdout, "Horovod cannot load: libmpi")
+    assert "(Open MPI's library) is not on this host" in said and "libopenmpi3" in said, said
+    assert "module load openmpi" in said and "Traceback" not in res.stdout

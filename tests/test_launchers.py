@@ -8,6 +8,7 @@ the suite: tests/test_docker.py)."""
 import copy
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,6 +63,26 @@ def test_a_host_with_more_gpus_than_ranks_is_warned_about():
     assert said.startswith("8 GPUs but 1 rank(s) on this host: 7 GPU(s) idle") and \
         "slots=8" in said
     assert distributed.idle_gpus(8, 8) is None and distributed.idle_gpus(1, 1) is None
+
+
+@pytest.mark.parametrize("script", ["run_train_alexnet_multigpu_imagenet.sh",
+                                    "run_train_alexnet_multinode.sh"])
+def test_a_host_without_the_venvs_python_is_told_which(tmp_path, script):
+    """A shared checkout's .venv/bin/python links to the interpreter it was made
+    with; on a host without it the scripts silently fell back to the system's
+    python3 (which has no TensorFlow). Now the script's first lines say which
+    Python is missing and how to get it, exit 2."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(os.path.join(ROOT, "bin"), checkout / "bin")
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    os.symlink("/opt/missing/bin/python3.11", checkout / ".venv" / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "HOSTFILE")}
+    res = subprocess.run(["bash", str(checkout / "bin" / script)], cwd=tmp_path,
+                         env={**env, "HOSTFILE": os.path.join(ROOT, "hostfiles", "mpirun.hosts")},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"{checkout}/.venv/bin/python cannot run on {socket.gethostname()} (it is " \
+        "/opt/missing/bin/python3.11): install that Python here" in res.stderr, res.stderr
 
 
 def test_describe_hosts():
