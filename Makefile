@@ -1,7 +1,10 @@
 # hvd-alexnet. The two commands: `make train` (demo run) and `make test`.
 # Every target installs what is missing first (make install: idempotent, quick when done).
 
-VENV            ?= .venv
+# The stack: empty, TensorFlow 2.15.1 (the default); tf2.18, TensorFlow 2.18.1 with Keras 2
+# (tf-keras), Horovod 0.28.1 built against it, in a .venv of its own (docs/install.md).
+STACK           ?=
+VENV            ?= $(if $(STACK),.venv-$(STACK),.venv)
 PY              := $(VENV)/bin/python
 # The TensorFlow requirements file: empty, the host's (the GPU stack where nvidia-smi lists
 # GPUs, else the CPU one); CPU=1 the CPU stack on any host, GPU=1 the GPU one. A .venv
@@ -26,7 +29,8 @@ IMAGE           ?= hvd-alexnet
 	gpu-check check-gpu-build bench-scaling
 
 install:
-	@TF_REQUIREMENTS=$(TF_REQUIREMENTS) CPU=$(CPU) GPU=$(GPU) VENV=$(VENV) bash scripts/install.sh
+	@TF_REQUIREMENTS=$(TF_REQUIREMENTS) CPU=$(CPU) GPU=$(GPU) STACK=$(STACK) VENV=$(VENV) \
+	    bash scripts/install.sh
 
 $(DEMO_DIR)/metadata.json:
 	$(PY) -m hvd_alexnet data demo --output_dir $(DEMO_DIR)
@@ -59,7 +63,7 @@ LOCK_FLAGS      := --quiet --generate-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links
 lock: install
 	$(PY) -m pip install -q --disable-pip-version-check pip-tools==7.6.2
-	for flavor in cpu gpu; do \
+	for flavor in cpu gpu tf2.18-cpu tf2.18-gpu; do \
 	    $(VENV)/bin/pip-compile $(LOCK_FLAGS) --output-file requirements-$$flavor.lock \
 	        requirements-build.txt requirements.txt requirements-$$flavor.txt \
 	        requirements-mpi.txt || exit 1; \

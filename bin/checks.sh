@@ -40,7 +40,7 @@ resume_command() {
 # want_python: $PYTHON runs on this host. A .venv's python links to the interpreter it was
 # made with (/usr/bin/python3.11): a host of a shared checkout without it cannot start a rank.
 want_python() {
-  "$PYTHON" -c '' 2>/dev/null && return
+  if [[ $PYTHON == */* ]]; then [[ -x $PYTHON ]] && return; else command -v "$PYTHON" >/dev/null && return; fi
   echo "$0: $PYTHON cannot run on $(hostname) (it is $(readlink -m "$PYTHON")): install that" \
        "Python here (Debian and Ubuntu: python3.11), or give every node the one the .venv was" \
        "made with (make install PYTHON=... on a shared path)" >&2

@@ -23,18 +23,27 @@ if command -v nvidia-smi >/dev/null; then
   while read -r line; do [[ $line == "GPU "* ]] && gpus=$((gpus + 1)); done \
     < <(nvidia-smi -L 2>/dev/null || true)
 fi
+# The stack (STACK): its TensorFlow files are requirements-$STACK-{cpu,gpu}.txt (none:
+# requirements-{cpu,gpu}.txt, TensorFlow 2.15.1).
+STACK=${STACK:-}
+files=requirements${STACK:+-$STACK}
+if [[ -n $STACK && ! -r $files-cpu.txt ]]; then
+  echo "install: STACK=$STACK: no such stack (no $files-cpu.txt); the stacks: tf2.18 (TensorFlow" \
+       "2.18.1 with tf-keras), or none for the default, TensorFlow 2.15.1" >&2
+  exit 2
+fi
 asked=${TF_REQUIREMENTS:-}
 if [[ -z ${TF_REQUIREMENTS:-} ]]; then
   if [[ ${CPU:-0} == 1 ]]; then
-    TF_REQUIREMENTS=requirements-cpu.txt asked=CPU=1
+    TF_REQUIREMENTS=$files-cpu.txt asked=CPU=1
   elif [[ ${GPU:-0} == 1 ]]; then
-    TF_REQUIREMENTS=requirements-gpu.txt asked=GPU=1
+    TF_REQUIREMENTS=$files-gpu.txt asked=GPU=1
   elif ((gpus > 0)); then
-    TF_REQUIREMENTS=requirements-gpu.txt
+    TF_REQUIREMENTS=$files-gpu.txt
     echo "install: $gpus GPU(s) (nvidia-smi): the GPU stack, tensorflow[and-cuda] and Horovod" \
          "with NCCL (CPU=1 installs the CPU stack instead)"
   else
-    TF_REQUIREMENTS=requirements-cpu.txt
+    TF_REQUIREMENTS=$files-cpu.txt
   fi
 elif [[ $TF_REQUIREMENTS == *cpu* ]] && ((gpus > 0)) && [[ ${CPU:-0} != 1 ]]; then
   echo "install: this host has $gpus GPU(s) (nvidia-smi), but TF_REQUIREMENTS=$TF_REQUIREMENTS" \
@@ -172,7 +181,7 @@ if ((${#need[@]})); then
     exit 1
   fi
 fi
-command -v "$PYTHON" >/dev/null || { echo "install: $PYTHON not found (TensorFlow 2.15 needs Python 3.9-3.11)" >&2; exit 1; }
+command -v "$PYTHON" >/dev/null || { echo "install: $PYTHON not found (TensorFlow 2.15 needs Python 3.9-3.11, 2.18 3.9-3.12)" >&2; exit 1; }
 # The GPU build's prerequisites, before any download (the GPU stack's wheels are about
 # 3 GB): Horovod's GPU operations include CUDA kernels, so its build needs nvcc and the
 # CUDA runtime's headers from a CUDA 12 toolkit (TensorFlow's CUDA wheels carry ptxas,
@@ -205,7 +214,7 @@ if [[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]]; then
   fi
   cuda=$("$nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
   echo "install: nvcc $nvcc (CUDA $cuda, toolkit $HOROVOD_CUDA_HOME)"
-  [[ $cuda == 12.* ]] || echo "install: WARNING: TensorFlow 2.15 is built for CUDA 12.2, this" \
+  [[ $cuda == 12.* ]] || echo "install: WARNING: TensorFlow's GPU wheels are CUDA 12's (2.15: 12.2, 2.18: 12.5), this" \
     "nvcc is CUDA $cuda: Horovod's kernels and its static CUDA runtime will be $cuda's (a driver" \
     "for CUDA $cuda is then needed, and CUDA 13 compiles for Turing and newer only)" >&2
 fi
