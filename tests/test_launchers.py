@@ -601,7 +601,8 @@ def test_the_horovodrun_script_runs_doctor_as_it_runs_train(tiny_data, tmp_path)
     preflight through the script's own launcher and defaults (horovodrun in
     MPI mode, 2 real ranks), with the flags the training gets (before, the
     script always ran train, and refused: "train takes no arguments")."""
-    env = job_env({"NUM_GPUS": "2", "DATA_DIR": tiny_data, "MODEL_DIR": str(tmp_path / "run")})
+    env = job_env({"NUM_GPUS": "2", "DATA_DIR": tiny_data, "MODEL_DIR": str(tmp_path / "run"),
+                   "PYTHON": sys.executable})  # this suite's stack (STACK=... make test)
     env.pop("GLOO", None)
     script = os.path.join(ROOT, "bin", "run_train_alexnet_multigpu_imagenet.sh")
     res = subprocess.run(["bash", script, "doctor", "--num_classes=10", "--noeval"], cwd=ROOT,
