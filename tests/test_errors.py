@@ -232,7 +232,10 @@ def test_a_host_whose_gpus_tensorflow_does_not_see_is_refused_unless_cpu(tiny_da
     CPU build) sees none, as on a GPU node whose shared .venv was built on the
     login node: train refuses at the start on every rank, exit 2, naming the
     cause and the fix (before: every rank trained on the CPU without a word).
-    With --cpu it trains, and the opening line says what each rank computes on."""
+    With --cpu it trains, and the opening line says what each rank computes on.
+    Under horovodrun --gloo rather than the scripts' MPI mode so that both ranks'
+    lines are kept (mpirun ends the other ranks as soon as one exits); the
+    refusal comes before Horovod starts, so the launcher does not change it."""
     fake = tmp_path / "bin"
     fake.mkdir()
     smi = fake / "nvidia-smi"
