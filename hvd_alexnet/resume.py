@@ -87,11 +87,28 @@ def from_disk(job, ckpts, state, data, record):
         raise UsageError(refusal)
     step = ckpts.restore(state.global_batch, state.steps_per_epoch, job.dist.size)
     if old and step:
+        _after_its_end(job, old, step, int(ckpts.seen), state)
         _compare(job, old, record, step, int(ckpts.seen), state)
     record.write(cfg.model_dir)
     # what predict, export and evaluate need to rebuild the model
     inference.write_description(cfg.model_dir, inference.describe(
         cfg.image_size, data.num_classes, data.classes))
+
+
+def _after_its_end(job, old, step, seen, state):
+    """One line when the checkpoint is the end of the run it came from (a smoke
+    test's, a finished job's, another launcher's): this start either trains
+    that run on to its own end, or has nothing to train."""
+    if not old.finished(seen):
+        return
+    done = f"the run in {job.cfg.model_dir} finished at step {step}"
+    if step >= state.total:
+        job.say(f"{done}, at or past this start's {state.total} steps: nothing to train; "
+                f"raise --epochs or --max_steps to train it further, or train afresh in "
+                f"another --model_dir")
+    else:
+        job.say(f"{done}; this start trains it on to step {state.total}: to train afresh "
+                f"instead, use another --model_dir")
 
 
 def _compare(job, old, new, step, seen, state):
@@ -107,8 +124,9 @@ def _compare(job, old, new, step, seen, state):
                 f"reads other shards, so the rest of that epoch (from each rank's record "
                 f"{step % state.steps_per_epoch * state.step_batch}) may repeat some records "
                 f"and miss others; from the next epoch on, every record once per epoch")
-    finished = seen >= old.values["total_steps"] * old.values["global_batch"]
-    if step >= state.total and not finished:
+    if step >= state.total and old.finished(seen):
+        return  # _after_its_end said it: nothing to train
+    if step >= state.total:
         raise UsageError(
             f"the newest checkpoint has seen {seen} examples: step {step}, past the "
             f"{state.total} steps of this run with {changes}. Resume with the settings the "

@@ -329,6 +329,10 @@ class Record:
                         f"--model_dir")
         return None
 
+    def finished(self, seen):
+        """Whether `seen` examples are the end of the run this record started."""
+        return seen >= self.values["total_steps"] * self.values["global_batch"]
+
     def changes(self, new):
         """'ranks 2 -> 1, global batch 8 -> 4' for what differs, or ''."""
         shown = lambda v: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v

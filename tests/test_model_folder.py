@@ -53,7 +53,10 @@ def test_other_data_resumes_with_a_line_or_is_refused_past_its_end(run_copy, tin
     """One train shard of two (40 examples) on 1 rank: the checkpoint's 64
     examples are step 16 at a global batch of 4. With 2 epochs (20 steps) it
     resumes and says what changed; with 1 (10 steps) the run, stopped at 8 of
-    its 20 steps, would have exited 0 untrained: refused instead."""
+    its 20 steps, would have exited 0 untrained: refused instead. Once it has
+    finished, a start with more steps says that it trains the finished run on
+    (a smoke test's folder, then the long run), and a start with no more says
+    that it has nothing to train (before: silence, and 0 steps)."""
     half = tmp_path / "half"
     shutil.copytree(tiny_data, half, ignore=shutil.ignore_patterns("raw", "train-00001*"))
     again = str(tmp_path / "again")
@@ -70,6 +73,20 @@ def test_other_data_resumes_with_a_line_or_is_refused_past_its_end(run_copy, tin
     assert (f"ranks 2 -> 1, global batch 8 -> 4, --data_dir {tiny_data} -> {half}, training "
             f"examples 80 -> 40; it goes on at step 16 of 20 (epoch 2 of 2), at a learning "
             f"rate of ") in said, said
+    res = train(half, run_copy, "--epochs=3", "--max_steps=21", np=1)
+    assert res.returncode == 0, res.stdout[-3000:]
+    (said,) = lines(res.stdout, f"the run in {run_copy} finished at step 20; this start "
+                                f"trains it on to step 21: to train afresh instead, use "
+                                f"another --model_dir")
+    kept = checkpoints(run_copy)
+    assert kept[-1] == 21, kept
+    res = train(half, run_copy, "--epochs=3", "--max_steps=21", np=1)
+    assert res.returncode == 0, res.stdout[-3000:]
+    (said,) = lines(res.stdout, f"the run in {run_copy} finished at step 21, at or past this "
+                                f"start's 21 steps: nothing to train; raise --epochs or "
+                                f"--max_steps")
+    assert checkpoints(run_copy) == kept
+    assert not lines(res.stdout, "resuming with other settings"), res.stdout[-3000:]
 
 
 def test_a_second_job_on_a_model_folder_is_refused_and_a_dead_jobs_lock_taken_over(
