@@ -11,7 +11,8 @@
 # host needs passwordless ssh to every other host, and every host this checkout, its .venv and
 # DATA_DIR at the same paths. DATA_DIR (default ./imagenet_tfrecord), MODEL_DIR (default
 # ./runs/alexnet, whatever the number of GPUs: a run resumes on another count). The learning
-# rate is --base_lr x ranks; the global batch is --batch_size x ranks.
+# rate is --base_lr x ranks; the global batch is --batch_size x ranks. HOROVODRUN_ARGS: more of
+# horovodrun's own options, split at spaces ("--start-timeout 120 --output-filename logs").
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SCRIPT="$ROOT/bin/$(basename "$0")"
@@ -41,9 +42,10 @@ extra=()
 [[ -n ${IFACE:-} ]] && { extra+=(--network-interface "$IFACE"); export NCCL_SOCKET_IFNAME="$IFACE"; }
 [[ -n ${SSH_PORT:-} ]] && extra+=(-p "$SSH_PORT")
 [[ ${GLOO:-0} == 1 ]] && extra+=(--gloo)
+if [[ -n ${HOROVODRUN_ARGS:-} ]]; then read -ra more <<<"$HOROVODRUN_ARGS"; extra+=("${more[@]}"); fi
 DATA_DIR=${DATA_DIR:-$ROOT/imagenet_tfrecord} MODEL_DIR=${MODEL_DIR:-$ROOT/runs/alexnet}
 export HVD_ALEXNET_RESUME=${HVD_ALEXNET_RESUME:-$(resume_command NUM_GPUS HOSTS HOSTFILE NP \
-  IFACE SSH_PORT GLOO DATA_DIR MODEL_DIR -- "$@")}
+  IFACE SSH_PORT GLOO HOROVODRUN_ARGS DATA_DIR MODEL_DIR -- "$@")}
 cd "$ROOT"
 exec "${launcher[@]}" -np "$NP" "${hosts[@]}" "${extra[@]}" \
   "$PYTHON" -m hvd_alexnet "$COMMAND" \

@@ -600,9 +600,13 @@ def test_the_horovodrun_script_runs_doctor_as_it_runs_train(tiny_data, tmp_path)
     """`NUM_GPUS=2 bash bin/run_train_alexnet_multigpu_imagenet.sh doctor`: the
     preflight through the script's own launcher and defaults (horovodrun in
     MPI mode, 2 real ranks), with the flags the training gets (before, the
-    script always ran train, and refused: "train takes no arguments")."""
+    script always ran train, and refused: "train takes no arguments"), and
+    horovodrun's own options from HOROVODRUN_ARGS (each rank's output in its
+    own file)."""
+    logs = tmp_path / "logs"
     env = job_env({"NUM_GPUS": "2", "DATA_DIR": tiny_data, "MODEL_DIR": str(tmp_path / "run"),
-                   "PYTHON": sys.executable})  # this suite's stack (STACK=... make test)
+                   "PYTHON": sys.executable,  # this suite's stack (STACK=... make test)
+                   "HOROVODRUN_ARGS": f"--start-timeout 90 --output-filename {logs}"})
     env.pop("GLOO", None)
     script = os.path.join(ROOT, "bin", "run_train_alexnet_multigpu_imagenet.sh")
     res = subprocess.run(["bash", script, "doctor", "--num_classes=10", "--noeval"], cwd=ROOT,
@@ -611,6 +615,9 @@ def test_the_horovodrun_script_runs_doctor_as_it_runs_train(tiny_data, tmp_path)
     assert res.returncode == 0, out[-4000:]
     assert "hvd_alexnet doctor: 2 ranks on 1 host(s)" in out, out[-4000:]
     assert "hvd_alexnet doctor: ready to train" in out, out[-4000:]
+    outputs = sorted(p.relative_to(logs).as_posix() for p in logs.rglob("stdout"))
+    assert len(outputs) == 2, outputs  # 1/rank.0/stdout, 1/rank.1/stdout under mpirun
+    assert any("ready to train" in p.read_text() for p in logs.rglob("stdout")), outputs
 
 
 def test_the_scripts_resume_command_is_the_one_that_runs_them_again(tmp_path):
