@@ -366,10 +366,11 @@ CPU_CYCLE_TIME_MS = 10
 # dispatch). --horovod_timeline turns it off again: Horovod syncs to time each op.
 GPU_SETTINGS = {"TF_GPU_THREAD_MODE": "gpu_private", "TF_GPU_THREAD_COUNT": "2",
                 "HOROVOD_ENABLE_ASYNC_COMPLETION": "1"}
-# TensorFlow 2.15's wheels carry no kernels built for Hopper (sm_90) and later: the
-# driver compiles their PTX at the first step, for many minutes. Its cache (256 MB
-# by default) cannot hold them all, so each run would compile again: 4 GiB (the
-# driver's maximum) keeps them, once per host. Set before CUDA starts.
+# TensorFlow's wheels (2.15, 2.18, 2.21) carry no kernels built for Hopper (sm_90) and
+# later, only PTX (compute_90): the driver compiles it at the first step, for many
+# minutes. Its cache (256 MB by default) cannot hold them all, so each run would
+# compile again: 4 GiB (the driver's maximum) keeps them, once per host. Set before
+# CUDA starts.
 PTX_COMPILED_FROM = (9, 0)
 CUDA_CACHE = {"CUDA_CACHE_MAXSIZE": str(4 << 30)}
 FIRST_STEP_ALLOWED = 2 * 3600  # seconds the watchdog lets such a first step take
@@ -432,10 +433,24 @@ def check_gpu_identities(places):
             "srun --gpus-per-task=1)")
 
 
-def compiles_at_first_step(capability):
-    """Whether a GPU of this compute capability (major, minor) runs TensorFlow
-    2.15's kernels only after the driver compiles them (Hopper and later)."""
-    return tuple(capability or (0, 0)) >= PTX_COMPILED_FROM
+def built_kernels():
+    """The GPU architectures this TensorFlow's CUDA kernels were built for, as its
+    build says ('sm_80', ..., 'compute_90' for PTX); [] when it does not say."""
+    return list(tf.sysconfig.get_build_info().get("cuda_compute_capabilities") or [])
+
+
+def compiles_at_first_step(capability, built=()):
+    """Whether a GPU of this compute capability (major, minor) runs TensorFlow's
+    kernels only after the driver compiles them: no kernel for its major version
+    at or below its minor (sm_80's run on 8.6), where `built` (built_kernels())
+    says; else, Hopper and later."""
+    if not capability:
+        return False
+    major, minor = capability
+    if any(arch.startswith("sm_") for arch in built):
+        return not any(arch.startswith("sm_") and int(arch[3:-1]) == major and
+                       int(arch[-1]) <= minor for arch in built)
+    return tuple(capability) >= PTX_COMPILED_FROM
 
 
 def set_unless_set(values, env=None):
@@ -502,13 +517,13 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
         tf.config.set_visible_devices(gpu, "GPU")
         tf.config.experimental.set_memory_growth(gpu, True)
         capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
-        if compiles_at_first_step(capability):
+        if compiles_at_first_step(capability, built_kernels()):
             first_step = FIRST_STEP_ALLOWED
             if hvd.local_rank() == 0:  # HVD
                 print(f"hvd_alexnet: {socket.gethostname()}: compute capability "
-                      f"{'.'.join(map(str, capability))} GPUs: TensorFlow 2.15 has no kernels "
-                      f"built for them, so the first step compiles them (many minutes on this "
-                      f"host's first run; later runs read CUDA's cache, "
+                      f"{'.'.join(map(str, capability))} GPUs: TensorFlow {tf.__version__} "
+                      f"has no kernels built for them, so the first step compiles them (many "
+                      f"minutes on this host's first run; later runs read CUDA's cache, "
                       f"CUDA_CACHE_MAXSIZE={os.environ['CUDA_CACHE_MAXSIZE']})",
                       file=sys.stderr, flush=True)
     threads = threads or cpu_threads(hvd.local_size())

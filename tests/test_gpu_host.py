@@ -30,6 +30,13 @@ def test_hopper_and_later_compile_at_the_first_step():
     assert not distributed.compiles_at_first_step((8, 0))  # A100: kernels in the wheel
     assert not distributed.compiles_at_first_step((7, 0))  # V100
     assert not distributed.compiles_at_first_step(None)
+    # What TensorFlow 2.18's and 2.21's CUDA builds say they carry (get_build_info)
+    built = ["sm_60", "sm_70", "sm_80", "sm_89", "compute_90"]
+    assert distributed.compiles_at_first_step((9, 0), built)  # PTX only
+    assert distributed.compiles_at_first_step((12, 0), built)  # Blackwell
+    assert not distributed.compiles_at_first_step((8, 6), built)  # sm_80's run on 8.6
+    assert not distributed.compiles_at_first_step((8, 9), built)
+    assert not distributed.compiles_at_first_step((10, 0), ["sm_80", "sm_90", "sm_100"])
 
 
 def test_gpu_settings_keep_what_the_user_set():
