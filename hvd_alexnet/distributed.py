@@ -573,16 +573,30 @@ def listed_gpus():
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
 
 
+def installed_from():
+    """The TensorFlow requirements file this environment was installed from
+    (scripts/install.sh's record in the .venv), or '' where there is none."""
+    try:
+        with open(os.path.join(sys.prefix, ".horovod-build")) as f:
+            found = re.search(r"tensorflow=(\S+)", f.read())
+    except OSError:
+        return ""
+    return found.group(1) if found else ""
+
+
 def refuse_silent_cpu():
     """Raises UsageError where nvidia-smi lists GPUs but TensorFlow sees none:
     every rank would train on the CPU, hours slower, without a word."""
     listed = listed_gpus()
     if not listed:
         return
-    if not tf.test.is_built_with_cuda():
-        cause = ("this TensorFlow is the CPU build (the .venv was installed on a host without "
-                 "GPUs): install the GPU stack on a GPU node, e.g. `srun -N1 --gpus=1 make "
-                 "install`")
+    installed = installed_from()
+    if not tf.test.is_built_with_cuda() or installed.endswith("cpu.txt"):
+        # tf2.18's and tf2.21's CPU stack is the CUDA build without CUDA's libraries
+        what = f" ({installed}: no CUDA libraries)" if tf.test.is_built_with_cuda() else ""
+        cause = (f"this TensorFlow is the CPU build{what} (the .venv was installed on a host "
+                 f"without GPUs): install the GPU stack on a GPU node, e.g. `srun -N1 "
+                 f"--gpus=1 make install`")
     else:
         cause = ("TensorFlow's GPU build could not use them (a CUDA library it could not load, "
                  "or CUDA_VISIBLE_DEVICES hiding them): `python -m hvd_alexnet doctor` on "
