@@ -70,6 +70,15 @@ lock: install
 	done
 	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --output-file requirements-test.lock \
 	    --constraint requirements-cpu.lock requirements-test.txt
+	# tf2.21 serves Python 3.11 to 3.13 from one lock: uv's universal resolution writes
+	# each package's pin for every Python, with its marker (numpy 1.26.4 below 3.13 ...).
+	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.8
+	for flavor in tf2.21-cpu tf2.21-gpu; do \
+	    $(VENV)/bin/uv pip compile --quiet --native-tls --universal --python-version 3.11 \
+	        --generate-hashes --output-file requirements-$$flavor.lock \
+	        requirements-build.txt requirements.txt requirements-$$flavor.txt \
+	        requirements-mpi.txt || exit 1; \
+	done
 
 # pyflakes, pycodestyle's errors, import order and bugbear (pyproject.toml's [tool.ruff])
 lint: $(VENV)/.test-tools

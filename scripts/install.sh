@@ -12,7 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-PYTHON=${PYTHON:-python3.11}
 STAMP="$VENV/.installed"
 BUILT="$VENV/.horovod-build"  # what Horovod was built with (pip keeps it if its version stays)
 
@@ -29,9 +28,25 @@ STACK=${STACK:-}
 files=requirements${STACK:+-$STACK}
 if [[ -n $STACK && ! -r $files-cpu.txt ]]; then
   echo "install: STACK=$STACK: no such stack (no $files-cpu.txt); the stacks: tf2.18 (TensorFlow" \
-       "2.18.1 with tf-keras), or none for the default, TensorFlow 2.15.1" >&2
+       "2.18.1 with tf-keras), tf2.21 (TensorFlow 2.21.0 with tf-keras, Horovod patched), or" \
+       "none for the default, TensorFlow 2.15.1" >&2
   exit 2
 fi
+# The Pythons each stack's wheels serve, and the one it takes unless PYTHON is set: 3.11,
+# else (tf2.21 on Debian 13, Ubuntu 24.04) the system's python3.
+case $STACK in
+  tf2.21) pythons="3.11 3.12 3.13" tensorflow="TensorFlow 2.21" ;;
+  tf2.18) pythons="3.11 3.12" tensorflow="TensorFlow 2.18" ;;
+  *) pythons="3.11" tensorflow="TensorFlow 2.15" ;;
+esac
+if [[ -z ${PYTHON:-} ]]; then
+  PYTHON=python3.11
+  [[ $pythons != 3.11 ]] && ! command -v python3.11 >/dev/null && PYTHON=python3
+fi
+# A patch of the project's to Horovod's source, for a stack it does not build against
+# unchanged (patches/horovod-tf2.21.patch): applied to the sdist before the build.
+PATCH=patches/horovod-$STACK.patch
+[[ -n $STACK && -r $PATCH ]] || PATCH=
 asked=${TF_REQUIREMENTS:-}
 if [[ -z ${TF_REQUIREMENTS:-} ]]; then
   if [[ ${CPU:-0} == 1 ]]; then
@@ -139,7 +154,7 @@ print(os.path.dirname(os.path.dirname(os.path.abspath(hvd_alexnet.__file__))))' 
 # 1. The virtual environment, rebuilt only when the lock changed. When it is up to
 #    date nothing is built, so no compiler or -dev package is needed (the GPU
 #    image's final stage has none).
-inputs=("$LOCK" scripts/install.sh)
+inputs=("$LOCK" scripts/install.sh ${PATCH:+"$PATCH"})
 want=$( { cat "${inputs[@]}"; echo "$build"; } | sha256sum | cut -d' ' -f1)
 stamp=()
 [[ -f $STAMP ]] && mapfile -t stamp < "$STAMP"
@@ -166,6 +181,7 @@ else
   need+=("$py" "$py-dev" "$py-venv")
 fi
 command -v mpicc >/dev/null || need+=(libopenmpi-dev)
+[[ -z $PATCH ]] || command -v patch >/dev/null || need+=(patch)
 command -v mpirun >/dev/null || need+=(openmpi-bin)
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
@@ -181,7 +197,13 @@ if ((${#need[@]})); then
     exit 1
   fi
 fi
-command -v "$PYTHON" >/dev/null || { echo "install: $PYTHON not found (TensorFlow 2.15 needs Python 3.9-3.11, 2.18 3.9-3.12)" >&2; exit 1; }
+command -v "$PYTHON" >/dev/null || { echo "install: $PYTHON not found ($tensorflow's stack takes Python ${pythons// /, })" >&2; exit 1; }
+version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [[ " $pythons " != *" $version "* ]]; then
+  echo "install: $PYTHON is Python $version, and $tensorflow's stack takes Python" \
+       "${pythons// /, }: PYTHON=python3.11, or STACK=tf2.21 for Python 3.11 to 3.13" >&2
+  exit 1
+fi
 # The GPU build's prerequisites, before any download (the GPU stack's wheels are about
 # 3 GB): Horovod's GPU operations include CUDA kernels, so its build needs nvcc and the
 # CUDA runtime's headers from a CUDA 12 toolkit (TensorFlow's CUDA wheels carry ptxas,
@@ -279,9 +301,23 @@ if [[ -n $built_for ]]; then
     "${PIP[@]}" uninstall -q -y horovod
   fi
 fi
-step "[3/4] building Horovod from source against this TensorFlow (3 to 6 minutes on 2 cores)" \
-  "${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod --no-deps \
-  --require-hashes -r "$VENV/.lock-horovod.txt"
+if [[ -z $PATCH ]]; then
+  step "[3/4] building Horovod from source against this TensorFlow (3 to 6 minutes on 2 cores)" \
+    "${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod --no-deps \
+    --require-hashes -r "$VENV/.lock-horovod.txt"
+else  # the locked sdist (its hash checked), unpacked, patched, built
+  source_dir="$VENV/.horovod-source"
+  rm -rf "$source_dir" && mkdir -p "$source_dir"
+  "${PIP[@]}" download -q --no-deps --no-binary=horovod --require-hashes \
+    -r "$VENV/.lock-horovod.txt" -d "$source_dir"
+  tar -xzf "$source_dir"/horovod-*.tar.gz -C "$source_dir"
+  tree=$(echo "$source_dir"/horovod-*/)
+  patch -d "$tree" -p1 --forward --quiet < "$PATCH"
+  echo "install: Horovod's source patched with $PATCH"
+  step "[3/4] building Horovod from source against this TensorFlow (3 to 6 minutes on 2 cores)" \
+    "${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-deps "$tree"
+  rm -rf "$source_dir"
+fi
 
 # 4. Check the build: Horovod must have TensorFlow, MPI and Gloo (and NCCL when asked).
 echo "install: [4/4] horovodrun --check-build"
