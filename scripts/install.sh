@@ -102,6 +102,7 @@ find_nvcc() {
   done
 }
 build="tensorflow=$TF_REQUIREMENTS horovod_gpu_operations=${HOROVOD_GPU_OPERATIONS:-}"
+[[ -z $PATCH ]] || build+=" patch=$(sha256sum "$PATCH" | cut -c1-16)"  # a new patch: rebuilt
 cuda=
 if [[ ${HOROVOD_GPU_OPERATIONS:-} == NCCL ]]; then
   nvcc=$(find_nvcc)
@@ -305,7 +306,9 @@ if [[ -z $PATCH ]]; then
   step "[3/4] building Horovod from source against this TensorFlow (3 to 6 minutes on 2 cores)" \
     "${PIP[@]}" install -q --no-cache-dir --no-build-isolation --no-binary=horovod --no-deps \
     --require-hashes -r "$VENV/.lock-horovod.txt"
-else  # the locked sdist (its hash checked), unpacked, patched, built
+elif ! "${PIP[@]}" show -q horovod >/dev/null 2>&1; then
+  # the locked sdist (its hash checked), unpacked, patched, built (once: kept above
+  # while what it was built with is unchanged, as pip keeps the unpatched one)
   source_dir="$VENV/.horovod-source"
   rm -rf "$source_dir" && mkdir -p "$source_dir"
   "${PIP[@]}" download -q --no-deps --no-binary=horovod --require-hashes \
