@@ -14,6 +14,7 @@ from absl import flags
 from hvd_alexnet import checkpoint as ckpts
 from hvd_alexnet import command, config, files, metrics_log
 from hvd_alexnet.checkpoint import SUBDIR as CHECKPOINT_SUBDIR
+from hvd_alexnet.data import labels as class_labels
 from hvd_alexnet.data import preprocess, schema
 from hvd_alexnet.errors import DataError, UsageError
 from hvd_alexnet.model import build_alexnet
@@ -188,6 +189,41 @@ command.definers(PREDICT).string("checkpoint", None, "A checkpoint prefix, e.g. 
 command.definers(PREDICT).integer("top", 5, "Classes shown per image.")
 EXPORT = flags.FlagValues()
 command.definers(EXPORT).string("checkpoint", None, "A checkpoint prefix (default: the newest).")
+for _values in (PREDICT, EXPORT):  # names for a model trained without them
+    command.definers(_values).string(
+        "synsets_file", None, "ImageNet's synset list in label order (as for train): the "
+        "classes named from it and --names_file, checked against the model's synsets.")
+    command.definers(_values).string("names_file", None, "Lines of `synset name` "
+                                     "(imagenet_metadata.txt): the classes' readable names.")
+    command.definers(_values).integer("first_label", 1, "The first class's label (as for train).")
+
+
+def named_from_files(desc, values):
+    """`desc` with its classes named from --synsets_file and --names_file where
+    given (a model trained without them names most of ImageNet's classes "class
+    N"). The synset list must number the classes as the model was trained:
+    its length, and every synset the model knows at its label."""
+    if not values.synsets_file and not values.names_file:
+        return desc
+    for name in ("synsets_file", "names_file"):
+        if getattr(values, name) and not os.path.isfile(getattr(values, name)):
+            raise UsageError(f"--{name} {getattr(values, name)}: no such file")
+    if values.synsets_file:
+        classes = class_labels.from_files(values.synsets_file, values.names_file,
+                                          values.first_label)
+        if len(classes) != desc["num_classes"]:
+            raise UsageError(f"--synsets_file {values.synsets_file} lists {len(classes)} "
+                             f"synsets, and the model has {desc['num_classes']} classes")
+        problem = class_labels.disagreement(desc.get("synsets", []), [
+            (values.synsets_file, i, c["label"], c["synset"], c["text"])
+            for i, c in enumerate(classes)], "the model")
+        if problem:
+            raise UsageError(problem)
+    else:  # names for the synsets the model was trained on
+        names = class_labels.read_names(values.names_file)
+        classes = [{**c, "text": names.get(c.get("synset"), c.get("text"))}
+                   for c in desc.get("synsets", [])]
+    return describe(desc["image_size"], desc["num_classes"], classes)
 
 
 def predict_main(argv):
@@ -197,6 +233,7 @@ def predict_main(argv):
     model_dir, *images = command.parse(PREDICT, argv, "predict", predict_main.__doc__,
                                        positional=("MODEL_DIR", "IMAGE..."))
     model, desc, path = load(model_dir, PREDICT.checkpoint)
+    desc = named_from_files(desc, PREDICT)
     print(f"checkpoint: {path}")
     for image, best in predict_files(model, desc, images, PREDICT.top):
         print(image)
@@ -214,7 +251,7 @@ def export_main(argv):
     model_dir, out_dir = command.parse(EXPORT, argv, "export", export_main.__doc__,
                                        positional=("MODEL_DIR", "OUT_DIR"))
     model, desc, path = load(model_dir, EXPORT.checkpoint)
-    export(model, desc, out_dir)
+    export(model, named_from_files(desc, EXPORT), out_dir)
     print(f"exported {path} to {out_dir} (serving_default: jpeg_bytes -> probabilities, "
           f"top5_classes, top5_probabilities)")
     return 0

@@ -186,6 +186,36 @@ def test_predict_refuses_a_file_that_is_not_a_jpeg(run):
     assert out.returncode == 3 and "README.md: not a JPEG file" in out.stdout
 
 
+def test_predict_and_export_name_the_classes_from_imagenets_files(run, data, tmp_path):
+    """A model trained without ImageNet's synset list and names file (most of
+    ImageNet's classes would be "class N") is named at predict and export time
+    from them (before, only train took them). A list that numbers the classes
+    otherwise than the model was trained is refused, naming the synset."""
+    model_dir, _, _ = run
+    synsets = [f"digit_{d}" for d in range(10)]  # the demo's, in label order
+    (tmp_path / "synsets.txt").write_text("\n".join(synsets) + "\n")
+    (tmp_path / "names.txt").write_text("".join(f"{s}\tdigit-{s[-1]}\n" for s in synsets))
+    image = os.path.join(data, "raw", "validation", "digit_3")
+    image = os.path.join(image, sorted(os.listdir(image))[0])
+    files = [f"--synsets_file={tmp_path / 'synsets.txt'}", f"--names_file={tmp_path / 'names.txt'}"]
+    out = launch(["predict", *files, model_dir, image], timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:]
+    shown = re.findall(r"^  \d\. (\S+)\s+\d\.\d{4}$", out.stdout, re.M)
+    assert len(shown) == 5 and all(re.fullmatch(r"digit-\d", n) for n in shown), shown
+    exported = str(tmp_path / "saved")
+    out = launch(["export", files[1], model_dir, exported], timeout=120)  # names alone
+    assert out.returncode == 0, out.stdout[-2000:]
+    import tensorflow as tf
+    serve = tf.saved_model.load(exported).signatures["serving_default"]
+    top = serve(jpeg_bytes=tf.constant([open(image, "rb").read()]))["top5_classes"][0]
+    assert [n.decode() for n in top.numpy()] == shown
+    (tmp_path / "other.txt").write_text("\n".join(reversed(synsets)) + "\n")
+    out = launch(["predict", f"--synsets_file={tmp_path / 'other.txt'}", model_dir, image],
+                 timeout=120)
+    assert out.returncode == 2, out.stdout[-2000:]
+    assert "synset digit_9 is label 10 in the model but label 1 in " in out.stdout, out.stdout
+
+
 @pytest.mark.parametrize("launcher", ["mpi", "gloo"])
 def test_doctor_reports_every_rank_and_passes(data, tmp_path, launcher):
     out = launch(["doctor", "--data_dir", data, "--model_dir", str(tmp_path / "m"),
