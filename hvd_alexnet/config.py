@@ -109,6 +109,9 @@ def define(fv):
     d.integer("threads", 0, "CPU threads per rank (0: the host's cores / ranks on the host).")
     d.bool("cpu", False, "Compute on the CPU, also on a host whose nvidia-smi lists GPUs "
            "(without it, such a host where TensorFlow sees no GPU is refused).")
+    d.bool("bind_cpus", True, "On GPUs, each rank's threads on the CPUs of its GPU's socket "
+           "(as the kernel lists them), unless the launcher bound the rank already; "
+           "--nobind_cpus leaves the ranks where the launcher put them.")
     # Validation, logging, checkpoints
     d.string("model_dir", None, "Where checkpoints and the DLLogger log go (required).")
     d.integer("eval_every_epochs", 1, "Validate every N epochs (0: only at the end).")

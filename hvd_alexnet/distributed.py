@@ -16,7 +16,7 @@ import time
 
 import tensorflow as tf
 
-from hvd_alexnet import errors
+from hvd_alexnet import affinity, errors
 from hvd_alexnet.errors import UsageError
 from hvd_alexnet.watchdog import Watchdog
 
@@ -461,7 +461,8 @@ def set_unless_set(values, env=None):
 
 
 def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, threads=0,
-         timeline=None, stall_timeout=0, heartbeat=None, elastic=False, join=True, cpu=None):
+         timeline=None, stall_timeout=0, heartbeat=None, elastic=False, join=True, cpu=None,
+         bind_cpus=True):
     """hvd.init(), then pin a GPU by local rank (memory growth on) or divide the CPU.
 
     Must run before TensorFlow executes anything: thread counts and visible
@@ -472,7 +473,8 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     runs here (an elastic job's first one is its state's sync): the caller runs
     Dist.join(). `cpu`: True computes on the CPU (GPUs hidden), False refuses a
     host whose nvidia-smi lists GPUs that TensorFlow does not see (a silent
-    CPU), None neither (the tools that report on the host).
+    CPU), None neither (the tools that report on the host). `bind_cpus`: on a GPU,
+    the rank's threads on its GPU's socket's CPUs (affinity.py).
     """
     check_variables()
     # Flags win over Horovod's environment variables; both are read at init.
@@ -533,6 +535,11 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
     dist = Dist(hvd, compression, stall_timeout, heartbeat, "/gpu:0" if gpus else None)
     dist.first_step_allowed = first_step
+    bound = affinity.bind_to_gpu(dist.gpu_id) if gpus and bind_cpus else None
+    if bound and dist.local_rank == 0:
+        print(f"hvd_alexnet: {socket.gethostname()}: each rank on its GPU's socket ({bound}, "
+              f"local rank 0; --nobind_cpus leaves them where the launcher put them)",
+              file=sys.stderr, flush=True)
     if join:
         dist.join()
     return dist, threads

@@ -95,7 +95,7 @@ def run(cfg, log=print, hooks=None):
     dist, threads = distributed.init(  # HVD
         cfg.fusion_threshold_mb, cfg.cycle_time_ms, cfg.fp16_allreduce, cfg.threads,
         timeline if cfg.horovod_timeline else None, cfg.stall_timeout_sec, hooks.heartbeat_seconds,
-        elastic=cfg.elastic, join=False, cpu=cfg.cpu)  # train() joins
+        elastic=cfg.elastic, join=False, cpu=cfg.cpu, bind_cpus=cfg.bind_cpus)  # train() joins
     dist.watchdog.start_once()  # a deadline on every wait from here on, start-up's too
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
