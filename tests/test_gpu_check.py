@@ -26,6 +26,11 @@ def test_gpu_check_runs_in_cpu_mode_and_says_so(tiny_data):
         row = next(line for line in out.splitlines() if line.startswith(f"| {label}"))
         assert float(row.split("|")[2]) > 0, row
     assert "measured / predicted (2 ranks, fp32): " in out
+    # the trainer's real feed on --data_dir's records, beside the synthetic step
+    row = next(line for line in out.splitlines() if line.startswith("| the trainer's feed alone"))
+    assert float(row.split("|")[2]) > 0, row
+    assert "  ok       the input keeps up: the trainer's feed gives " in out
+    assert "(not judged: the feed and the step share the CPU)" in out
     assert "the scripts' batch of 32 per rank: " in out and " of batch 4's images/s" in out
     assert "  ok       float16 sums with one division (--fp16_allreduce): [40000.0, " in out
     assert out.rstrip().endswith("hvd_alexnet gpu check: CPU mode: every measurement ran; "
@@ -52,6 +57,15 @@ def test_the_gpu_checks_find_shared_gpus_and_batches_off_the_gpu():
         "off on rank(s) 1")
     sums = [{"rank": 0, "one_division": True, "want": [40000.0, 4e-7], "got": [40000.0, 4e-7]},
             {"rank": 1, "one_division": False, "want": [40000.0, 4e-7], "got": [40000.0, 0.0]}]
+    found = dict(gpu_check.checks(facts, devices, feeds, r, 3, True, 300.0, 512, sums))
+    feeds = [{**f, "unit": "images/s", "windows": [80.0 if f["rank"] == 1 else 200.0]}
+             for f in feeds]  # rank 1's records come slower than its step (100 / 3) takes them
+    r = {**r, "fp32_n": {"median": 300.0}}
+    found = dict(gpu_check.checks(facts, devices, feeds, r, 3, True, 300.0, 512))
+    (what,) = [k for k in found if k.startswith("the input keeps up")]
+    assert what.startswith("the input keeps up: the trainer's feed gives 80.0 images/s per "
+                           "rank, the step takes 100.0 (fp32, 3 ranks): x0.80"), what
+    assert found[what].startswith("the input is the limit"), found[what]
     found = dict(gpu_check.checks(facts, devices, feeds, r, 3, True, 300.0, 512, sums))
     assert found["float16 sums with one division (--fp16_allreduce): [40000.0, 4e-07] on every "
                  "rank averages to itself"] == ("rank 1: [40000.0, 0.0] (a second division by "

@@ -6,13 +6,15 @@ It prints what TensorFlow and Horovod were built with and see (GPUs, driver,
 CUDA and cuDNN, Horovod's NCCL / MPI / Gloo), one row per rank with the device
 that rank is pinned to, its GPU's PCI bus id and the device where the trainer's
 own feed (--data_dir's records) put its first batches and their normalisation,
+the images/s of the trainer's feed alone on those records (every rank at once),
 the images/s of the trainer's step on a synthetic batch at fp32 and at mixed
 precision (both in one process: start-up and the first compile paid once) on 1
 rank and on all of them (with the scaling efficiency), on all of them at the
 launch scripts' batch of 32, Horovod's all-reduce of AlexNet's gradients, and
 `plan`'s prediction for the N-rank step
 from the 1-rank rate and that all-reduce beside the measurement; then one check
-a line and a verdict (exit 0: ready, 2: a problem).
+a line (whether the feed keeps up with the step among them: where it does not,
+the input is the limit) and a verdict (exit 0: ready, 2: a problem).
 
 On a host without a GPU it runs the same on the CPU, one rank per core (mixed
 means bfloat16 there), and says so; the tests run it that way.
@@ -147,10 +149,24 @@ def shared_gpus(devices):
                      for (host, gpu), ranks in by_gpu.items() if len(ranks) > 1)
 
 
+def feed_rate(feeds):
+    """The slowest rank's median images/s of the trainer's feed alone, or None."""
+    rates = [statistics.median(f["windows"]) for f in feeds if f.get("unit") == "images/s"]
+    return min(rates) if rates else None
+
+
 def checks(facts, devices, feeds, r, ranks, gpu, prediction, batch, sums=()):
     """[(what, problem or '')]; on a CPU only that everything ran (and the float16
     sum, which every backend must do with one division)."""
     out = []
+    fed, step = feed_rate(feeds), r["fp32_n"]["median"] / ranks
+    if fed is not None:  # what the records give each rank, against what its step takes
+        out.append((f"the input keeps up: the trainer's feed gives {fed:.1f} images/s per rank, "
+                    f"the step takes {step:.1f} (fp32, {ranks} ranks): x{fed / step:.2f}"
+                    + ("" if gpu else " (not judged: the feed and the step share the CPU)"),
+                    "" if not gpu or fed >= step else
+                    "the input is the limit: more CPUs per rank (Slurm's --cpus-per-task), "
+                    "the records on a faster disk, or fewer ranks per host"))
     wrong = [f"rank {s['rank']}: {s['got']}" for s in sums if not s["one_division"]]
     if sums:
         out.append((f"float16 sums with one division (--fp16_allreduce): {sums[0]['want']} "
@@ -211,9 +227,9 @@ def main(argv=None):
     a = command.values(FLAGS, batch=batch, timeout=timeout,
                        window_images=FLAGS.window_images or 10 * batch)
     if timeout > FLAGS.timeout:
-        print(f"compute capability {max(facts['compute_capabilities'])} GPUs: TensorFlow 2.15 "
-              f"compiles its kernels for them at the first step (many minutes, once per host); "
-              f"each measurement may take {timeout} s")
+        print(f"compute capability {max(facts['compute_capabilities'])} GPUs: TensorFlow "
+              f"{facts['tensorflow']} compiles its kernels for them at the first step (many "
+              f"minutes, once per host); each measurement may take {timeout} s")
     hvd_built = ", ".join(k for k, v in facts["horovod"].items() if v and k != "TensorFlow")
     print(f"hvd_alexnet gpu check: {len(facts['gpus'])} GPU(s)"
           + (f" ({'; '.join(facts['nvidia_smi'])})" if facts["nvidia_smi"] else "")
@@ -223,8 +239,11 @@ def main(argv=None):
         print(f"CPU mode: no GPU found, so the same checks run on the CPU ({ranks} ranks share "
               f"its {os.cpu_count()} cores; mixed is bfloat16; NCCL is not needed)")
     devices = rank_devices(ranks, a.timeout)
+    feed_batch = min(a.batch, SCRIPTS_BATCH)  # the rate hardly depends on it; the demo is small
     feeds = (probe_ranks("feed", ranks, a.timeout, f"--data_dir={a.data_dir}",
-                         f"--image={a.image_size}", "--batch=2")
+                         f"--image={a.image_size}", f"--batch={feed_batch}", "--warmup=1",
+                         f"--windows={a.windows}",
+                         f"--per_window={max(1, a.window_images // feed_batch)}")
              if os.path.isdir(a.data_dir) else [])
     width = max(len(dev["host"]) for dev in devices)
     print(f"\nrank  {'host':<{width}}  local_rank  device  gpu (PCI)  batches on")
@@ -244,7 +263,13 @@ def main(argv=None):
                   f"{max(m['windows']):.2f} | {m['unit']} |", flush=True)
     prediction = predicted(r, ranks, gpu, a)
     print(f"| plan's prediction, {ranks} ranks, fp32 (from the 1-rank rate and the "
-          f"all-reduce above) | {prediction:.2f} | | images/s |\n")
+          f"all-reduce above) | {prediction:.2f} | | images/s |")
+    if feeds:
+        medians = [statistics.median(f["windows"]) for f in feeds]
+        print(f"| the trainer's feed alone ({a.data_dir}'s records, batch {feed_batch}), per "
+              f"rank, {ranks} ranks at once (the slowest) | {min(medians):.2f} | "
+              f"{min(medians):.2f}-{max(medians):.2f} | images/s |")
+    print()
     sums = probe_ranks("fp16_sum", ranks, a.timeout)
     found = checks(facts, devices, feeds, r, ranks, gpu, prediction, a.batch, sums)
     for what, problem in found:

@@ -219,7 +219,8 @@ def feed(a):
     by reader.to_device) over the records of --data_dir, and the normalisation of
     the step: the device of the first batches' images and labels and of the
     normalised images, and whether all are this rank's device (its GPU; the
-    CPU on a host without one)."""
+    CPU on a host without one); then the feed's images/s alone, every rank at
+    once as in training (decode, augment, staging: what the step can be fed)."""
     from hvd_alexnet import config, distributed
     from hvd_alexnet.data import prepare, preprocess
     from hvd_alexnet.loop import RunState
@@ -234,10 +235,14 @@ def feed(a):
                            dist.rank, threads, dist.device)
     seen = [(images.device, labels.device, preprocess.normalize(images).device)
             for images, labels, _ in batches.take(2)]
+    dist.allgather_object(None, "hvd_alexnet.probe.feed_timed")  # HVD: all ranks start at once
+    secs = _windows(lambda: next(iter(batches.take(1)))[0].shape, a.warmup, a.windows,
+                    a.per_window)
     batches.close()
     want = "GPU:0" if dist.device else "CPU:0"
-    return {"unit": "", "windows": [0], "images": seen[0][0], "labels": seen[0][1],
-            "normalized": seen[0][2], "on_device": all(want in d for s in seen for d in s)}
+    return {"unit": "images/s", "windows": [a.per_window * a.batch / s for s in secs],
+            "images": seen[0][0], "labels": seen[0][1], "normalized": seen[0][2],
+            "on_device": all(want in d for s in seen for d in s)}
 
 
 def startup(a):
