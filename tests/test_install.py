@@ -329,3 +329,25 @@ def test_pip_install_of_the_checkout_gives_the_console_command(tmp_path):
                             "print(hvd_alexnet.__file__)"], capture_output=True, text=True,
                            cwd=tmp_path).stdout
     assert where.startswith(str(venv)), where  # the installed package, not the checkout
+
+
+def test_each_stack_takes_the_pythons_its_wheels_serve(tmp_path):
+    """Debian 13 has no python3.11, only its python3 (3.13), which TensorFlow 2.15
+    has no wheels for: the default stack stops there with one line naming the
+    stack that serves it (before: pip's "no matching distribution" for
+    tensorflow-cpu, after the system packages); STACK=tf2.21 takes that python3
+    when there is no python3.11, and goes on to build. The python3 here is a
+    stand-in that says it is 3.13, and has its headers and venv."""
+    path = bare_path(tmp_path)
+    os.remove(os.path.join(path, "python3.11"))  # Debian 13: none
+    fake_commands(tmp_path / "bin", {
+        "python3": 'case "$*" in *version_info*) echo 3.13 ;; "-m venv "*) exit 3 ;; esac',
+        **{tool: "true" for tool in ("g++", "make", "mpicc", "mpirun", "patch", "sed")}})
+    env = {"PATH": path, "HOME": str(tmp_path), "VENV": str(tmp_path / "venv")}
+    res = install(env, PYTHON="python3")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert ("install: python3 is Python 3.13, and TensorFlow 2.15's stack takes Python 3.11: "
+            "PYTHON=python3.11, or STACK=tf2.21 for Python 3.11 to 3.13") in res.stderr, res.stderr
+    res = install(env, STACK="tf2.21")
+    assert "takes Python" not in res.stderr, res.stderr
+    assert res.returncode == 3, res.stdout + res.stderr  # python3 -m venv: it got that far
