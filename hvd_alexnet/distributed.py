@@ -298,6 +298,24 @@ def launcher_ranks(env=None):
     return None
 
 
+def check_gloo_host(env=None):
+    """Before hvd.init() under Gloo (horovodrun --gloo): this host's name must
+    resolve. Horovod 0.28's Gloo looks it up for every process set's transport
+    (whatever the interface), and where getaddrinfo fails it reads an unset
+    result: a segmentation fault (139) on every rank, without a word."""
+    env = os.environ if env is None else env
+    if not env.get("HOROVOD_GLOO_RENDEZVOUS_ADDR"):
+        return
+    name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise UsageError(f"{name}: this host's name does not resolve ({e.strerror or e}), and "
+                         f"Horovod's Gloo (--gloo, GLOO=1) crashes on such a host: add it to "
+                         f"/etc/hosts (`127.0.1.1 {name}`, or its address), or launch in MPI "
+                         f"mode (without --gloo)") from None
+
+
 def check_pmi(launched=None, env=None):
     """Before hvd.init(): srun started several tasks but gave them no PMI to find
     each other with (`srun --mpi=none`, or a site default of none), so MPI
@@ -505,6 +523,7 @@ def init(fusion_threshold_mb=None, cycle_time_ms=None, fp16_allreduce=False, thr
     if timeline:  # Horovod's coordinator (rank 0) writes it; read at init only
         os.environ["HOROVOD_TIMELINE"] = timeline
     check_pmi()
+    check_gloo_host()
     hvd = import_horovod()  # HVD
 
     hvd.init()  # HVD

@@ -284,3 +284,32 @@ def test_a_node_without_open_mpis_library_is_named_with_the_package(tiny_data, t
     (said,) = lines(res.stdout, "Horovod cannot load: libmpi")
     assert "(Open MPI's library) is not on this host" in said and "libopenmpi3" in said, said
     assert "module load openmpi" in said and "Traceback" not in res.stdout
+
+
+# A host whose own name does not resolve: a name of its own (a UTS namespace) that
+# /etc/hosts lacks, and names looked up in /etc/hosts alone (no DNS to wait for).
+UNRESOLVED_HOST = """set -e
+hostname nowhere-host
+echo 'hosts: files' > "$NSS"
+mount --bind "$NSS" /etc/nsswitch.conf
+exec "$@"
+"""
+
+
+def test_a_host_whose_name_does_not_resolve_is_named_under_gloo(tiny_data, tmp_path):
+    """Horovod 0.28's Gloo looks this host's name up for every process set's
+    transport, whatever the interface; where the name does not resolve it
+    crashed every rank with a segmentation fault (139) and no message (a
+    chroot or a container without the host in /etc/hosts; found in the Debian
+    13 tree). train now stops with one line naming the host and the fix, exit
+    2. Under horovodrun --gloo because the crash is Gloo's alone: MPI mode
+    never looks the name up this way."""
+    require(os.geteuid() != 0 and "a UTS and mount namespace needs root", "the host-name test")
+    res = launch(["train", f"--data_dir={tiny_data}", f"--model_dir={tmp_path / 'run'}",
+                  *SMALL, "--max_steps=1", "--noeval"], np=2, launcher="gloo",
+                 env={"NSS": str(tmp_path / "nsswitch.conf")},
+                 prefix=["unshare", "--uts", "--mount", "bash", "-c", UNRESOLVED_HOST, "bash"])
+    assert res.returncode == 2, res.stdout[-3000:]
+    said = lines(res.stdout, "nowhere-host: this host's name does not resolve")
+    assert said and "add it to /etc/hosts (`127.0.1.1 nowhere-host`" in said[0], res.stdout[-3000:]
+    assert "Segmentation fault" not in res.stdout
