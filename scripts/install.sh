@@ -201,8 +201,10 @@ fi
 command -v "$PYTHON" >/dev/null || { echo "install: $PYTHON not found ($tensorflow's stack takes Python ${pythons// /, })" >&2; exit 1; }
 version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 if [[ " $pythons " != *" $version "* ]]; then
+  other=
+  [[ $STACK != tf2.21 && " 3.11 3.12 3.13 " == *" $version "* ]] && other=", or STACK=tf2.21 for Python 3.11 to 3.13"
   echo "install: $PYTHON is Python $version, and $tensorflow's stack takes Python" \
-       "${pythons// /, }: PYTHON=python3.11, or STACK=tf2.21 for Python 3.11 to 3.13" >&2
+       "${pythons// /, }: PYTHON=python3.11$other" >&2
   exit 1
 fi
 # The GPU build's prerequisites, before any download (the GPU stack's wheels are about
