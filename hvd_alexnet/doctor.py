@@ -161,7 +161,7 @@ def main(argv):
     args = config.values(FLAGS)
     launched = distributed.launcher_ranks()
     via_mpi = launched is not None and launched[0] != "horovodrun"
-    dist, _ = distributed.init(threads=args.threads)  # HVD: as training starts
+    dist, _ = distributed.init(threads=args.threads, bind_cpus=args.bind_cpus)  # HVD: as train
     row = rank_report(args, dist.rank, dist.size, dist.local_rank, dist.local_size)
     if via_mpi:  # mpirun, srun, PMI: MPI started the ranks, so mpi4py can gather
         from mpi4py import MPI
