@@ -218,6 +218,14 @@ def resolve(fv=FLAGS):
     return cfg, problems + check(cfg)
 
 
+def missing_class_files(values):
+    """'--synsets_file X: no such file' (and --names_file's) where given and absent:
+    train's flags, and predict's and export's."""
+    return [f"--{name} {getattr(values, name)}: no such file"
+            for name in ("synsets_file", "names_file")
+            if getattr(values, name) and not os.path.isfile(getattr(values, name))]
+
+
 def check(cfg):
     """The problems with the values of `cfg` (a Config), each naming its flag."""
     problems = []
@@ -225,9 +233,7 @@ def check(cfg):
         problems.append("--data_dir is required (or --synthetic)")
     if not cfg.synthetic and cfg.data_dir and not os.path.isdir(cfg.data_dir):
         problems.append(f"--data_dir {cfg.data_dir}: no such directory")
-    for name in ("synsets_file", "names_file"):
-        if getattr(cfg, name) and not os.path.isfile(getattr(cfg, name)):
-            problems.append(f"--{name} {getattr(cfg, name)}: no such file")
+    problems += missing_class_files(cfg)
     if not cfg.model_dir:
         problems.append("--model_dir is required")
     elif pattern_problem(cfg.model_dir):

@@ -205,9 +205,9 @@ def named_from_files(desc, values):
     its length, and every synset the model knows at its label."""
     if not values.synsets_file and not values.names_file:
         return desc
-    for name in ("synsets_file", "names_file"):
-        if getattr(values, name) and not os.path.isfile(getattr(values, name)):
-            raise UsageError(f"--{name} {getattr(values, name)}: no such file")
+    missing = config.missing_class_files(values)
+    if missing:
+        raise UsageError(missing[0])
     if values.synsets_file:
         classes = class_labels.from_files(values.synsets_file, values.names_file,
                                           values.first_label)
