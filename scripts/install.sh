@@ -144,8 +144,9 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # holds the requirements alone (the Dockerfiles run this script again after the checkout).
 checkout() {
   [[ -f pyproject.toml && -d hvd_alexnet && -x $VENV/bin/python ]] || return 0
-  local here
-  here=$(cd / && "$VENV/bin/python" -c 'import hvd_alexnet, os
+  local here python=$VENV/bin/python
+  [[ $python == /* ]] || python=$PWD/$python  # run from / (not this folder's hvd_alexnet)
+  here=$(cd / && "$python" -c 'import hvd_alexnet, os
 print(os.path.dirname(os.path.dirname(os.path.abspath(hvd_alexnet.__file__))))' 2>/dev/null || true)
   [[ -x $VENV/bin/hvd-alexnet && $here == "$PWD" ]] && return 0
   "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
@@ -163,6 +164,13 @@ if [[ ${stamp[0]:-} == "$want" ]] && [[ -z $cuda || ${stamp[1]:-} == "cuda=$cuda
   echo "install: $VENV is up to date"
   checkout
   exit 0
+fi
+# A .venv another account built (a team's shared checkout) is updated by that account.
+if [[ -e $VENV && ! -w $VENV ]]; then
+  echo "install: $VENV needs installing again (its lock or build changed), and it is" \
+       "$(stat -c %U "$VENV")'s, not writable by $(id -un): its owner runs make install, or" \
+       "VENV=<a folder of yours> make install builds your own" >&2
+  exit 2
 fi
 
 # 2. What the build needs from the system, checked by what it does rather than by

@@ -15,8 +15,8 @@ from helpers import FOLDER_ARGS, build_dataset, checkpoints, finish, lines, star
 LONGEST_FIRST = ("test_launchers.py", "test_elastic.py", "test_multirank.py", "test_multihost.py",
                  "test_faults.py", "test_checkpoint_faults.py", "test_errors.py",
                  "test_model_folder.py", "test_resume.py", "test_after_training.py",
-                 "test_converters.py", "test_commands.py", "test_bench.py", "test_gpu_check.py",
-                 "test_precision.py", "test_throughput.py")
+                 "test_converters.py", "test_site.py", "test_commands.py", "test_bench.py",
+                 "test_gpu_check.py", "test_precision.py", "test_throughput.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -3,6 +3,7 @@ TFRecords), a launcher that runs real ranks with a hard time bound, and
 readers of a run's records and checkpoints. The fixtures are in conftest.py."""
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -70,6 +71,38 @@ def mount_tmpfs(path, size):
         if os.geteuid() == 0:
             pytest.fail(f"mounting a tmpfs at {path} failed as root: {res.stderr.strip()}")
         pytest.skip("mounting a tmpfs needs root")
+
+
+def reachable_by_all(paths):
+    """A command prefix, run as root, that runs its command in a mount namespace of
+    its own in which every user can reach each of `paths`: a folder on the way
+    that others may not enter (root's home, where this machine's Python is; pytest's
+    own temp folder) is covered there by an empty tmpfs they may enter, with those
+    paths bound back into it, as a site keeps its Python and checkouts on a shared
+    file system every user reads. Nothing changes outside the namespace."""
+    tops = {}
+    for path in map(os.path.realpath, paths):
+        folder = "/"
+        for part in path.strip("/").split("/")[:-1]:
+            folder = os.path.join(folder, part)
+            if not os.stat(folder).st_mode & 0o001:
+                tops.setdefault(folder, []).append(path)
+                break
+    binds = [path for top in tops for path in tops[top]]
+    script = ["set -e", "hold=$(mktemp -d)"]
+    script += [f'mkdir "$hold/{i}"; mount --bind {shlex.quote(p)} "$hold/{i}"'
+               for i, p in enumerate(binds)]
+    script += [f"mount -t tmpfs -o mode=755 tmpfs {shlex.quote(top)}" for top in tops]
+    script += [f'mkdir -p {shlex.quote(p)}; mount --bind "$hold/{i}" {shlex.quote(p)}'
+               for i, p in enumerate(binds)]
+    return ["unshare", "--mount", "--propagation", "private", "bash", "-c",
+            "\n".join([*script, 'exec "$@"']), "reachable_by_all"]
+
+
+def as_user(paths, uid, gid):
+    """reachable_by_all(paths), then the command as user `uid` (no root, no groups)."""
+    return [*reachable_by_all(paths), "setpriv", f"--reuid={uid}", f"--regid={gid}",
+            "--clear-groups", "--"]
 
 
 def command(args, np=1, launcher=None, env=None, faults=()):

@@ -28,8 +28,13 @@ def unavailable():
 
 
 class Cluster:
-    def __init__(self, workdir):
+    def __init__(self, workdir, daemon_prefix=(), out_dir=None):
+        """`daemon_prefix`: a command that slurmd runs under (and so every job's
+        tasks: helpers.reachable_by_all's view); `out_dir`: where the jobs'
+        output files go (a folder the jobs' user can write)."""
         self.dir = workdir
+        self.prefix = list(daemon_prefix)
+        self.out_dir = out_dir or workdir
         self.conf = os.path.join(workdir, "slurm.conf")
         self.env = {**os.environ, "SLURM_CONF": self.conf}
         self.pid_files = [os.path.join(workdir, f"{name}.pid")
@@ -89,7 +94,7 @@ NodeName=localhost CPUs={os.cpu_count() or 1} State=UNKNOWN
 PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """)
         self._run("/usr/sbin/slurmctld", "-f", self.conf)
-        self._run("/usr/sbin/slurmd", "-f", self.conf, "-N", "localhost")
+        self._run(*self.prefix, "/usr/sbin/slurmd", "-f", self.conf, "-N", "localhost")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True,
@@ -100,11 +105,12 @@ PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSub
         raise RuntimeError(f"the test's Slurm node is not idle after 60 s ({out!r}); "
                            f"logs in {d}/log")
 
-    def submit(self, args, env, cwd=None):
-        """Starts `sbatch --wait ARGS` from `cwd` (the job's $SLURM_SUBMIT_DIR)."""
+    def submit(self, args, env, cwd=None, prefix=()):
+        """Starts `sbatch --wait ARGS` from `cwd` (the job's $SLURM_SUBMIT_DIR),
+        under `prefix` (another user's, say)."""
         name = f"job-{time.monotonic_ns()}"
-        out = os.path.join(self.dir, name + ".out")
-        cmd = ["sbatch", "--wait", f"--job-name={name}", f"--output={out}", *args]
+        out = os.path.join(self.out_dir, name + ".out")
+        cmd = [*prefix, "sbatch", "--wait", f"--job-name={name}", f"--output={out}", *args]
         proc = subprocess.Popen(cmd, env={**env, "SLURM_CONF": self.conf}, cwd=cwd,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
@@ -135,9 +141,9 @@ PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSub
                                  f"(hang?)\n{self.output(job)[-4000:]}") from None
         return job.returncode, submitted + self.output(job)
 
-    def sbatch(self, args, env, timeout, cwd=None):
+    def sbatch(self, args, env, timeout, cwd=None, prefix=()):
         """`sbatch --wait ARGS` to the end: (exit code, output)."""
-        return self.wait(self.submit(args, env, cwd), timeout)
+        return self.wait(self.submit(args, env, cwd, prefix), timeout)
 
     @staticmethod
     def _read(path):
@@ -148,7 +154,10 @@ PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSub
             return ""
 
     def close(self):
-        subprocess.run(["scancel", "--full", "--user=root"], env=self.env, capture_output=True)
+        jobs = subprocess.run(["squeue", "-h", "-o", "%A"], env=self.env, capture_output=True,
+                              text=True).stdout.split()  # every user's
+        if jobs:
+            subprocess.run(["scancel", "--full", *jobs], env=self.env, capture_output=True)
         for pid_file in reversed(self.pid_files):
             try:
                 with open(pid_file) as f:

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from helpers import ROOT, fake_commands
+from helpers import ROOT, as_user, fake_commands
 
 
 def bare_path(tmp_path):
@@ -62,6 +62,32 @@ def test_a_shared_venv_is_never_switched_to_the_other_stack_unasked(tmp_path, bu
     assert ("srun -N1 --gpus=1 make install" if built == "gpu" else "GPU=1 make install") in said
     assert sorted(os.listdir(venv)) == [".horovod-build", ".installed"]
     assert (venv / ".horovod-build").read_text() == record
+
+
+def test_a_venv_another_account_built_is_named_not_half_rewritten(tmp_path):
+    """A team's shared checkout whose .venv root built, after a pull that changed
+    its lock: a user's `make install` stops at once with one line naming the
+    owner and VENV=, exit 2 (before: pip or the shell failed on a write into the
+    .venv, "Permission denied", or the user was sent to sudo apt-get). Run as
+    the user `nobody`, in a mount namespace where they reach the checkout."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv, to run as another user")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".horovod-build").write_text("tensorflow=requirements-cpu.txt "
+                                         "horovod_gpu_operations= cuda=\n")
+    (venv / ".installed").write_text("the stamp of an older lock\n")
+    for path in (tmp_path, venv):
+        path.chmod(0o755)
+    result = subprocess.run(
+        [*as_user([ROOT, str(tmp_path)], 65534, 65534), "bash", "scripts/install.sh"],
+        cwd=ROOT, env={"PATH": os.environ["PATH"], "HOME": "/nonexistent",
+                       "VENV": str(venv)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (f"install: {venv} needs installing again (its lock or build changed), and it is "
+            f"root's, not writable by nobody") in result.stderr, result.stderr
+    assert "VENV=<a folder of yours> make install" in result.stderr
+    assert sorted(os.listdir(venv)) == [".horovod-build", ".installed"]
 
 
 # --- what only the tests need: scripts/test_deps.sh, never install.sh ------------

@@ -20,7 +20,6 @@ import yaml
 import slurm
 from helpers import ROOT, SMALL, checkpoints, injected_python, require
 from hvd_alexnet import config, distributed
-from hvd_alexnet.tools.launch import job_env
 
 # --- the launcher's ranks against Horovod's ----------------------------------------
 
@@ -148,38 +147,6 @@ def test_sbatch_script_asks_for_the_nodes_gpus_and_passes_the_cpus_on():
     assert "--gpus-per-node" in options and "--gpus-per-task" not in options
     srun = next(line for line in text.splitlines() if line.startswith("srun "))
     assert '--cpus-per-task="$cpus"' in srun and "--cpus-per-task" not in options, srun
-
-
-@pytest.mark.timeout(600)
-def test_doctor_under_sbatch_takes_the_nodes_cpus_and_binds_each_rank_to_them(
-        cluster, tiny_data, tmp_path):
-    """`sbatch ... slurm_train_alexnet.sbatch doctor`: the preflight on the job's
-    own nodes, launched as the training is (before: "train takes no arguments").
-    No --cpus-per-task: the script takes the node whole and gives each task the
-    node's CPUs over its tasks (before: 8 hard-coded, whatever the node). The
-    test cluster binds tasks to CPUs (task/affinity, the usual site setting);
-    since Slurm 22.05 srun does not take --cpus-per-task from sbatch, so the
-    script passes it on, or each rank is bound to one core and the trainer,
-    which reads its affinity, takes one thread. A transport the user chose
-    (OMPI_MCA_btl) is kept."""
-    cpus = os.cpu_count() or 1
-    if cpus < 2:
-        pytest.skip("one core: one CPU per task is all there is")
-    args, env = sbatch_args(str(tmp_path / "run"), tiny_data, 2,
-                            {"PYTHON": env_telling_python(tmp_path),
-                             "OMPI_MCA_btl": "self,vader,tcp"})
-    args = [a for a in args if not a.startswith(("--ntasks-per-node", "--cpus-per-task",
-                                                 "--threads"))]
-    script = next(i for i, a in enumerate(args) if a.endswith("slurm_train_alexnet.sbatch"))
-    args.insert(script + 1, "doctor")
-    code, out = cluster.sbatch(["--ntasks-per-node=1", *args], env, timeout=300, cwd=ROOT)
-    assert code == 0, out[-4000:]
-    assert f"1 task(s) per node, {cpus} CPU(s) each (the node's {cpus} over its tasks)" in out, \
-        out[-4000:]
-    assert "hvd_alexnet doctor: ready to train" in out, out[-4000:]
-    row = next(line.split() for line in out.splitlines() if line.startswith("0 "))
-    assert row[3:5] == ["CPU", str(cpus)], row  # rank 0's device and threads
-    assert "rank transports: pml=ob1 btl=self,vader,tcp" in out, out[-4000:]
 
 
 @pytest.mark.timeout(600)
@@ -593,31 +560,6 @@ def test_gpu_dockerfile_builds_as_horovods_own_image():
                 if p.endswith("-dev") or p in ("g++", "gcc", "build-essential")]
     assert "COPY --from=build --chown=1000:1000 /app /app" in final
     assert any("setup-user-ssh.sh" in line for line in final) and "USER 1000:1000" in final
-
-
-@pytest.mark.timeout(300)
-def test_the_horovodrun_script_runs_doctor_as_it_runs_train(tiny_data, tmp_path):
-    """`NUM_GPUS=2 bash bin/run_train_alexnet_multigpu_imagenet.sh doctor`: the
-    preflight through the script's own launcher and defaults (horovodrun in
-    MPI mode, 2 real ranks), with the flags the training gets (before, the
-    script always ran train, and refused: "train takes no arguments"), and
-    horovodrun's own options from HOROVODRUN_ARGS (each rank's output in its
-    own file)."""
-    logs = tmp_path / "logs"
-    env = job_env({"NUM_GPUS": "2", "DATA_DIR": tiny_data, "MODEL_DIR": str(tmp_path / "run"),
-                   "PYTHON": sys.executable,  # this suite's stack (STACK=... make test)
-                   "HOROVODRUN_ARGS": f"--start-timeout 90 --output-filename {logs}"})
-    env.pop("GLOO", None)
-    script = os.path.join(ROOT, "bin", "run_train_alexnet_multigpu_imagenet.sh")
-    res = subprocess.run(["bash", script, "doctor", "--num_classes=10", "--noeval"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=240)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-4000:]
-    assert "hvd_alexnet doctor: 2 ranks on 1 host(s)" in out, out[-4000:]
-    assert "hvd_alexnet doctor: ready to train" in out, out[-4000:]
-    outputs = sorted(p.relative_to(logs).as_posix() for p in logs.rglob("stdout"))
-    assert len(outputs) == 2, outputs  # 1/rank.0/stdout, 1/rank.1/stdout under mpirun
-    assert any("ready to train" in p.read_text() for p in logs.rglob("stdout")), outputs
 
 
 def test_the_scripts_resume_command_is_the_one_that_runs_them_again(tmp_path):
