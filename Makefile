@@ -15,6 +15,9 @@ GPU             ?=
 NP              ?= 2
 DEMO_DIR        ?= data/demo
 BENCH_DIR       ?= data/bench
+# The start-up rows' records: the photographs at ImageNet's average, ~110 KB a JPEG, in
+# shards of ~700 records (ImageNet's hold 1,251).
+STARTUP_DIR     ?= data/bench-110k
 BENCH_ARGS      ?=
 RUN_DIR         := $(or $(RUN_DIR),runs/demo-$(shell date +%Y%m%d-%H%M%S))
 TRAIN_ARGS      ?=
@@ -90,12 +93,17 @@ test: install test-deps lint
 $(BENCH_DIR)/metadata.json:
 	$(PY) -m hvd_alexnet data photos --output_dir $(BENCH_DIR)
 
+$(STARTUP_DIR)/metadata.json:
+	$(PY) -m hvd_alexnet data photos --output_dir $(STARTUP_DIR) --photos_count 1500 \
+	    --photos_quality 99 --train_shards 2 --validation_shards 1
+
 bench-data: install
-	@$(MAKE) --no-print-directory $(BENCH_DIR)/metadata.json
+	@$(MAKE) --no-print-directory $(BENCH_DIR)/metadata.json $(STARTUP_DIR)/metadata.json
 
 # Every throughput figure (about 35 minutes on 2 cores), written to docs/results/benchmarks.{md,json}.
 bench: bench-data demo-data
-	$(PY) -m hvd_alexnet bench --data_dir $(BENCH_DIR) --demo_dir $(DEMO_DIR) $(BENCH_ARGS)
+	$(PY) -m hvd_alexnet bench --data_dir $(BENCH_DIR) --demo_dir $(DEMO_DIR) \
+	    --startup_dir $(STARTUP_DIR) $(BENCH_ARGS)
 
 # As root: 2 namespace hosts, 1 rank each, the link between them shaped to several
 # rates with tc; measured images/s beside the planner's (7 minutes on 2 cores, 2026-12-06).

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 
@@ -198,6 +199,28 @@ def test_counting_records_reads_their_headers_only(tmp_path, monkeypatch, header
     assert share < 0.01 if headers == "pread" else share > 0.5, share
 
 
+def test_headers_read_by_device_blocks_find_every_record(tmp_path, monkeypatch):
+    """Records of every length from 0 to 1,500 bytes, so that headers straddle the
+    512-byte blocks that O_DIRECT reads: the offsets match a plain pread's, and a
+    truncated file is still named. The file system of the test's temp folder
+    takes O_DIRECT (a disk here and in CI; a tmpfs before Linux 6.6 would not)."""
+    path = str(tmp_path / "train-00000-of-00001")
+    rng = np.random.default_rng(1)
+    with tf.io.TFRecordWriter(path) as w:
+        for n in rng.integers(0, 1500, 400):
+            w.write(rng.bytes(int(n)))
+    with reader._direct_reader(path) as direct:
+        assert direct is not None, "O_DIRECT refused"
+    offsets = list(reader.record_offsets(path))
+    with monkeypatch.context() as m:
+        m.setattr(reader, "_direct_reader", lambda p: contextlib.nullcontext(None))
+        assert list(reader.record_offsets(path)) == offsets and len(offsets) == 400
+    with open(path, "r+b") as f:
+        f.truncate(offsets[-1] + 7)  # in the last record's header
+    with pytest.raises(reader.DataError, match="truncated in the header of record 399"):
+        reader.check_framing(path)
+
+
 def _write_classes(path, labels):
     """Records of these labels, each its own synset (n<label>)."""
     jpeg = tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy()
@@ -205,6 +228,23 @@ def _write_classes(path, labels):
         for label in labels:
             w.write(schema.make_example(jpeg, label, f"n{label}", f"name {label}", 8, 8,
                                         "f").SerializeToString())
+
+
+def test_record_0_is_read_alone_and_checked(tmp_path):
+    """A start's survey reads record 0 of each shard by itself (its blocks, no
+    read-ahead) and gets the entry a reader of the shard gets; a shard without
+    records has none; a damaged record 0 fails as TensorFlow's reader fails."""
+    from hvd_alexnet.data import labels
+    path = str(tmp_path / "train-00000-of-00001")
+    _write_classes(path, [3, 5, 7])
+    assert labels.read_first(path) == labels.read(path, 1) == [(path, 0, 3, "n3", "name 3")]
+    open(tmp_path / "empty", "wb").close()
+    assert labels.read_first(str(tmp_path / "empty")) == []
+    data = bytearray(open(path, "rb").read())
+    data[20] ^= 0xFF  # in record 0's data
+    open(path, "wb").write(data)
+    with pytest.raises(tf.errors.DataLossError, match="corrupted record at 12"):
+        labels.read_first(path)
 
 
 def _prepare(data_dir):

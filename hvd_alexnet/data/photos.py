@@ -31,8 +31,9 @@ def sources():
     return found
 
 
-def write_raw(raw_dir, count=3000, validation_fraction=0.1, seed=0):
-    """Writes raw/{train,validation}/<photo>/NNNNN.jpeg and raw/labels.txt."""
+def write_raw(raw_dir, count=3000, validation_fraction=0.1, seed=0, quality=None):
+    """Writes raw/{train,validation}/<photo>/NNNNN.jpeg and raw/labels.txt, each
+    JPEG at `quality` (None: 80 to 95 at random)."""
     from PIL import Image
     rng = np.random.default_rng(seed)
     photos = sources()
@@ -55,7 +56,8 @@ def write_raw(raw_dir, count=3000, validation_fraction=0.1, seed=0):
         folder = os.path.join(raw_dir, split, name)
         os.makedirs(folder, exist_ok=True)
         buf = io.BytesIO()
-        crop.save(buf, format="JPEG", quality=int(rng.integers(80, 96)))
+        drawn = int(rng.integers(80, 96))  # drawn always: the same crops at any quality
+        crop.save(buf, format="JPEG", quality=quality or drawn)
         with open(os.path.join(folder, f"{i:05d}.jpeg"), "wb") as f:
             f.write(buf.getvalue())
     with open(os.path.join(raw_dir, "labels.txt"), "w") as f:
@@ -63,8 +65,8 @@ def write_raw(raw_dir, count=3000, validation_fraction=0.1, seed=0):
 
 
 def build_photos(output_dir, count=3000, train_shards=16, validation_shards=2, seed=0,
-                 log=print):
+                 log=print, quality=None):
     raw = os.path.join(output_dir, "raw")
-    write_raw(raw, count=count, seed=seed)
+    write_raw(raw, count=count, seed=seed, quality=quality)
     return builder.build_raw(raw, output_dir, train_shards, validation_shards, seed=seed,
                              log=log)

@@ -8,6 +8,7 @@ rank waiting for a step that another never takes.
 
 import contextlib
 import itertools
+import mmap
 import os
 import re
 import struct
@@ -308,18 +309,66 @@ def record_offsets(path):
 
 
 def _header_reader(path):
-    """A context giving a function that reads 12 bytes (a record's header) at an
-    offset of `path`: pread for a local file, TensorFlow's file system otherwise."""
+    """A context giving a function that reads `n` bytes (12: a record's header)
+    at an offset of `path`: pread for a local file, TensorFlow's file system
+    otherwise."""
     return _gfile_headers(path) if "://" in path else _pread_headers(path)
 
 
 @contextlib.contextmanager
 def _pread_headers(path):
+    """A local file's bytes: where its file system takes O_DIRECT (a disk, NFS,
+    Lustre), read as the device blocks that hold them (DIRECT_BLOCKS: a header
+    costs 512 bytes, 0.005 of a 110 KB record, where a buffered read takes its
+    4 KB page, 0.04); elsewhere (tmpfs) by pread, without read-ahead, which
+    would read the records between the headers."""
     fd = os.open(path, os.O_RDONLY)
-    try:  # no read-ahead: it would read the records between the headers
+    try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        yield lambda offset: os.pread(fd, 12, offset)
+        with _direct_reader(path) as direct:
+            yield direct or (lambda offset, n=12: os.pread(fd, n, offset))
     finally:
+        os.close(fd)
+
+
+DIRECT_BLOCKS = (512, 4096)  # bytes: the device's logical block, tried in turn
+
+
+@contextlib.contextmanager
+def _direct_reader(path):
+    """A function reading `n` bytes at an offset through O_DIRECT, or None where
+    the file system or its device refuses it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+    except OSError:
+        yield None
+        return
+    buffers = {}
+
+    def aligned(size):  # page-aligned memory, as O_DIRECT needs; kept for the next read
+        if size not in buffers:
+            buffers[size] = mmap.mmap(-1, size)
+        return buffers[size]
+
+    try:
+        for block in DIRECT_BLOCKS:
+            try:
+                os.preadv(fd, [aligned(block)], 0)
+            except OSError:
+                continue
+
+            def read_at(offset, n=12, block=block):
+                start = offset - offset % block
+                span = -(-(offset + n - start) // block) * block  # whole blocks
+                buf = aligned(span)
+                got = os.preadv(fd, [buf], start)
+                return bytes(buf[offset - start:max(offset - start, min(got, offset + n - start))])
+            yield read_at
+            return
+        yield None
+    finally:
+        for buf in buffers.values():
+            buf.close()
         os.close(fd)
 
 
@@ -327,10 +376,22 @@ def _pread_headers(path):
 def _gfile_headers(path):
     """Through a GFile, which reads ahead (on local files, as before issue 42)."""
     with tf.io.gfile.GFile(path, "rb") as f:
-        def read_at(offset):
+        def read_at(offset, n=12):
             f.seek(offset)
-            return f.read(12)
+            return f.read(n)
         yield read_at
+
+
+def framed_record(path, offset=0):
+    """The bytes of the record at `offset` as the file holds them (header, data,
+    checksums), read as the blocks that hold it and no further (no read-ahead
+    into the next records); b"" past the end."""
+    with _header_reader(path) as read_at:
+        header = read_at(offset)
+        if len(header) < 12:
+            return header
+        (length,) = struct.unpack("<Q", header[:8])
+        return read_at(offset, 12 + length + 4)
 
 
 def check_framing(path):

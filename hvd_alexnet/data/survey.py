@@ -13,6 +13,7 @@ size, other bytes) is still found when it is read, with its name
 (reader.diagnose). Remote folders (gs://, hdfs://) are counted every time.
 """
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -27,19 +28,35 @@ def survey(data_dir, paths):
     """({path: (records, (label, synset, text) of record 0, or None if it has
     none)}, {key: entry} of the shards counted now, for remember())."""
     known = {} if _remote(data_dir) else _remembered(data_dir)
-    found, counted = {}, {}
+    keys, stamps, todo = {}, {}, []
     for path in paths:
-        key = os.path.relpath(path, data_dir) if not _remote(data_dir) else path
-        stamp = None if _remote(data_dir) else _stamp(path)
-        entry = known.get(key)
+        keys[path] = os.path.relpath(path, data_dir) if not _remote(data_dir) else path
+        stamps[path] = stamp = None if _remote(data_dir) else _stamp(path)
+        entry = known.get(keys[path])
         if stamp is None or not _valid(entry) or [entry["bytes"], entry["mtime_ns"]] != stamp:
-            records = reader.check_framing(path)  # first: record 0's read-ahead costs more
-            first = labels.read(path, 1)
-            entry = {"bytes": stamp and stamp[0], "mtime_ns": stamp and stamp[1],
-                     "records": records, "first": list(first[0][2:]) if first else None}
-            counted[key] = entry
+            todo.append(path)
+    # Several shards at once: each header is a read of its own, so a network file
+    # system's latency, not its bandwidth, sets the time. The first problem in the
+    # shards' order is raised, as one after the other would.
+    with concurrent.futures.ThreadPoolExecutor(COUNTING_THREADS) as pool:
+        counted = {keys[path]: {"bytes": stamps[path] and stamps[path][0],
+                                "mtime_ns": stamps[path] and stamps[path][1], **entry}
+                   for path, entry in zip(todo, pool.map(_count, todo))}
+    found = {}
+    for path in paths:
+        entry = counted.get(keys[path]) or known[keys[path]]
         found[path] = (entry["records"], tuple(entry["first"]) if entry["first"] else None)
     return found, counted
+
+
+COUNTING_THREADS = 8
+
+
+def _count(path):
+    """A shard's record count, from its headers, and record 0's class."""
+    records = reader.check_framing(path)  # first: a shard too short is named as such
+    first = labels.read_first(path)
+    return {"records": records, "first": list(first[0][2:]) if first else None}
 
 
 def remember(data_dir, counted):
