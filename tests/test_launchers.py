@@ -118,24 +118,31 @@ def sbatch_script(cluster, data, model_dir, env=None):
     return cluster.sbatch(*sbatch_args(model_dir, data, 2, env), timeout=300, cwd=ROOT)
 
 
-def env_telling_python(tmp_path):
+def env_telling_python(tmp_path, wraps=False):
     """A $PYTHON for the launch scripts that first prints the Open MPI transports
-    the rank was given."""
+    the rank was given; `wraps`: a command that runs its arguments instead."""
     path = tmp_path / "python-env"
     path.write_text(f'#!/bin/bash\necho "rank transports: pml=${{OMPI_MCA_pml-unset}} '
-                    f'btl=${{OMPI_MCA_btl-unset}}"\nexec {sys.executable} "$@"\n')
+                    f'btl=${{OMPI_MCA_btl-unset}}"\n'
+                    f'exec {"" if wraps else sys.executable} "$@"\n')
     path.chmod(0o755)
     return str(path)
 
 
 @pytest.mark.timeout(600)
 def test_sbatch_script_trains_through_srun_pmix(cluster, tiny_data, tmp_path):
-    """...with the transports the mpirun scripts give Open MPI."""
+    """...with the transports the mpirun scripts give Open MPI, and in a
+    "container": CONTAINER (as `apptainer exec ... image.sif` is given) is a
+    stand-in that prints the transports and runs the rank's command, and
+    SRUN_ARGS (as pyxis's --container-image is given) is srun's --label,
+    which puts each task's number before its lines. No Apptainer or pyxis here."""
+    container = env_telling_python(tmp_path, wraps=True)
     code, out = sbatch_script(cluster, tiny_data, str(tmp_path / "run"),
-                              {"PYTHON": env_telling_python(tmp_path)})
+                              {"CONTAINER": container, "SRUN_ARGS": "--label",
+                               "PYTHON": sys.executable})
     assert code == 0, out[-4000:]
     assert out.count("rank transports: pml=ob1 btl=^openib") == 2, out[-4000:]
-    assert "all 2 ranks joined, on 1 host(s)" in out, out[-4000:]
+    assert "0: hvd_alexnet: all 2 ranks joined, on 1 host(s)" in out, out[-4000:]
     assert "identical on all 2 ranks" in out and "steps : 2 " in out
 
 
