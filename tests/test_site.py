@@ -80,9 +80,10 @@ def test_a_user_walks_the_site_from_the_login_node_to_slurm(site, tiny_data):
        where nvidia-smi lists GPUs (exit 2, no checkpoint);
     3. `doctor` from every launcher script, with real ranks: the one-host
        horovodrun script (MPI mode, HOROVODRUN_ARGS' own output files), the
-       multinode script (mpirun, a hostfile's slots), and the sbatch script
-       submitted by the user, whose tasks take the node's CPUs over its tasks
-       (no --cpus-per-task; the test Slurm binds tasks to CPUs, as sites do).
+       1-GPU script (one process), the multinode script (mpirun, a hostfile's
+       slots), and the sbatch script submitted by the user, whose tasks take
+       the node's CPUs over its tasks (no --cpus-per-task; the test Slurm binds
+       tasks to CPUs, as sites do).
     The data set is root's and read-only to the user: the start's survey of
     the shards goes to the user's cache."""
     data = os.path.join(site["base"], "data")
@@ -127,6 +128,11 @@ def test_a_user_walks_the_site_from_the_login_node_to_slurm(site, tiny_data):
     assert "hvd_alexnet doctor: ready to train" in out, out[-4000:]
     assert os.listdir(os.path.join(site["home"], ".cache", "hvd_alexnet")), \
         "the survey of a read-only data set goes to the user's cache"
+
+    code, out = run(site, ["bash", os.path.join(ROOT, "bin", "run_train_alexnet_imagenet.sh"),
+                           "doctor", *small],
+                    user_env(site, DATA_DIR=data, MODEL_DIR=os.path.join(site["runs"], "one-gpu")))
+    assert code == 0 and "hvd_alexnet doctor: ready to train" in out, out[-4000:]
 
     hostfile = os.path.join(site["home"], "hosts")
     with open(hostfile, "w") as f:
