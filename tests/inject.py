@@ -1,7 +1,7 @@
 """`python tests/inject.py [stall=RANK:STEP] [hold=STEP[:RANK]] [heartbeat=SECONDS]
 [validation_delay=SECONDS] [save_delay=SECONDS] [step_delay=SECONDS] [release=PATH]
 [nan=STEP] [end=RANK:STEP] [start_hold=PATH] [diagnose_delay=SECONDS] [trace=PATH]
-[pause=PATH]
+[pause=PATH] [gate=STEP:PATH]
 -- TRAIN_FLAGS`:
 `python -m hvd_alexnet train TRAIN_FLAGS` with faults injected through the
 trainer's hooks (hvd_alexnet.loop.Hooks), so that no test switch lives in the
@@ -37,6 +37,10 @@ trainer itself.
   pause=PATH         after the first step that finds PATH, that rank stops
                      itself (SIGSTOP) as a paused job would be: between two
                      saves by construction, never in the middle of one
+  gate=STEP:PATH     every rank creates PATH.reached after that step, then
+                     waits until PATH exists (at most 300 s): the test acts
+                     while the run stands still at a known step (the step's
+                     checkpoint, if any, written), then lets it go on
 
 (Not --options: horovodrun reads the whole command line and takes any
 --word that abbreviates one of its own options, such as --stall.)
@@ -69,7 +73,7 @@ class Faults(Hooks):
         self.stall, self.hold, self.heartbeat_seconds, self.validation_delay = None, None, None, 0.0
         self.hold_rank, self.save_delay, self.step_delay, self.release = None, 0.0, 0.0, None
         self.nan, self.end, self.start_hold, self.diagnose_delay = None, None, None, 0.0
-        self.trace, self.pause = None, None
+        self.trace, self.pause, self.gate = None, None, None
 
     def after_step(self, rank, step, stop_requested):
         if (rank, step) == self.stall:
@@ -79,6 +83,11 @@ class Faults(Hooks):
         if self.pause and os.path.exists(self.pause):
             self.pause = None
             os.kill(os.getpid(), signal.SIGSTOP)
+        if self.gate and step == self.gate[0]:
+            open(self.gate[1] + ".reached", "a").close()
+            deadline = time.monotonic() + 300
+            while not os.path.exists(self.gate[1]) and time.monotonic() < deadline:
+                time.sleep(0.05)
         if step == self.hold:  # a signal sent before now is delivered here
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
         deadline = time.monotonic() + 300
@@ -154,6 +163,9 @@ def main(argv):
             faults.trace = value
         elif name == "pause":
             faults.pause = value
+        elif name == "gate":
+            step, _, path = value.partition(":")
+            faults.gate = (int(step), path)
         else:
             raise SystemExit(f"inject.py: unknown option {name}\n{__doc__}")
     return run_command("train", train_args, hooks=faults)

@@ -26,6 +26,7 @@ from helpers import (
     slowed_until_released,
     start,
     wait_for_step,
+    wait_until,
 )
 from helpers import train_job as train
 from hvd_alexnet.tools.chaos import rank_pids
@@ -281,17 +282,24 @@ def fill(disk, leave):
 def test_a_full_disk_while_saving_stops_every_rank_and_keeps_the_previous_checkpoint(
         tiny_data, tmp_path, small_disk):
     """The disk fills after checkpoint 4 (the test takes all but 10 MiB while the
-    steps are slowed): the save of step 8 fails. Before: an OSError traceback
-    on rank 0 alone. Now every rank exits 6 with the folder and the space
-    needed, the torn save is gone, ckpt-4 is whole, and the run resumes from it
-    once space is free."""
+    ranks wait after step 5, ckpt-4 written): the save of step 8 fails. Before:
+    an OSError traceback on rank 0 alone. Now every rank exits 6 with the
+    folder and the space needed, the torn save is gone, ckpt-4 is whole, and
+    the run resumes from it once space is free. (The ranks once ran on, slowed
+    by 0.5 s a step: in a busy CI run the save of step 8 had begun before the
+    test filled the disk, and the fill itself found no room.)"""
     model_dir = str(small_disk / "run")
+    gate = tmp_path / "go"
     job = start(["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *ARGS],
-                np=2, launcher="gloo", faults=slowed_until_released(tmp_path, 0.5))
+                np=2, launcher="gloo", faults=[f"gate=5:{gate}"])
     filler = []
-    res = finish_after(job, lambda: (wait_for_step(model_dir, 5, job),  # ckpt-4 is written
-                                     filler.append(fill(small_disk, 10 << 20)),
-                                     release(tmp_path)), timeout=240)
+
+    def fill_at_the_gate():
+        wait_until(job, "the ranks at step 5's gate",
+                   lambda: os.path.exists(f"{gate}.reached"), timeout=180)
+        filler.append(fill(small_disk, 10 << 20))
+        gate.touch()
+    res = finish_after(job, fill_at_the_gate, timeout=240)
     assert res.returncode == 6, res.stdout[-3000:]
     said = lines(res.stdout, f"hvd_alexnet train: checkpoint error: {model_dir}/checkpoints: "
                              f"the disk is full (")
