@@ -322,11 +322,14 @@ def _pread_headers(path):
     costs 512 bytes, 0.005 of a 110 KB record, where a buffered read takes its
     4 KB page, 0.04); elsewhere (tmpfs) by pread, without read-ahead, which
     would read the records between the headers."""
+    with _direct_reader(path) as direct:
+        if direct:
+            yield direct
+            return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        with _direct_reader(path) as direct:
-            yield direct or (lambda offset, n=12: os.pread(fd, n, offset))
+        yield lambda offset, n=12: os.pread(fd, n, offset)
     finally:
         os.close(fd)
 
