@@ -287,11 +287,12 @@ def test_a_full_disk_while_saving_stops_every_rank_and_keeps_the_previous_checkp
     folder and the space needed, the torn save is gone, ckpt-4 is whole, and
     the run resumes from it once space is free. (The ranks once ran on, slowed
     by 0.5 s a step: in a busy CI run the save of step 8 had begun before the
-    test filled the disk, and the fill itself found no room.)"""
+    test filled the disk, and the fill itself found no room.) Under mpirun, the
+    MPI path that the scripts' default (horovodrun's MPI mode) runs on."""
     model_dir = str(small_disk / "run")
     gate = tmp_path / "go"
     job = start(["train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}", *ARGS],
-                np=2, launcher="gloo", faults=[f"gate=5:{gate}"])
+                np=2, launcher="mpi", faults=[f"gate=5:{gate}"])
     filler = []
 
     def fill_at_the_gate():
